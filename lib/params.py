@@ -1,0 +1,232 @@
+"""params.yaml → frozen, validated dataclasses.
+
+Every section is a dataclass; unknown keys, wrong types and bad combinations
+are rejected at load time with a message naming the key, the bad value and the
+fix, so a typo in params.yaml never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from lib.errors import ParamsError
+
+LabelPolicy = Literal["positive_only", "u_ones", "u_zeros", "u_ignore"]
+ReportSection = Literal["findings", "impression"]
+ImageCheck = Literal["exists", "header"]
+
+LABEL_POLICIES: tuple[str, ...] = typing.get_args(LabelPolicy)
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoParams:
+    """The synthetic corpus written by the ``demo_data`` stage (MIMIC-CXR-JPG layout)."""
+
+    seed: int = 1234
+    n_patients: int = 800
+    # Mean number of studies per patient (MIMIC: 227,835 / 65,379 = 3.5).
+    studies_per_patient: float = 2.5
+    # Shorter image side in pixels; the longer side follows the image's aspect ratio.
+    image_size: int = 256
+    # Patient-level split fractions; MIMIC's own are ~0.8 % / 1.5 %, far too small
+    # for a corpus of a few thousand images to give stable validation/test metrics.
+    validate_fraction: float = 0.1
+    test_fraction: float = 0.15
+    # Fraction of studies left out of the CheXpert file (as in the real data).
+    missing_label_fraction: float = 0.01
+    workers: int = 2
+
+    def validate(self) -> None:
+        _positive("demo.n_patients", self.n_patients)
+        _positive("demo.studies_per_patient", self.studies_per_patient)
+        if self.image_size < 32:
+            raise ParamsError(
+                f"demo.image_size = {self.image_size} is too small; use at least 32 (default 256)"
+            )
+        for key in ("validate_fraction", "test_fraction", "missing_label_fraction"):
+            _fraction(f"demo.{key}", getattr(self, key))
+        if self.validate_fraction + self.test_fraction >= 1:
+            raise ParamsError(
+                "demo.validate_fraction + demo.test_fraction must be < 1 "
+                f"(got {self.validate_fraction} + {self.test_fraction}); lower one of them"
+            )
+        _positive("demo.workers", self.workers)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParams:
+    """Where the raw MIMIC-CXR-JPG data is, and how it becomes the master file."""
+
+    root: str = "data/demo/mimic-cxr-jpg"
+    reports: str = "data/demo/mimic-cxr-jpg/mimic-cxr-reports.zip"
+    views: tuple[str, ...] = ("PA", "AP")
+    sections: tuple[ReportSection, ...] = ("findings", "impression")
+    label_policy: LabelPolicy = "positive_only"
+    min_report_chars: int = 30
+
+    def validate(self) -> None:
+        if not self.views:
+            raise ParamsError("data.views is empty; list the ViewPosition values to keep, e.g. [PA, AP]")
+        if not self.sections:
+            raise ParamsError("data.sections is empty; use [findings, impression]")
+        if len(set(self.sections)) != len(self.sections):
+            raise ParamsError(f"data.sections = {list(self.sections)} repeats a section")
+        if self.min_report_chars < 0:
+            raise ParamsError(f"data.min_report_chars = {self.min_report_chars} must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class QCParams:
+    """The quality gate in front of training."""
+
+    max_missing_image_fraction: float = 0.01
+    # "exists": the file is there and not empty; "header": it also starts with a JPEG marker.
+    image_check: ImageCheck = "header"
+    # Optional text file listing image paths relative to data.root, one per line (MIMIC-CXR-JPG
+    # ships one as IMAGE_FILENAMES); when set, existence is checked against it, not the disk.
+    image_listing: str | None = None
+    # Threads for image checks: network file systems answer many small requests in parallel.
+    io_threads: int = 16
+
+    def validate(self) -> None:
+        _fraction("qc.max_missing_image_fraction", self.max_missing_image_fraction)
+        _positive("qc.io_threads", self.io_threads)
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    demo: DemoParams = dataclasses.field(default_factory=DemoParams)
+    data: DataParams = dataclasses.field(default_factory=DataParams)
+    qc: QCParams = dataclasses.field(default_factory=QCParams)
+
+
+_SECTION_TYPES: dict[str, type] = {"demo": DemoParams, "data": DataParams, "qc": QCParams}
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml (every section, so typos anywhere fail early)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found; run from the repository root")
+    with path.open(encoding="utf-8") as fh:
+        raw = yaml.safe_load(fh) or {}
+    if not isinstance(raw, Mapping):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return parse_params(raw, source=str(path))
+
+
+def parse_params(raw: Mapping[str, Any], source: str = "params.yaml") -> Params:
+    unknown = sorted(set(raw) - set(_SECTION_TYPES))
+    if unknown:
+        raise ParamsError(
+            f"{source}: unknown section(s) {unknown}; valid sections: {sorted(_SECTION_TYPES)}"
+        )
+    sections = {
+        name: build_section(cls, raw.get(name) or {}, name, source)
+        for name, cls in _SECTION_TYPES.items()
+    }
+    return Params(**sections)
+
+
+def build_section(cls: type, raw: Any, name: str, source: str = "params.yaml") -> Any:
+    """Build one section dataclass from its YAML mapping, checking keys and types."""
+    if not isinstance(raw, Mapping):
+        raise ParamsError(f"{source}: section '{name}' must be a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ParamsError(
+            f"{source}: unknown key(s) {[f'{name}.{k}' for k in unknown]}; "
+            f"valid keys of '{name}': {sorted(fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    values = {k: _coerce(hints[k], v, f"{name}.{k}", source) for k, v in raw.items()}
+    obj = cls(**values)
+    if hasattr(obj, "validate"):
+        obj.validate()
+    return obj
+
+
+def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    bad = ParamsError(f"{source}: {key} = {value!r} is not a valid {_describe(tp)}")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, key, source)
+            except ParamsError:
+                continue
+        raise bad
+    if origin is Literal:
+        if value not in args:
+            raise ParamsError(
+                f"{source}: {key} = {value!r} is not one of {list(args)}; pick one of them"
+            )
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise bad
+        return tuple(_coerce(args[0], v, f"{key}[{i}]", source) for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise ParamsError(f"{source}: {key}: unsupported parameter type {tp!r}")  # pragma: no cover
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        return f"list of {_describe(typing.get_args(tp)[0])}"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ParamsError(f"{key} = {value} must be > 0")
+
+
+def _fraction(key: str, value: float) -> None:
+    if not 0 <= value <= 1:
+        raise ParamsError(f"{key} = {value} must be a fraction between 0 and 1")
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    """Plain-JSON form of a params dataclass (tuples become lists), for saving beside outputs."""
+    out = dataclasses.asdict(obj)
+    return _jsonable(out)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    return x
+

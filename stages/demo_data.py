@@ -1,0 +1,36 @@
+"""Stage demo_data: write the synthetic corpus in the MIMIC-CXR-JPG v2 layout."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from lib.cli import run
+from lib.demo_corpus import write_corpus
+from lib.io import atomic_path, write_json
+from lib.params import as_dict, load_params
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", type=Path, required=True, help="corpus root to create")
+    ap.add_argument("--metrics", type=Path, required=True)
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = ap.parse_args()
+
+    params = load_params(args.params).demo
+    start = time.perf_counter()
+    with atomic_path(args.out) as tmp:
+        summary = write_corpus(params, tmp, progress=sys.stderr.isatty())
+    # No timings in the metrics file: same params must give identical metrics.
+    write_json(args.metrics, {"params": as_dict(params), **summary})
+    print(
+        f"demo_data: {summary['images']} images, {summary['studies']} studies, "
+        f"{summary['patients']} patients in {time.perf_counter() - start:.1f} s -> {args.out}"
+    )
+
+
+if __name__ == "__main__":
+    run(main)

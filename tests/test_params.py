@@ -1,0 +1,66 @@
+import pytest
+import yaml
+
+from lib.errors import ParamsError
+from lib.params import DataParams, Params, load_params, parse_params
+
+
+def test_repo_params_yaml_is_valid():
+    params = load_params("params.yaml")
+    assert isinstance(params, Params)
+    assert params.data.views == ("PA", "AP")
+    assert params.data.label_policy == "positive_only"
+
+
+def test_defaults_when_sections_absent():
+    assert parse_params({}) == Params()
+
+
+def test_unknown_key_is_rejected_with_valid_keys():
+    with pytest.raises(ParamsError, match=r"data\.view'\].*valid keys"):
+        parse_params({"data": {"view": ["PA"]}})
+
+
+def test_unknown_section_is_rejected():
+    with pytest.raises(ParamsError, match="unknown section"):
+        parse_params({"dataa": {}})
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "match"),
+    [
+        ("data", "label_policy", "u_twos", "not one of"),
+        ("data", "views", "PA", "not a valid list of str"),
+        ("data", "min_report_chars", "30", "not a valid int"),
+        ("data", "min_report_chars", True, "not a valid int"),
+        ("data", "sections", ["findings", "history"], "not one of"),
+        ("data", "views", [], "data.views is empty"),
+        ("data", "sections", ["findings", "findings"], "repeats"),
+        ("qc", "max_missing_image_fraction", 1.5, "fraction"),
+        ("qc", "image_check", "decode", "not one of"),
+        ("demo", "image_size", 8, "too small"),
+        ("demo", "n_patients", 0, "must be > 0"),
+        ("demo", "test_fraction", 0.95, "must be < 1"),
+    ],
+)
+def test_bad_values_name_key_and_value(section, key, value, match):
+    with pytest.raises(ParamsError, match=match) as err:
+        parse_params({section: {key: value}})
+    assert f"{section}." in str(err.value)
+
+
+def test_int_is_accepted_for_float_and_null_for_optional():
+    p = parse_params({"qc": {"max_missing_image_fraction": 0, "image_listing": None}})
+    assert p.qc.max_missing_image_fraction == 0.0 and p.qc.image_listing is None
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_load_roundtrip(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"data": {"views": ["PA"], "label_policy": "u_ignore"}}))
+    p = load_params(path)
+    assert p.data == DataParams(views=("PA",), label_policy="u_ignore")
