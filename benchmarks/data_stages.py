@@ -46,8 +46,13 @@ def make_inputs(out: Path, scale: float, seed: int = 0) -> None:
     subjects = 10_000_000 + rng.choice(9_999_999, n_pat, replace=False)
     study_subject = np.sort(np.concatenate([subjects, rng.choice(subjects, n_std - n_pat)]))
     studies = 50_000_000 + rng.choice(9_999_999, n_std, replace=False)
-    split_of = dict(zip(subjects, rng.choice(["train", "validate", "test"], n_pat,
-                                             p=[0.977, 0.008, 0.015]), strict=True))
+    split_of = dict(
+        zip(
+            subjects,
+            rng.choice(["train", "validate", "test"], n_pat, p=[0.977, 0.008, 0.015]),
+            strict=True,
+        )
+    )
     p = np.array([w for w, _ in STUDY_TYPES])
     types = rng.choice(len(STUDY_TYPES), n_std, p=p)
     meta, split, labels, reports = [], [], [], {}
@@ -55,26 +60,48 @@ def make_inputs(out: Path, scale: float, seed: int = 0) -> None:
     for i, (subject, study) in enumerate(zip(study_subject, studies, strict=True)):
         views = STUDY_TYPES[types[i]][1]
         states = draw_states(rng, "AP" in views)
-        text, _ = compose_report(states, frontal_views=[v for v in views if v in ("PA", "AP")],
-                                 n_images=len(views), rng=rng)
+        text, _ = compose_report(
+            states,
+            frontal_views=[v for v in views if v in ("PA", "AP")],
+            n_images=len(views),
+            rng=rng,
+        )
         reports[report_relpath(int(subject), int(study))] = text
         labels.append({"subject_id": subject, "study_id": study, **chexpert_row(states)})
         for view in views:
             dicom = "-".join(rng.bytes(20).hex()[j : j + 8] for j in range(0, 40, 8))
-            meta.append((dicom, subject, study, "CHEST (PA AND LAT)", view, 3056, 2544,
-                         21800506, 213014.531, "CHEST (PA AND LAT)", "", "Erect"))
+            meta.append(
+                (
+                    dicom,
+                    subject,
+                    study,
+                    "CHEST (PA AND LAT)",
+                    view,
+                    3056,
+                    2544,
+                    21800506,
+                    213014.531,
+                    "CHEST (PA AND LAT)",
+                    "",
+                    "Erect",
+                )
+            )
             split.append((dicom, study, subject, split_of[subject]))
     meta = meta[:n_img_target] if len(meta) > n_img_target else meta
     split = split[: len(meta)]
     out.mkdir(parents=True, exist_ok=True)
     mdf = pd.DataFrame(meta, columns=list(METADATA_COLUMNS))
     write_csv_gz(mdf, out / "mimic-cxr-2.0.0-metadata.csv.gz")
-    write_csv_gz(pd.DataFrame(split, columns=["dicom_id", "study_id", "subject_id", "split"]),
-                 out / "mimic-cxr-2.0.0-split.csv.gz")
+    write_csv_gz(
+        pd.DataFrame(split, columns=["dicom_id", "study_id", "subject_id", "split"]),
+        out / "mimic-cxr-2.0.0-split.csv.gz",
+    )
     write_csv_gz(pd.DataFrame(labels), out / "mimic-cxr-2.0.0-chexpert.csv.gz")
     write_reports_zip(reports, out / "mimic-cxr-reports.zip")
-    listing = [image_relpath(s, t, d) for d, s, t in
-               zip(mdf["dicom_id"], mdf["subject_id"], mdf["study_id"], strict=True)]
+    listing = [
+        image_relpath(s, t, d)
+        for d, s, t in zip(mdf["dicom_id"], mdf["subject_id"], mdf["study_id"], strict=True)
+    ]
     (out / "IMAGE_FILENAMES").write_text("\n".join(listing) + "\n")
     print(f"inputs: {len(mdf):,} images, {n_std:,} studies, {n_pat:,} patients in {out}")
 
@@ -94,11 +121,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "out")
+    ap.add_argument("--make-only", action="store_true", help="only write the inputs")
     args = ap.parse_args()
     raw = args.workdir / f"mimic_x{args.scale:g}"
-    if not (raw / "IMAGE_FILENAMES").exists():
-        t = time.perf_counter()
+    if args.make_only:
         make_inputs(raw, args.scale)
+        return
+    if not (raw / "IMAGE_FILENAMES").exists():
+        # In a child process: a forked child's peak RSS would include this process's memory.
+        t = time.perf_counter()
+        subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--scale",
+                str(args.scale),
+                "--workdir",
+                str(args.workdir),
+                "--make-only",
+            ],
+            check=True,
+        )
         print(f"made inputs in {time.perf_counter() - t:.0f} s")
     work = args.workdir / f"run_x{args.scale:g}"
     work.mkdir(parents=True, exist_ok=True)
@@ -109,21 +152,79 @@ def main() -> None:
     p = ["--params", str(work / "params.yaml")]
     w = str(work)
     stages = [
-        ("filter_views", ["--metadata", f"{raw}/mimic-cxr-2.0.0-metadata.csv.gz",
-                          "--out", f"{w}/images.parquet", "--metrics", f"{w}/filter_views.json",
-                          "--plots", f"{w}/plots", *p]),
-        ("extract_reports", ["--images", f"{w}/images.parquet", "--reports",
-                             f"{raw}/mimic-cxr-reports.zip", "--out", f"{w}/reports.parquet",
-                             "--metrics", f"{w}/extract_reports.json", *p]),
-        ("inject_labels", ["--images", f"{w}/images.parquet", "--chexpert",
-                           f"{raw}/mimic-cxr-2.0.0-chexpert.csv.gz", "--out",
-                           f"{w}/labeled.parquet", "--metrics", f"{w}/inject_labels.json", *p]),
-        ("split", ["--images", f"{w}/labeled.parquet", "--split-file",
-                   f"{raw}/mimic-cxr-2.0.0-split.csv.gz", "--out", f"{w}/split.parquet",
-                   "--metrics", f"{w}/split.json"]),
-        ("qc", ["--images", f"{w}/split.parquet", "--reports", f"{w}/reports.parquet",
-                "--root", str(raw), "--out", f"{w}/master.jsonl", "--metrics", f"{w}/qc.json",
-                "--plots", f"{w}/plots", *p]),
+        (
+            "filter_views",
+            [
+                "--metadata",
+                f"{raw}/mimic-cxr-2.0.0-metadata.csv.gz",
+                "--out",
+                f"{w}/images.parquet",
+                "--metrics",
+                f"{w}/filter_views.json",
+                "--plots",
+                f"{w}/plots",
+                *p,
+            ],
+        ),
+        (
+            "extract_reports",
+            [
+                "--images",
+                f"{w}/images.parquet",
+                "--reports",
+                f"{raw}/mimic-cxr-reports.zip",
+                "--out",
+                f"{w}/reports.parquet",
+                "--metrics",
+                f"{w}/extract_reports.json",
+                *p,
+            ],
+        ),
+        (
+            "inject_labels",
+            [
+                "--images",
+                f"{w}/images.parquet",
+                "--chexpert",
+                f"{raw}/mimic-cxr-2.0.0-chexpert.csv.gz",
+                "--out",
+                f"{w}/labeled.parquet",
+                "--metrics",
+                f"{w}/inject_labels.json",
+                *p,
+            ],
+        ),
+        (
+            "split",
+            [
+                "--images",
+                f"{w}/labeled.parquet",
+                "--split-file",
+                f"{raw}/mimic-cxr-2.0.0-split.csv.gz",
+                "--out",
+                f"{w}/split.parquet",
+                "--metrics",
+                f"{w}/split.json",
+            ],
+        ),
+        (
+            "qc",
+            [
+                "--images",
+                f"{w}/split.parquet",
+                "--reports",
+                f"{w}/reports.parquet",
+                "--root",
+                str(raw),
+                "--out",
+                f"{w}/master.jsonl",
+                "--metrics",
+                f"{w}/qc.json",
+                "--plots",
+                f"{w}/plots",
+                *p,
+            ],
+        ),
     ]
     total, peak = 0.0, 0.0
     rows = []

@@ -7,12 +7,12 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-from lib.mimic import LABELS  # noqa: E402
+from lib.mimic import LABELS
 
 SPLIT_COLORS = {"train": "#4C72B0", "val": "#DD8452", "test": "#55A868"}
 
@@ -24,10 +24,15 @@ def label_distribution_table(distribution: dict[str, Any]) -> pd.DataFrame:
         total = entry["total"]
         for label in LABELS:
             pos = entry[label]
-            rows.append({
-                "label": label, "split": split, "positives": pos, "total": total,
-                "prevalence": round(pos / total, 6) if total else 0.0,
-            })
+            rows.append(
+                {
+                    "label": label,
+                    "split": split,
+                    "positives": pos,
+                    "total": total,
+                    "prevalence": round(pos / total, 6) if total else 0.0,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -40,8 +45,13 @@ def label_distribution_figure(table: pd.DataFrame) -> Figure:
     for i, split in enumerate(splits):
         part = table[table["split"] == split].set_index("label").loc[list(LABELS)]
         total = int(part["total"].iloc[0])
-        ax.barh(y + i * h, part["prevalence"] * 100, height=h,
-                color=SPLIT_COLORS.get(split), label=f"{split} (n={total:,})")
+        ax.barh(
+            y + i * h,
+            part["prevalence"] * 100,
+            height=h,
+            color=SPLIT_COLORS.get(split),
+            label=f"{split} (n={total:,})",
+        )
         for yy, (prev, pos) in enumerate(zip(part["prevalence"], part["positives"], strict=True)):
             ax.text(prev * 100 + 0.3, yy + i * h, f"{pos:,}", va="center", fontsize=6)
     ax.set_yticks(y + h * (len(splits) - 1) / 2, LABELS)
@@ -77,8 +87,15 @@ def text_length_figure(words: pd.DataFrame) -> Figure:
     upper = max(int(words["words"].quantile(0.995)) if len(words) else 1, 1)
     bins = np.linspace(0, upper, 40)
     for split, part in words.groupby("split", sort=False):
-        ax.hist(part["words"].clip(upper=upper), bins=bins, density=True, histtype="step",
-                linewidth=1.5, color=SPLIT_COLORS.get(str(split)), label=str(split))
+        ax.hist(
+            part["words"].clip(upper=upper),
+            bins=bins,
+            density=True,
+            histtype="step",
+            linewidth=1.5,
+            color=SPLIT_COLORS.get(str(split)),
+            label=str(split),
+        )
     ax.set_xlabel("words in text (findings + impression)")
     ax.set_ylabel("density")
     ax.set_title("Report text length")

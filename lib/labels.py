@@ -80,9 +80,9 @@ def inject_labels(
     labels = apply_policy(raw, policy)
     if policy == "u_ignore":
         labels.loc[missing] = IGNORE
-    out = pd.concat(
-        [images.reset_index(drop=True), labels.reset_index(drop=True)], axis=1
-    ).assign(labels_missing=missing)
+    out = pd.concat([images.reset_index(drop=True), labels.reset_index(drop=True)], axis=1).assign(
+        labels_missing=missing
+    )
 
     study_missing = out.loc[out["labels_missing"], "study_id"].drop_duplicates()
     raw_kept = raw.reset_index(drop=True)
@@ -90,9 +90,9 @@ def inject_labels(
         "rows_in": len(images),
         "rows_out": len(out),
         "label_policy": policy,
-        "label_rows": int(len(chex)),
+        "label_rows": len(chex),
         "images_without_label_row": int(missing.sum()),
-        "studies_without_label_row": int(len(study_missing)),
+        "studies_without_label_row": len(study_missing),
         "studies_without_label_row_examples": [str(s) for s in study_missing.head(10)],
         "raw_values": {
             label: {

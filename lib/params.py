@@ -73,7 +73,9 @@ class DataParams:
 
     def validate(self) -> None:
         if not self.views:
-            raise ParamsError("data.views is empty; list the ViewPosition values to keep, e.g. [PA, AP]")
+            raise ParamsError(
+                "data.views is empty; list the ViewPosition values to keep, e.g. [PA, AP]"
+            )
         if not self.sections:
             raise ParamsError("data.sections is empty; use [findings, impression]")
         if len(set(self.sections)) != len(self.sections):
@@ -229,4 +231,3 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, list | tuple):
         return [_jsonable(v) for v in x]
     return x
-

@@ -25,8 +25,17 @@ from lib.tables import DropLog
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 MASTER_FIELDS = (
-    "dicom_id", "subject_id", "study_id", "split", "view", "image",
-    "findings", "impression", "text", "labels", "labels_missing",
+    "dicom_id",
+    "subject_id",
+    "study_id",
+    "split",
+    "view",
+    "image",
+    "findings",
+    "impression",
+    "text",
+    "labels",
+    "labels_missing",
 )
 
 
@@ -48,7 +57,8 @@ def image_problems(
 ) -> np.ndarray:
     """Per image: '' if usable, else why not. With a listing, nothing touches the disk."""
     if listing is not None:
-        return np.where(relpaths.isin(listing), "", "image_missing").astype(object)
+        # Plain set membership: ~20x faster than Series.isin on Arrow strings at MIMIC size.
+        return np.array(["" if p in listing else "image_missing" for p in relpaths], dtype=object)
     paths = [str(root / p) for p in relpaths]
     with ThreadPoolExecutor(params.io_threads) as pool:
         found = pool.map(check_image, paths, [params.image_check] * len(paths), chunksize=256)
@@ -82,7 +92,8 @@ def run_qc(
         )
     df = images.copy()
     df["image"] = [
-        image_relpath(s, t, d) for s, t, d in zip(df["subject_id"], df["study_id"], df["dicom_id"])
+        image_relpath(s, t, d)
+        for s, t, d in zip(df["subject_id"], df["study_id"], df["dicom_id"], strict=True)
     ]
     problems = image_problems(df["image"], root, params, listing)
     n_missing = int((problems != "").sum())
@@ -98,6 +109,8 @@ def run_qc(
     df = log.drop(df, df["report_chars"] < min_report_chars, "report_too_short", "study_id")
     df = log.drop(df, df["text"].fillna("").str.strip() == "", "text_empty", "study_id")
     df = df.sort_values(["subject_id", "study_id", "dicom_id"]).reset_index(drop=True)
+    # Texts are whitespace-collapsed, so words = spaces + 1 (vectorised, no Python split).
+    df["text_words"] = df["text"].str.count(" ").astype("int64") + 1
 
     metrics: dict[str, Any] = {
         "rows_in": n_in,
@@ -178,7 +191,7 @@ def distribution(df: pd.DataFrame) -> dict[str, Any]:
         if any(ignored.values()):
             entry["ignored"] = ignored
         table[split] = entry
-    words = df["text"].str.split().str.len() if len(df) else pd.Series(dtype=float)
+    words = df["text_words"] if len(df) else pd.Series(dtype=float)
     return {
         "distribution": table,
         "views": {str(k): int(v) for k, v in df["view"].value_counts().sort_index().items()},
@@ -189,22 +202,41 @@ def distribution(df: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def master_records(df: pd.DataFrame) -> Iterator[dict[str, Any]]:
-    """One JSON-ready dict per image, fields as in ``MASTER_FIELDS``."""
-    label_values = df[list(LABELS)].to_numpy(dtype=np.int64)
-    cols = {c: df[c].tolist() for c in MASTER_FIELDS if c != "labels"}
+_STR_FIELDS = ("dicom_id", "split", "view", "image", "findings", "impression", "text")
+
+
+def master_lines(df: pd.DataFrame) -> Iterator[str]:
+    """One JSON line per image, fields in the order of ``MASTER_FIELDS``.
+
+    Assembled from per-field encodings rather than ``json.dumps`` of a nested dict: the
+    label block repeats across images and is encoded once per distinct label vector,
+    which makes writing MIMIC's ~240k records several times faster.
+    """
+    enc = json.encoder.encode_basestring  # the C string encoder json.dumps itself uses
+    strs = {c: [enc(v) for v in df[c].astype(str)] for c in _STR_FIELDS}
+    subjects, studies = df["subject_id"].tolist(), df["study_id"].tolist()
+    missing = ["true" if v else "false" for v in df["labels_missing"]]
+    label_rows = df[list(LABELS)].to_numpy(dtype=np.int64)
+    label_json: dict[bytes, str] = {}
     for i in range(len(df)):
-        rec = {c: cols[c][i] for c in MASTER_FIELDS if c != "labels"}
-        rec["labels"] = dict(zip(LABELS, label_values[i].tolist(), strict=True))
-        rec["labels_missing"] = bool(rec["labels_missing"])
-        yield {k: rec[k] for k in MASTER_FIELDS}
+        key = label_rows[i].tobytes()
+        labels = label_json.get(key)
+        if labels is None:
+            labels = json.dumps(dict(zip(LABELS, label_rows[i].tolist(), strict=True)))
+            label_json[key] = labels
+        yield (
+            f'{{"dicom_id": {strs["dicom_id"][i]}, "subject_id": {subjects[i]}, '
+            f'"study_id": {studies[i]}, "split": {strs["split"][i]}, '
+            f'"view": {strs["view"][i]}, "image": {strs["image"][i]}, '
+            f'"findings": {strs["findings"][i]}, "impression": {strs["impression"][i]}, '
+            f'"text": {strs["text"][i]}, "labels": {labels}, '
+            f'"labels_missing": {missing[i]}}}\n'
+        )
 
 
-def write_jsonl(records: Iterable[dict[str, Any]], path: Path) -> None:
+def write_jsonl(lines: Iterable[str], path: Path) -> None:
     with path.open("w", encoding="utf-8") as fh:
-        for rec in records:
-            fh.write(json.dumps(rec, ensure_ascii=False))
-            fh.write("\n")
+        fh.writelines(lines)
 
 
 def pipeline_drops(stage_metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:

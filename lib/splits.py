@@ -15,9 +15,11 @@ SPLITS = ("train", "val", "test")
 
 def find_leakage(df: pd.DataFrame) -> pd.DataFrame:
     """Patients that appear in more than one split: subject_id and the splits they span."""
-    per_subject = df.groupby("subject_id")["split"].agg(lambda s: sorted(set(s)))
-    leaked = per_subject[per_subject.map(len) > 1]
-    return leaked.rename("splits").reset_index()
+    n_splits = df.groupby("subject_id")["split"].nunique()
+    offenders = n_splits.index[n_splits > 1]
+    part = df[df["subject_id"].isin(offenders)]
+    per_subject = part.groupby("subject_id")["split"].agg(lambda s: sorted(set(s)))
+    return per_subject.rename("splits").reset_index()
 
 
 def apply_split(
@@ -62,7 +64,8 @@ def apply_split(
     leaked = find_leakage(df)
     if len(leaked):
         lines = "\n".join(
-            f"  subject_id {r.subject_id}: {', '.join(r.splits)}" for r in leaked.head(20).itertuples()
+            f"  subject_id {r.subject_id}: {', '.join(r.splits)}"
+            for r in leaked.head(20).itertuples()
         )
         raise DataError(
             f"{source}: {len(leaked)} patient(s) appear in more than one split, which would leak "

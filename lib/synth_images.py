@@ -226,9 +226,9 @@ class _Scene(_Xform):
         self.h, self.w = height, width
         # The lungs fill ~80 % of the width or ~65 % of the height, whichever binds, as on
         # real films; patients differ in size and in where they stand.
-        s = min(0.55 * width, 0.58 * height) * rng.uniform(0.86, 1.06) * (1.04 if ap else 1.0)
-        cx = width / 2 + rng.normal(0, 0.025) * width + (0.05 * s if lateral else 0.0)
-        cy = 0.47 * height + 0.12 * s + rng.normal(0, 0.025) * height
+        s = min(0.55 * width, 0.58 * height) * rng.uniform(0.9, 1.05) * (1.04 if ap else 1.0)
+        cx = width / 2 + rng.normal(0, 0.02) * width + (0.05 * s if lateral else 0.0)
+        cy = 0.47 * height + 0.12 * s + rng.normal(0, 0.02) * height
         theta = rng.normal(0, tilt)
         super().__init__(cx, cy, s, math.cos(theta), math.sin(theta))
         self.lw, self.lh = -(-width // _LOW), -(-height // _LOW)
@@ -333,7 +333,9 @@ class _Geometry:
     """Patient anatomy in the canonical frame; subclasses draw one view."""
 
     lateral = False
-    rib_fill = 40
+    ap = False
+    atel_side = 0  # the hemidiaphragm atelectasis raises (0 right, 1 left); frontal only
+    rib_fill = 58
     rib_width = 0.05
 
     def __init__(self, rng: np.random.Generator, scene: _Scene) -> None:
@@ -347,7 +349,7 @@ class _Geometry:
         self.lobe_centre = np.zeros(2)
         self.mw_scale = 1.0  # widening of the upper mediastinum
 
-    def adapt(self, strength: Mapping[str, float], frng: Mapping[str, np.random.Generator]):
+    def adapt(self, strength: Mapping[str, float], frng: Mapping[str, np.random.Generator]) -> None:
         """Change the anatomy that findings alter (heart size, mediastinum, diaphragm)."""
         raise NotImplementedError
 
@@ -479,11 +481,10 @@ class _Frontal(_Geometry):
         self.clav = rng.normal(-0.07 if lordotic else -0.02 if ap else 0.0, 0.02)
         self.breast = rng.random() < 0.4
         self.marker = rng.random() < 0.7
-        self.atel_side = 0
 
-    def adapt(self, strength, frng):
+    def adapt(self, strength: Mapping[str, float], frng: Mapping[str, np.random.Generator]) -> None:
         if "Cardiomegaly" in strength:
-            self.ctr += 0.06 + 0.12 * strength["Cardiomegaly"]
+            self.ctr += 0.1 + 0.14 * strength["Cardiomegaly"]
         if "Enlarged Cardiomediastinum" in strength:
             self.mw_scale = 1.25 + 0.9 * strength["Enlarged Cardiomediastinum"]
         if "Atelectasis" in strength:
@@ -501,7 +502,7 @@ class _Frontal(_Geometry):
         med = np.column_stack([sgn * w * _LUNG_MED[:, 0], va + h * _LUNG_MED[:, 1]])
         return np.vstack([up, dia, med])
 
-    def build(self):
+    def build(self) -> None:
         w, va, mid = self.wide, self.va, self.mid
         self.lungs = [self._lung(-1), self._lung(1)]
         self.outlines = [_smooth(lung) for lung in self.lungs]
@@ -558,7 +559,7 @@ class _Frontal(_Geometry):
             actrl[sl, 3] = np.column_stack([np.full(m, sgn * w * 0.3), av + 0.16])
         self.ant_ribs = _bezier(actrl)
 
-    def draw_anatomy(self, lay):
+    def draw_anatomy(self, lay: _Layers) -> None:
         rng = self.rng
         w, va, mid = self.wide, self.va, self.mid
         wt = w + 0.1 + rng.uniform(-0.02, 0.04)  # body wall outside the ribs
@@ -669,7 +670,7 @@ class _Frontal(_Geometry):
         ang = np.linspace(-1.4, 1.35, 11)
         self.draw_vessels(lay, [math.pi - ang, ang], 0.45 * w)
 
-    def lobe(self, rng):
+    def lobe(self, rng: np.random.Generator) -> np.ndarray:
         w, va, h = self.wide, self.va, self.vcp - self.va
         side = -1 if rng.random() < 0.55 else 1
         fis = va + 0.5 * h  # horizontal fissure / upper-lobe boundary
@@ -687,7 +688,7 @@ class _Frontal(_Geometry):
         self.lobe_centre = np.array([side * centre[kind][0], centre[kind][1]])
         return pts
 
-    def effusion(self, side, level):
+    def effusion(self, side: int, level: float) -> np.ndarray:
         sgn = -1 if side < 0 else 1
         lung = self.lungs[0 if side < 0 else 1]
         w, vcp = self.wide, lung[_CP, 1]
@@ -698,29 +699,30 @@ class _Frontal(_Geometry):
         top = np.column_stack([sgn * w * mu, mv])
         return np.vstack([top, [(sgn * 0.05, 1.5), (sgn * (w + 0.3), 1.5)]])
 
-    def ptx_arc(self, side, extent):
+    def ptx_arc(self, side: int, extent: float) -> tuple[np.ndarray, np.ndarray]:
         lung = self.lungs[0 if side < 0 else 1]
         n = 4 + round(6 * extent)  # from the medial apex over the top and down the wall
         hu, hv = self.hila[0 if side < 0 else 1]
         return lung[: n + 1], np.array([hu * 0.8, hv])
 
-    def wall(self, side):
+    def wall(self, side: int) -> np.ndarray:
         return self.lungs[0 if side < 0 else 1][4 : _CP + 1]
 
-    def base_band(self, side):
+    def base_band(self, side: int) -> tuple[float, float, float, float]:
         sgn = -1 if side < 0 else 1
         top = self.lungs[0 if side < 0 else 1][_DOME_TOP, 1]
         u0, u1 = sorted((sgn * 0.3 * self.wide, sgn * 0.9 * self.wide))
         return u0, u1, top - 0.2, top - 0.04
 
-    def devices(self, rng, kinds, lay):
+    def devices(self, rng: np.random.Generator, kinds: set[str], lay: _Layers) -> None:
         d, xf = lay.ctx("device")
         mid, w, va = self.mid, self.wide, self.va
         carina_v = self.heart_top - 0.06
         if "ett" in kinds:  # endotracheal tube, tip a few cm above the carina
+            # A plastic tube (faint walls) with a radio-opaque stripe.
             tube = np.array([(mid - 0.01, -1.7), (mid + 0.005, carina_v - rng.uniform(0.08, 0.2))])
-            d.line(xf.xy(tube), 170, xf.px(0.024))
-            d.line(xf.xy(tube + np.array([0.006, 0.0])), 255, xf.px(0.007))
+            d.line(xf.xy(tube), 110, xf.px(0.05))
+            d.line(xf.xy(tube + np.array([0.01, 0.0])), 255, xf.px(0.012))
         if "ng" in kinds:  # enteric tube down the oesophagus into the stomach
             ctrl = np.array(
                 [
@@ -729,14 +731,14 @@ class _Frontal(_Geometry):
                 ]
             ) + rng.normal(0, 0.02, (2, 4, 2))  # fmt: skip
             ctrl[1, 0] = ctrl[0, 3]
-            d.line(xf.xy(np.vstack(_bezier(ctrl))), 235, xf.px(0.014))
+            d.line(xf.xy(np.vstack(_bezier(ctrl))), 235, xf.px(0.025))
         if "line" in kinds:  # central venous line from the right, tip in the SVC
             ctrl = np.array([(-w - 0.1, va + 0.05), (-0.45, va + 0.02), (mid - 0.12, va + 0.1),
                              (mid - 0.06, self.heart_top)])  # fmt: skip
-            d.line(xf.xy(_bezier(ctrl + rng.normal(0, 0.025, ctrl.shape))), 225, xf.px(0.011))
+            d.line(xf.xy(_bezier(ctrl + rng.normal(0, 0.025, ctrl.shape))), 225, xf.px(0.016))
         if "pacer" in kinds:  # generator below the left clavicle, leads into the heart
             pu, pv = 0.5 * w + rng.normal(0, 0.05), va + 0.22 + rng.normal(0, 0.04)
-            box = np.array([(-0.08, -0.055), (0.08, -0.055), (0.085, 0.05), (-0.085, 0.055)])
+            box = np.array([(-0.13, -0.1), (0.13, -0.1), (0.14, 0.09), (-0.13, 0.1)])
             d.polygon(xf.xy(box + np.array([pu, pv])), 255)
             apex = self.heart[_HEART_APEX]
             for k in range(1 + int(rng.integers(2))):
@@ -744,7 +746,7 @@ class _Frontal(_Geometry):
                                  (mid - 0.1, self.heart_top + 0.2),
                                  (apex[0] - 0.12 - 0.15 * k, apex[1] - 0.1 * k)])  # fmt: skip
                 ctrl[1:] += rng.normal(0, 0.02, (3, 2))
-                d.line(xf.xy(_bezier(ctrl)), 245, xf.px(0.012))
+                d.line(xf.xy(_bezier(ctrl)), 245, xf.px(0.016))
         if "ecg" in kinds:  # electrodes on the chest wall with their wires
             _ecg_leads(xf, rng, d, (-w, w), (va + 0.05, self.vcp + 0.1), outward=True)
         if "chest_tube" in kinds:
@@ -752,7 +754,7 @@ class _Frontal(_Geometry):
             ctrl = np.array([(sgn * (w + 0.4), self.vcp + 0.1), (sgn * (w - 0.05), self.vcp),
                              (sgn * 0.6 * w, va + 0.5), (sgn * 0.35 * w, va + 0.1)])  # fmt: skip
             ctrl[1:] += rng.normal(0, 0.03, (3, 2))
-            d.line(xf.xy(_bezier(ctrl)), 230, xf.px(0.02))
+            d.line(xf.xy(_bezier(ctrl)), 230, xf.px(0.045))
 
 
 class _Lateral(_Geometry):
@@ -773,7 +775,7 @@ class _Lateral(_Geometry):
         self.kyphosis = rng.uniform(0.0, 0.06)
         self.raise_dia = 0.0
 
-    def adapt(self, strength, frng):
+    def adapt(self, strength: Mapping[str, float], frng: Mapping[str, np.random.Generator]) -> None:
         if "Cardiomegaly" in strength:
             self.heart_r += 0.1 + 0.2 * strength["Cardiomegaly"]
         if "Enlarged Cardiomediastinum" in strength:
@@ -785,7 +787,7 @@ class _Lateral(_Geometry):
         """Apply this patient's chest depth and height to template points."""
         return np.asarray(pts, dtype=float) * np.array([self.depth, self.tall])
 
-    def build(self):
+    def build(self) -> None:
         lung = self._p(_LAT_LUNG)
         lung[_LAT_DOME, 1] += self.dome_shift - self.raise_dia + self.second
         self.lungs = [lung]  # outlined down to the lower dome
@@ -806,7 +808,7 @@ class _Lateral(_Geometry):
             ctrl[sl, 3] = np.column_stack([np.full(n, 0.05), lv + off + 0.24])
         self.ribs = _bezier(ctrl + self.rng.normal(0, 0.01, ctrl.shape))
 
-    def draw_anatomy(self, lay):
+    def draw_anatomy(self, lay: _Layers) -> None:
         rng = self.rng
         dp, tl = self.depth, self.tall
         lung = self.lungs[0]
@@ -879,7 +881,7 @@ class _Lateral(_Geometry):
 
         self.draw_vessels(lay, [np.linspace(-2.6, 2.2, 12)], 0.42)
 
-    def lobe(self, rng):
+    def lobe(self, rng: np.random.Generator) -> np.ndarray:
         kind = int(rng.integers(3))
         if kind == 0:  # upper lobe, above the fissures
             pts = [(-0.9, -1.0), (0.9, -1.0), (0.9, -0.5), (0.5, -0.45), (0.1, -0.1), (-0.9, -0.1)]
@@ -890,7 +892,7 @@ class _Lateral(_Geometry):
         self.lobe_centre = self._p([[(0.1, -0.45), (-0.4, 0.05), (0.4, 0.1)][kind]])[0]
         return self._p(pts)
 
-    def effusion(self, side, level):
+    def effusion(self, side: int, level: float) -> np.ndarray:
         # Fluid collects first in the posterior costophrenic sulcus, meniscus rising behind.
         base = self.lungs[0][_LAT_SULCUS, 1] - (0.0 if side < 0 else 0.5 * self.second)
         rise = level * 1.1 * self.tall
@@ -898,46 +900,46 @@ class _Lateral(_Geometry):
         mv = base - rise * np.array([1.0, 0.93, 0.72, 0.5, 0.38, 0.3, 0.25])
         return np.vstack([np.column_stack([mu, mv]), [(-0.9, 1.6), (0.9, 1.6)]])
 
-    def ptx_arc(self, side, extent):
+    def ptx_arc(self, side: int, extent: float) -> tuple[np.ndarray, np.ndarray]:
         lung = self.lungs[0]
         n = 2 + round(3 * extent)
         arc = np.vstack([lung[-n:], lung[: n + 1]])  # over the apex, both ways
         return arc, np.array([0.1 * self.depth, 0.1])
 
-    def wall(self, side):
+    def wall(self, side: int) -> np.ndarray:
         lung = self.lungs[0]
         return lung[15:20] if side > 0 else lung[1:7]
 
-    def base_band(self, side):
+    def base_band(self, side: int) -> tuple[float, float, float, float]:
         # Behind the heart, above the posterior part of the diaphragm.
         top = self.upper_dome[4, 1]
         return 0.02 * self.depth, 0.6 * self.depth, top - 0.22, top - 0.06
 
-    def devices(self, rng, kinds, lay):
+    def devices(self, rng: np.random.Generator, kinds: set[str], lay: _Layers) -> None:
         d, xf = lay.ctx("device")
         dp, tl = self.depth, self.tall
         if "ett" in kinds:
             tube = self._p([(-0.02, -1.7), (0.1, -0.5), (0.12, -0.32)])
-            d.line(xf.xy(tube), 175, xf.px(0.024))
-            d.line(xf.xy(tube + np.array([0.006, 0.0])), 255, xf.px(0.007))
+            d.line(xf.xy(tube), 110, xf.px(0.05))
+            d.line(xf.xy(tube + np.array([0.01, 0.0])), 255, xf.px(0.012))
         if "ng" in kinds:  # behind the trachea, down into the stomach below the diaphragm
             tube = np.array([(0.2, -1.7), (0.3 * dp, -0.4), (0.35 * dp, 0.3), (0.1, 0.6)])
-            d.line(xf.xy(tube + rng.normal(0, 0.02, tube.shape)), 235, xf.px(0.014))
+            d.line(xf.xy(tube + rng.normal(0, 0.02, tube.shape)), 235, xf.px(0.025))
         if "line" in kinds:
             line = np.array([(0.05, -1.5), (-0.05, -0.8), (-0.12 * dp, -0.35 * tl)])
-            d.line(xf.xy(line + rng.normal(0, 0.02, line.shape)), 225, xf.px(0.011))
+            d.line(xf.xy(line + rng.normal(0, 0.02, line.shape)), 225, xf.px(0.016))
         if "pacer" in kinds:
             pu, pv = -0.72 * dp, -0.5 * tl + rng.normal(0, 0.04)
-            box = np.array([(-0.03, -0.08), (0.03, -0.08), (0.035, 0.08), (-0.035, 0.08)])
+            box = np.array([(-0.04, -0.13), (0.04, -0.13), (0.045, 0.13), (-0.045, 0.13)])
             d.polygon(xf.xy(box + np.array([pu, pv])), 255)
             ctrl = np.array([(pu, pv), (-0.3, -0.7), (0.05, -0.3), (-0.35 * dp, 0.1)])
-            d.line(xf.xy(_bezier(ctrl)), 245, xf.px(0.012))
+            d.line(xf.xy(_bezier(ctrl)), 245, xf.px(0.016))
         if "ecg" in kinds:
             _ecg_leads(xf, rng, d, (-0.7 * dp, 0.6 * dp), (-0.6 * tl, 0.3), outward=False)
         if "chest_tube" in kinds:
             ctrl = np.array([(0.3, 1.2), (0.45, 0.3), (0.4, -0.2), (0.2, -0.6)])
             ctrl[1:] += rng.normal(0, 0.03, (3, 2))
-            d.line(xf.xy(_bezier(ctrl)), 230, xf.px(0.02))
+            d.line(xf.xy(_bezier(ctrl)), 230, xf.px(0.045))
 
 
 def _ecg_leads(
@@ -952,13 +954,13 @@ def _ecg_leads(
     """Electrodes (bright rings with a snap) and the wires trailing off the image."""
     for _ in range(int(rng.integers(3, 6))):
         u, v = rng.uniform(*urange), rng.uniform(*vrange)
-        d.polygon(xf.xy(_ellipse(u, v, 0.035, 0.035)), None, 230, xf.px(0.009))
-        d.polygon(xf.xy(_ellipse(u, v, 0.012, 0.012)), 250)
+        d.polygon(xf.xy(_ellipse(u, v, 0.05, 0.05)), None, 230, xf.px(0.012))
+        d.polygon(xf.xy(_ellipse(u, v, 0.02, 0.02)), 250)
         away = (1.0 if u > 0 else -1.0) if outward else float(rng.choice([-1.0, 1.0]))
         ctrl = np.array([(u, v), (u + away * rng.uniform(0.2, 0.6), v + rng.normal(0, 0.3)),
                          (u + away * rng.uniform(0.4, 1.0), v + rng.normal(0, 0.5)),
                          (u + away * 1.6, v + rng.normal(0, 0.6))])  # fmt: skip
-        d.line(xf.xy(_bezier(ctrl)), 200, xf.px(0.007))
+        d.line(xf.xy(_bezier(ctrl)), 200, xf.px(0.011))
 
 
 def _pick_devices(rng: np.random.Generator, n: int) -> set[str]:
@@ -993,8 +995,14 @@ def _draw_findings(
         e, r = strength["Pleural Effusion"], frng["Pleural Effusion"]
         d, xf = lay.ctx("fluid")
         for side in _sides(r, 0.45):
-            level = (0.12 + 0.4 * e) * r.uniform(0.8, 1.15)
+            level = (0.18 + 0.45 * e) * r.uniform(0.85, 1.15)
             d.polygon(xf.xy(geo.effusion(side, level)), 250)
+            if geo.ap:
+                # Supine, the fluid layers behind the lung: a veil over the lower hemithorax.
+                cu, cv, ru, rv = geo.zones[0 if side < 0 else 1]
+                veil = _ellipse(cu, cv + 0.6 * rv, 1.2 * ru, 1.1 * rv)
+                dh, xh = lay.ctx("hazy")
+                dh.polygon(xh.xy(veil), round(90 * e))
 
     if "Consolidation" in strength:
         e, r = strength["Consolidation"], frng["Consolidation"]
@@ -1058,7 +1066,7 @@ def _draw_findings(
     if "Atelectasis" in strength:
         e, r = strength["Atelectasis"], frng["Atelectasis"]
         d, xf = lay.ctx("soft")
-        side = -1 if geo.lateral or getattr(geo, "atel_side", 0) == 0 else 1
+        side = -1 if geo.atel_side == 0 else 1
         u0, u1, v0, v1 = geo.base_band(side)
         for _ in range(1 + int(r.integers(1, 2 + round(e)))):  # plate-like bands
             v = r.uniform(v0, v1)
@@ -1118,30 +1126,28 @@ def _draw_findings(
         geo.devices(r, _pick_devices(r, 2 + round(2 * e * r.uniform(0.5, 1.0))), lay)
 
 
-@lru_cache(maxsize=16)
-def _fields(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Texture and grain fields, twice the image size, zero mean and unit spread.
+@lru_cache(maxsize=8)
+def _fields(side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Texture and grain fields of ``side`` x ``side`` pixels, zero mean and unit spread.
 
     Lung parenchyma looks mottled at a few pixels' scale and films are grainy. Both fields
-    come from a fixed seed and are cached per size; each image crops them at random offsets,
-    so the output still depends only on the arguments of ``render_cxr``.
+    come from a fixed seed and are cached per size bucket; each image crops them at random
+    offsets, so the output still depends only on the arguments of ``render_cxr``.
     """
     g = np.random.default_rng(20240611)
-    h2, w2 = 2 * height, 2 * width
-    grain = g.standard_normal((h2, w2), dtype=np.float32)
-    noise = Image.fromarray((128 + 40 * grain).clip(0, 255).astype(np.uint8))
-    r = max(0.8, 0.006 * min(height, width))
-    fine = np.asarray(noise.filter(ImageFilter.GaussianBlur(r)), dtype=np.float32)
-    coarse = np.asarray(noise.filter(ImageFilter.GaussianBlur(3 * r)), dtype=np.float32)
+    noise = g.standard_normal((side, side), dtype=np.float32)
+    img = Image.fromarray((128 + 40 * noise).clip(0, 255).astype(np.uint8))
+    fine = np.asarray(img.filter(ImageFilter.GaussianBlur(1.2)), dtype=np.float32)
+    coarse = np.asarray(img.filter(ImageFilter.GaussianBlur(3.6)), dtype=np.float32)
     band = fine - coarse
     band /= band.std() + 1e-6
-    grain = g.standard_normal((h2, w2), dtype=np.float32)
-    return band, grain
+    return band, g.standard_normal((side, side), dtype=np.float32)
 
 
 def _compose(sc: _Scene, lay: _Layers, rng: np.random.Generator) -> np.ndarray:
     """Combine the layers into attenuation, then map it to grey levels with grain."""
     tissue, air, medi, bone = (lay.array(n) for n in ("tissue", "air", "medi", "bone"))
+    # Every view draws these four; the check narrows the types.
     assert tissue is not None and air is not None and medi is not None and bone is not None
     # Aerated lung: air not hidden by the mediastinum, not replaced by fluid or opacity.
     lung = air * (1.0 - 0.85 * medi)
@@ -1160,15 +1166,15 @@ def _compose(sc: _Scene, lay: _Layers, rng: np.random.Generator) -> np.ndarray:
     device = lay.array("device")
     if device is not None:
         dens += _K_DEVICE * device
-    tex, grain = _fields(sc.h, sc.w)
-    oy, ox, gy, gx = (int(v) for v in rng.integers(0, (sc.h, sc.w, sc.h, sc.w)))
+    # Fields at least twice the image size, in 256-pixel steps so that sizes share them.
+    side = 256 * -(-2 * max(sc.h, sc.w) // 256)
+    tex, grain = _fields(side)
+    oy, ox, gy, gx = (int(v) for v in rng.integers(0, (side - sc.h, side - sc.w) * 2))
     dens += tex[oy : oy + sc.h, ox : ox + sc.w] * (0.014 * lung + 0.006)
     # Exposure and contrast differ between films; a smooth gradient mimics the heel effect.
     lo = rng.uniform(-0.04, 0.06)
     hi = rng.uniform(0.86, 1.0)
-    ramp = np.linspace(-0.5, 0.5, sc.h, dtype=np.float32)[:, None] * np.float32(
-        rng.normal(0, 0.04)
-    )
+    ramp = np.linspace(-0.5, 0.5, sc.h, dtype=np.float32)[:, None] * np.float32(rng.normal(0, 0.04))
     dens += ramp - np.float32(lo)
     dens *= np.float32(1.0 / (hi - lo))
     np.clip(dens, 0.0, 1.0, out=dens)

@@ -25,8 +25,12 @@ def filter_views(
     log = DropLog()
     n_in = len(metadata)
     df = metadata.loc[:, list(METADATA_COLUMNS)]
-    df = log.drop(df, df["dicom_id"].isna() | (df["dicom_id"].astype(str).str.strip() == ""),
-                  "missing_dicom_id", "study_id")
+    df = log.drop(
+        df,
+        df["dicom_id"].isna() | (df["dicom_id"].astype(str).str.strip() == ""),
+        "missing_dicom_id",
+        "study_id",
+    )
     df = parse_ids(df, ["subject_id", "study_id"], log)
     df = log.drop(df, df.duplicated(keep="first"), "duplicate_row", "dicom_id")
     conflicting = df["dicom_id"].duplicated(keep=False)

@@ -4,6 +4,7 @@ read straight from the reports zip (or an unpacked files/ tree)."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -27,7 +28,9 @@ def main() -> None:
     images = pd.read_parquet(args.images, columns=["subject_id", "study_id"])
     source = ReportSource(args.reports)
     try:
-        reports, metrics = extract_reports(images, source, params.sections)
+        # Worker count changes speed only, never the output.
+        workers = len(os.sched_getaffinity(0))
+        reports, metrics = extract_reports(images, source, params.sections, workers=workers)
     finally:
         source.close()
     write_parquet(args.out, reports)

@@ -26,19 +26,24 @@ def main() -> None:
     args = ap.parse_args()
 
     params = load_params(args.params).data
-    meta = read_csv_checked(args.metadata, METADATA_COLUMNS, "data.root",
-                            dtype={"dicom_id": str, "ViewPosition": str}, keep_default_na=False,
-                            na_values={"subject_id": [""], "study_id": [""]})
+    meta = read_csv_checked(
+        args.metadata,
+        METADATA_COLUMNS,
+        "data.root",
+        dtype={"dicom_id": str, "ViewPosition": str},
+        keep_default_na=False,
+        na_values={"subject_id": [""], "study_id": [""]},
+    )
     images, metrics = filter_views(meta, params.views)
     write_parquet(args.out, images)
     write_json(args.metrics, metrics)
-    views = pd.DataFrame(
-        [{"view": v, **c} for v, c in metrics["views"].items()]
-    )
+    views = pd.DataFrame([{"view": v, **c} for v, c in metrics["views"].items()])
     write_csv(args.plots / "views.csv", views)
     save_figure(args.plots / "views.png", views_figure(metrics["views"]))
-    print(f"filter_views: kept {metrics['rows_out']} of {metrics['rows_in']} images "
-          f"(views {list(params.views)}) -> {args.out}")
+    print(
+        f"filter_views: kept {metrics['rows_out']} of {metrics['rows_in']} images "
+        f"(views {list(params.views)}) -> {args.out}"
+    )
 
 
 if __name__ == "__main__":

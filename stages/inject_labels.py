@@ -30,8 +30,10 @@ def main() -> None:
     labeled, metrics = inject_labels(images, chexpert, params.label_policy, str(args.chexpert))
     write_parquet(args.out, labeled)
     write_json(args.metrics, metrics)
-    print(f"inject_labels: {metrics['images_without_label_row']} of {metrics['rows_out']} images "
-          f"have no label row (policy {params.label_policy}) -> {args.out}")
+    print(
+        f"inject_labels: {metrics['images_without_label_row']} of {metrics['rows_out']} images "
+        f"have no label row (policy {params.label_policy}) -> {args.out}"
+    )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from lib.cli import run
 from lib.data_plots import label_distribution_figure, label_distribution_table, text_length_figure
 from lib.io import atomic_path, save_figure, write_csv, write_json
 from lib.params import load_params
-from lib.qc import master_records, pipeline_drops, read_listing, run_qc, write_jsonl
+from lib.qc import master_lines, pipeline_drops, read_listing, run_qc, write_jsonl
 
 
 def main() -> None:
@@ -23,8 +23,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True, help="master JSONL file")
     ap.add_argument("--metrics", type=Path, required=True)
     ap.add_argument("--plots", type=Path, required=True, help="directory for plot files")
-    ap.add_argument("--stage-metrics", type=Path, nargs="*", default=[],
-                    help="metrics files of the earlier data stages, summarised in --metrics")
+    ap.add_argument(
+        "--stage-metrics",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="metrics files of the earlier data stages, summarised in --metrics",
+    )
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args()
 
@@ -32,10 +37,11 @@ def main() -> None:
     listing = read_listing(Path(params.qc.image_listing)) if params.qc.image_listing else None
     images = pd.read_parquet(args.images)
     reports = pd.read_parquet(args.reports)
-    kept, metrics = run_qc(images, reports, args.root, params.data.min_report_chars,
-                           params.qc, listing)
+    kept, metrics = run_qc(
+        images, reports, args.root, params.data.min_report_chars, params.qc, listing
+    )
     with atomic_path(args.out) as tmp:
-        write_jsonl(master_records(kept), tmp)
+        write_jsonl(master_lines(kept), tmp)
 
     earlier = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in args.stage_metrics}
     metrics["pipeline"] = pipeline_drops({**earlier, "qc": metrics})
@@ -43,7 +49,7 @@ def main() -> None:
     table = label_distribution_table(metrics["distribution"])
     write_csv(args.plots / "label_distribution.csv", table)
     save_figure(args.plots / "label_distribution.png", label_distribution_figure(table))
-    words = pd.DataFrame({"split": kept["split"], "words": kept["text"].str.split().str.len()})
+    words = pd.DataFrame({"split": kept["split"], "words": kept["text_words"]})
     save_figure(args.plots / "text_length.png", text_length_figure(words))
     sizes = {s: d["total"] for s, d in metrics["distribution"].items()}
     print(f"qc: {metrics['rows_out']} of {metrics['rows_in']} images kept {sizes} -> {args.out}")

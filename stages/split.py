@@ -23,7 +23,9 @@ def main() -> None:
     args = ap.parse_args()
 
     images = pd.read_parquet(args.images)
-    split_file = read_csv_checked(args.split_file, SPLIT_COLUMNS, "data.root", dtype={"dicom_id": str})
+    split_file = read_csv_checked(
+        args.split_file, SPLIT_COLUMNS, "data.root", dtype={"dicom_id": str}
+    )
     out, metrics = apply_split(images, split_file, str(args.split_file))
     write_parquet(args.out, out)
     write_json(args.metrics, metrics)

@@ -29,8 +29,13 @@ def test_unknown_policy():
 
 def images(studies, subjects=None):
     subjects = subjects or [10000001] * len(studies)
-    return pd.DataFrame({"dicom_id": [f"d{i}" for i in range(len(studies))],
-                         "subject_id": subjects, "study_id": studies})
+    return pd.DataFrame(
+        {
+            "dicom_id": [f"d{i}" for i in range(len(studies))],
+            "subject_id": subjects,
+            "study_id": studies,
+        }
+    )
 
 
 def chex(rows):
@@ -56,24 +61,30 @@ def test_join_by_study_and_missing_rows_flagged():
 
 
 def test_u_ignore_marks_unlabelled_studies_ignored():
-    out, _ = inject_labels(images([50000001, 50000002]),
-                           chex([(10000001, 50000001, {"Edema": -1.0})]), "u_ignore")
+    out, _ = inject_labels(
+        images([50000001, 50000002]), chex([(10000001, 50000001, {"Edema": -1.0})]), "u_ignore"
+    )
     assert out["Edema"].tolist() == [IGNORE, IGNORE]
     assert out["Cardiomegaly"].tolist() == [0, IGNORE]
 
 
 def test_subject_mismatch_and_duplicates_are_counted():
     imgs = images([50000001, 50000002, 50000003])
-    c = chex([
-        (10000009, 50000001, {"Cardiomegaly": 1.0}),                     # wrong patient
-        (10000001, 50000002, {"Edema": 1.0}), (10000001, 50000002, {"Edema": 1.0}),
-        (10000001, 50000003, {"Edema": 1.0}), (10000001, 50000003, {"Edema": 0.0}),
-    ])
+    c = chex(
+        [
+            (10000009, 50000001, {"Cardiomegaly": 1.0}),  # wrong patient
+            (10000001, 50000002, {"Edema": 1.0}),
+            (10000001, 50000002, {"Edema": 1.0}),
+            (10000001, 50000003, {"Edema": 1.0}),
+            (10000001, 50000003, {"Edema": 0.0}),
+        ]
+    )
     out, m = inject_labels(imgs, c, "positive_only")
     assert out["labels_missing"].tolist() == [True, False, True]
     assert out["Cardiomegaly"].tolist() == [0, 0, 0]
     assert m["label_file_dropped"] == {
-        "conflicting_label_rows_for_study": 2, "duplicate_label_row": 1,
+        "conflicting_label_rows_for_study": 2,
+        "duplicate_label_row": 1,
         "label_row_subject_mismatch_studies": 1,
     }
 

@@ -1,8 +1,9 @@
 """The Dockerfile and CI install the project the way the README says."""
 
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 

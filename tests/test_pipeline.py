@@ -33,7 +33,10 @@ def repo(tmp_path_factory) -> Path:
     dest = tmp_path_factory.mktemp("e2e") / "repo"
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO, capture_output=True, text=True, check=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split("\0")
     for rel in filter(None, files):
         src = REPO / rel
@@ -96,8 +99,20 @@ def test_pointing_params_at_another_copy_needs_no_code_change(repo, tmp_path):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["demo"].update(seed=7, n_patients=150)
     params_file.write_text(yaml.safe_dump(params))
-    sh([sys.executable, "-m", "stages.demo_data", "--out", str(other), "--metrics",
-        str(tmp_path / "demo.json"), "--params", str(params_file)], repo)
+    sh(
+        [
+            sys.executable,
+            "-m",
+            "stages.demo_data",
+            "--out",
+            str(other),
+            "--metrics",
+            str(tmp_path / "demo.json"),
+            "--params",
+            str(params_file),
+        ],
+        repo,
+    )
     with zipfile.ZipFile(other / "mimic-cxr-reports.zip") as zf:
         zf.extractall(tmp_path / "reports")
     (other / "mimic-cxr-reports.zip").unlink()

@@ -43,7 +43,13 @@ def test_full_report_keeps_findings_and_impression_apart():
 def test_section_names_and_preamble():
     names = [n for n, _ in split_sections(FULL)]
     assert names == [
-        "preamble", "examination", "indication", "technique", "comparison", "findings", "impression"
+        "preamble",
+        "examination",
+        "indication",
+        "technique",
+        "comparison",
+        "findings",
+        "impression",
     ]
 
 
@@ -108,7 +114,7 @@ def test_placeholder_has_no_text():
 
 
 def test_decode_falls_back_to_latin1():
-    assert decode_report("Pleural effusion.".encode()) == ("Pleural effusion.", "utf-8")
+    assert decode_report(b"Pleural effusion.") == ("Pleural effusion.", "utf-8")
     text, enc = decode_report("Caf\xe9 effusion".encode("latin-1"))
     assert enc == "latin-1" and text == "Caf\xe9 effusion"
 
@@ -122,22 +128,31 @@ def _zip(tmp_path, members):
 
 
 def test_extract_from_zip_counts_every_problem(tmp_path):
-    path = _zip(tmp_path, {
-        "files/p10/p10000001/s50000001.txt": FULL,
-        "files/p10/p10000002/s50000002.txt": "Caf\xe9".encode("latin-1") + FULL.encode(),
-        "files/p10/p10000009/s50000003.txt": FULL,  # filed under another patient
-        "files/p10/p10000001/s50000001_copy/x.txt": "not a report path",
-    })
-    studies = pd.DataFrame({
-        "subject_id": [10000001, 10000002, 10000003, 10000004],
-        "study_id": [50000001, 50000002, 50000003, 50000004],
-    })
+    path = _zip(
+        tmp_path,
+        {
+            "files/p10/p10000001/s50000001.txt": FULL,
+            "files/p10/p10000002/s50000002.txt": "Caf\xe9".encode("latin-1") + FULL.encode(),
+            "files/p10/p10000009/s50000003.txt": FULL,  # filed under another patient
+            "files/p10/p10000001/s50000001_copy/x.txt": "not a report path",
+        },
+    )
+    studies = pd.DataFrame(
+        {
+            "subject_id": [10000001, 10000002, 10000003, 10000004],
+            "study_id": [50000001, 50000002, 50000003, 50000004],
+        }
+    )
     source = ReportSource(path)
     df, m = extract_reports(studies, source, ("findings", "impression"))
     source.close()
     status = dict(zip(df["study_id"], df["status"], strict=True))
-    assert status == {50000001: "ok", 50000002: "ok", 50000003: "subject_mismatch",
-                      50000004: "missing"}
+    assert status == {
+        50000001: "ok",
+        50000002: "ok",
+        50000003: "subject_mismatch",
+        50000004: "missing",
+    }
     assert m["status"] == {"missing": 1, "ok": 2, "subject_mismatch": 1}
     assert m["decoded_as_latin1"] == 1
     assert df.loc[df.study_id == 50000001, "impression"].item() == "Small left pleural effusion."
@@ -166,7 +181,8 @@ def test_directory_source(tmp_path):
     source = ReportSource(tmp_path / "reports")
     df, _ = extract_reports(
         pd.DataFrame({"subject_id": [10000001, 10000001], "study_id": [50000001, 50000002]}),
-        source, ("findings", "impression"),
+        source,
+        ("findings", "impression"),
     )
     assert df["status"].tolist() == ["ok", "missing"]
 
@@ -181,3 +197,27 @@ def test_missing_or_bad_source_names_the_params_key(tmp_path):
     empty = _zip(tmp_path, {"readme.txt": "hello"})
     with pytest.raises(DataError, match="no report files"):
         ReportSource(empty)
+
+
+def test_parallel_extraction_equals_serial(tmp_path, monkeypatch):
+    import lib.reports as reports
+
+    members = {
+        f"files/p10/p1000000{i % 7}/s5000{i:04d}.txt": FULL.replace("small", f"n{i}")
+        for i in range(300)
+    }
+    members["files/p10/p10000001/s50009999.txt"] = b"\xff\xfe broken utf-8 " + FULL.encode()
+    path = _zip(tmp_path, members)
+    studies = pd.DataFrame(
+        {
+            "subject_id": [10000000 + i % 7 for i in range(300)] + [10000001, 1],
+            "study_id": [50000000 + i for i in range(300)] + [50009999, 50008888],
+        }
+    )
+    source = ReportSource(path)
+    serial, m1 = extract_reports(studies, source, ("findings", "impression"), workers=1)
+    monkeypatch.setattr(reports, "PARALLEL_MIN_STUDIES", 10)
+    monkeypatch.setattr(reports, "CHUNK", 40)
+    parallel, m2 = extract_reports(studies, source, ("findings", "impression"), workers=2)
+    pd.testing.assert_frame_equal(serial, parallel)
+    assert m1 == m2 and m1["decoded_as_latin1"] == 1 and m1["status"]["ok"] == 301

@@ -15,13 +15,28 @@ def meta(rows):
 
 
 def row(dicom, view, subject="10000001", study="50000001"):
-    return {"dicom_id": dicom, "subject_id": subject, "study_id": study, "ViewPosition": view,
-            "Rows": "3056", "Columns": "2544", "StudyDate": "21800506"}
+    return {
+        "dicom_id": dicom,
+        "subject_id": subject,
+        "study_id": study,
+        "ViewPosition": view,
+        "Rows": "3056",
+        "Columns": "2544",
+        "StudyDate": "21800506",
+    }
 
 
 def test_keeps_selected_views_and_counts_every_value():
-    df = meta([row("a", "PA"), row("b", "LATERAL"), row("c", "AP"), row("d", ""),
-               row("e", "AP AXIAL"), row("f", "AP")])
+    df = meta(
+        [
+            row("a", "PA"),
+            row("b", "LATERAL"),
+            row("c", "AP"),
+            row("d", ""),
+            row("e", "AP AXIAL"),
+            row("f", "AP"),
+        ]
+    )
     out, m = filter_views(df, ("PA", "AP"))
     assert sorted(out["dicom_id"]) == ["a", "c", "f"]
     assert m["views"]["AP"] == {"seen": 2, "kept": 2, "dropped": 0}
@@ -33,18 +48,25 @@ def test_keeps_selected_views_and_counts_every_value():
 
 
 def test_duplicates_and_bad_ids_are_dropped_and_counted():
-    df = meta([
-        row("a", "PA"), row("a", "PA"),                     # exact duplicate
-        row("b", "PA"), row("b", "AP"),                     # one dicom, two views
-        row("c", "PA", subject="abc"),                      # not an integer id
-        row("d", "PA", study=""),                           # missing id
-        row("", "PA"),                                      # missing dicom_id
-    ])
+    df = meta(
+        [
+            row("a", "PA"),
+            row("a", "PA"),  # exact duplicate
+            row("b", "PA"),
+            row("b", "AP"),  # one dicom, two views
+            row("c", "PA", subject="abc"),  # not an integer id
+            row("d", "PA", study=""),  # missing id
+            row("", "PA"),  # missing dicom_id
+        ]
+    )
     out, m = filter_views(df, ("PA", "AP"))
     assert out["dicom_id"].tolist() == ["a"]
     assert m["dropped"] == {
-        "conflicting_duplicate_dicom_id": 2, "duplicate_row": 1, "invalid_study_id": 1,
-        "invalid_subject_id": 1, "missing_dicom_id": 1,
+        "conflicting_duplicate_dicom_id": 2,
+        "duplicate_row": 1,
+        "invalid_study_id": 1,
+        "invalid_subject_id": 1,
+        "missing_dicom_id": 1,
     }
     assert m["dropped_examples"]["invalid_subject_id"] == ["abc"]
     assert m["dropped_total"] == 6
