@@ -102,6 +102,85 @@ class QCParams:
         _positive("qc.io_threads", self.io_threads)
 
 
+MaskMode = Literal["soft", "topk", "drop"]
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneParams:
+    """The demo backbone: BiomedCLIP in miniature (timm ViT + Hugging Face BERT), random init."""
+
+    seed: int = 0
+    image_size: int = 96
+    patch_size: int = 16
+    vision_width: int = 128
+    vision_depth: int = 4
+    vision_heads: int = 4
+    text_width: int = 128
+    text_layers: int = 2
+    text_heads: int = 2
+    vocab_size: int = 3000  # WordPiece vocabulary trained on the train-split reports
+    context_length: int = 128
+    embed_dim: int = 512
+
+    def validate(self) -> None:
+        for key in ("image_size", "patch_size", "vision_width", "vision_depth", "vision_heads",
+                    "text_width", "text_layers", "text_heads", "vocab_size", "context_length",
+                    "embed_dim"):
+            _positive(f"backbone.{key}", getattr(self, key))
+        if self.image_size % self.patch_size:
+            raise ParamsError(
+                f"backbone.image_size = {self.image_size} must be a multiple of "
+                f"backbone.patch_size = {self.patch_size}"
+            )
+        for width, heads, tower in ((self.vision_width, self.vision_heads, "vision"),
+                                    (self.text_width, self.text_heads, "text")):
+            if width % heads:
+                raise ParamsError(
+                    f"backbone.{tower}_width = {width} must be divisible by "
+                    f"backbone.{tower}_heads = {heads}"
+                )
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelParams:
+    """One variant's model and loss settings (``model:`` holds Model A's; ``models:`` the
+    differences of the others)."""
+
+    # open_clip model: "local-dir:<path>" or "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-..."
+    backbone: str = "local-dir:data/backbone/demo"
+    use_local_alignment: bool = False
+    use_masking: bool = False
+    mask_mode: MaskMode = "soft"  # soft (C) | topk: soft top-K (D) | drop: hard token drop (E)
+    keep_ratio: float = 0.5
+    topk_temperature: float = 0.1
+    drop_layer: int = 2  # ViT block after which E drops tokens (of backbone depth)
+    temperature: float = 0.1  # initial InfoNCE temperature (learnable)
+    contrastive_weight_i2t: float = 0.5
+    contrastive_weight_t2i: float = 0.5
+    local_weight: float = 1.0
+    local_temperature: float = 0.1
+    local_dim: int = 128
+    sparse_weight: float = 1.0
+    cons_weight: float = 0.5
+
+    def validate(self) -> None:
+        if not self.backbone.startswith(("local-dir:", "hf-hub:")):
+            raise ParamsError(
+                f"model.backbone = {self.backbone!r}: use 'local-dir:<path>' or 'hf-hub:<repo>'"
+            )
+        if not 0 < self.keep_ratio <= 1:
+            raise ParamsError(f"model.keep_ratio = {self.keep_ratio} must be in (0, 1]")
+        for key in ("topk_temperature", "temperature", "local_temperature", "local_dim"):
+            _positive(f"model.{key}", getattr(self, key))
+        if self.drop_layer < 1:
+            raise ParamsError(f"model.drop_layer = {self.drop_layer} must be >= 1")
+        if self.mask_mode != "soft" and not self.use_masking:
+            raise ParamsError(
+                f"model.mask_mode = {self.mask_mode!r} needs model.use_masking: true "
+                "(or set mask_mode: soft)"
+            )
+
+
 @dataclasses.dataclass(frozen=True)
 class Params:
     demo: DemoParams = dataclasses.field(default_factory=DemoParams)
