@@ -123,17 +123,29 @@ class BackboneParams:
     embed_dim: int = 512
 
     def validate(self) -> None:
-        for key in ("image_size", "patch_size", "vision_width", "vision_depth", "vision_heads",
-                    "text_width", "text_layers", "text_heads", "vocab_size", "context_length",
-                    "embed_dim"):
+        for key in (
+            "image_size",
+            "patch_size",
+            "vision_width",
+            "vision_depth",
+            "vision_heads",
+            "text_width",
+            "text_layers",
+            "text_heads",
+            "vocab_size",
+            "context_length",
+            "embed_dim",
+        ):
             _positive(f"backbone.{key}", getattr(self, key))
         if self.image_size % self.patch_size:
             raise ParamsError(
                 f"backbone.image_size = {self.image_size} must be a multiple of "
                 f"backbone.patch_size = {self.patch_size}"
             )
-        for width, heads, tower in ((self.vision_width, self.vision_heads, "vision"),
-                                    (self.text_width, self.text_heads, "text")):
+        for width, heads, tower in (
+            (self.vision_width, self.vision_heads, "vision"),
+            (self.text_width, self.text_heads, "text"),
+        ):
             if width % heads:
                 raise ParamsError(
                     f"backbone.{tower}_width = {width} must be divisible by "
@@ -182,13 +194,81 @@ class ModelParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class TrainParams:
+    """The training schedule (the seed's "Training Strategy"); demo values in params.yaml."""
+
+    seed: int = 0
+    epochs: int = 40
+    batch_size: int = 64
+    gradient_accumulation_steps: int = 2
+    staged_training: bool = True
+    warmup_epochs: int = 3  # phase 1: backbones frozen, heads + logit_scale at warmup_lr
+    warmup_lr: float = 1.0e-4
+    lr: float = 5.0e-6  # phase 2 base learning rate (top of each tower)
+    llrd_factor: float = 0.85
+    weight_decay: float = 0.05
+    warmup_steps: int = 1000  # linear warm-up of phase 2's cosine schedule (optimizer steps)
+    recall_weight: float = 0.7  # combined metric = w * mean recall + (1 - w) * mean AUC
+    patience: int = 7
+    use_amp: bool = True  # on CUDA only (bf16 where supported, else fp16 with a scaler)
+    num_workers: int = 4
+    eval_batch_size: int = 128
+    val_prompt_template: str = "A chest x-ray showing {}"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def validate(self) -> None:
+        for key in (
+            "epochs",
+            "batch_size",
+            "gradient_accumulation_steps",
+            "warmup_lr",
+            "lr",
+            "llrd_factor",
+            "patience",
+            "eval_batch_size",
+        ):
+            _positive(f"train.{key}", getattr(self, key))
+        if self.batch_size < 2:
+            raise ParamsError(f"train.batch_size = {self.batch_size}: contrastive loss needs >= 2")
+        if self.warmup_epochs < 0 or (self.staged_training and self.warmup_epochs >= self.epochs):
+            raise ParamsError(
+                f"train.warmup_epochs = {self.warmup_epochs} must be >= 0 and < train.epochs = "
+                f"{self.epochs} (or set train.staged_training: false)"
+            )
+        _fraction("train.recall_weight", self.recall_weight)
+        if self.warmup_steps < 0 or self.num_workers < 0 or self.weight_decay < 0:
+            raise ParamsError(
+                "train.warmup_steps, train.num_workers, train.weight_decay must be >= 0"
+            )
+        if "{}" not in self.val_prompt_template:
+            raise ParamsError(
+                f"train.val_prompt_template = {self.val_prompt_template!r} needs a {{}} "
+                "where the finding name goes"
+            )
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ParamsError(f"train.device = {self.device!r}: use auto, cpu, cuda or cuda:N")
+
+
+@dataclasses.dataclass(frozen=True)
 class Params:
     demo: DemoParams = dataclasses.field(default_factory=DemoParams)
     data: DataParams = dataclasses.field(default_factory=DataParams)
     qc: QCParams = dataclasses.field(default_factory=QCParams)
+    backbone: BackboneParams = dataclasses.field(default_factory=BackboneParams)
+    model: ModelParams = dataclasses.field(default_factory=ModelParams)
+    train: TrainParams = dataclasses.field(default_factory=TrainParams)
+    # variant name -> raw overrides of model / train (validated by lib.variants)
+    models: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-_SECTION_TYPES: dict[str, type] = {"demo": DemoParams, "data": DataParams, "qc": QCParams}
+_SECTION_TYPES: dict[str, type] = {
+    "demo": DemoParams,
+    "data": DataParams,
+    "qc": QCParams,
+    "backbone": BackboneParams,
+    "model": ModelParams,
+    "train": TrainParams,
+}
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -204,7 +284,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 
 
 def parse_params(raw: Mapping[str, Any], source: str = "params.yaml") -> Params:
-    unknown = sorted(set(raw) - set(_SECTION_TYPES))
+    unknown = sorted(set(raw) - set(_SECTION_TYPES) - {"models"})
     if unknown:
         raise ParamsError(
             f"{source}: unknown section(s) {unknown}; valid sections: {sorted(_SECTION_TYPES)}"
@@ -213,7 +293,14 @@ def parse_params(raw: Mapping[str, Any], source: str = "params.yaml") -> Params:
         name: build_section(cls, raw.get(name) or {}, name, source)
         for name, cls in _SECTION_TYPES.items()
     }
-    return Params(**sections)
+    models = raw.get("models") or {}
+    if not isinstance(models, Mapping):
+        raise ParamsError(f"{source}: 'models' must map variant names to overrides")
+    params = Params(**sections, models=dict(models))
+    from lib.variants import resolve_all  # validates every variant's overrides
+
+    resolve_all(params, source)
+    return params
 
 
 def build_section(cls: type, raw: Any, name: str, source: str = "params.yaml") -> Any:
