@@ -214,6 +214,9 @@ class TrainParams:
     num_workers: int = 4
     eval_batch_size: int = 128
     val_prompt_template: str = "A chest x-ray showing {}"
+    # Zero-shot score = P(positive prompt) against this negative one; "" scores by the
+    # positive prompt's cosine alone.
+    val_negative_prompt_template: str = "A chest x-ray showing no {}"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
     def validate(self) -> None:
@@ -244,6 +247,11 @@ class TrainParams:
             raise ParamsError(
                 f"train.val_prompt_template = {self.val_prompt_template!r} needs a {{}} "
                 "where the finding name goes"
+            )
+        if self.val_negative_prompt_template and "{}" not in self.val_negative_prompt_template:
+            raise ParamsError(
+                f"train.val_negative_prompt_template = {self.val_negative_prompt_template!r} "
+                'needs a {} (or set it to "" to score by the positive prompt alone)'
             )
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ParamsError(f"train.device = {self.device!r}: use auto, cpu, cuda or cuda:N")
