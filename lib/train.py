@@ -352,7 +352,9 @@ class Trainer:
         resumed = self.try_resume()
         opt, sched = resumed if resumed else self.make_optimizer(phase_of(0, self.v))
         t = self.tp
-        for epoch in range(self.state.epoch, t.epochs):
+        epochs = tqdm(range(self.state.epoch, t.epochs), desc=f"train@{self.v.name}", unit="epoch",
+                      initial=self.state.epoch, total=t.epochs, disable=not self.progress)
+        for epoch in epochs:
             if self.state.stopped_early:
                 break
             if epoch > 0 and phase_of(epoch, self.v) != phase_of(epoch - 1, self.v):
@@ -371,6 +373,7 @@ class Trainer:
                 self.state.bad_epochs += 1
                 self.state.stopped_early = self.state.bad_epochs >= t.patience
             self.save_checkpoint(opt, sched)
+            epochs.set_postfix(combined=f"{row['val_combined']:.3f}", best=self.state.best_epoch)
         return self.state
 
     def efficiency(self) -> dict[str, float]:

@@ -9,6 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 
 def _epoch_axes(title: str, ylabel: str) -> tuple[Figure, plt.Axes]:
@@ -17,6 +18,7 @@ def _epoch_axes(title: str, ylabel: str) -> tuple[Figure, plt.Axes]:
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig, ax
 
 
