@@ -36,6 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# Nothing leaves the machine: no hub requests, no telemetry (set before huggingface_hub,
+# transformers or open_clip are imported, which read these once). A caller can still
+# override them in the environment.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
 import torch
 from torch import nn
 

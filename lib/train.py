@@ -16,7 +16,7 @@ import json
 import math
 import resource
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -352,8 +352,14 @@ class Trainer:
         resumed = self.try_resume()
         opt, sched = resumed if resumed else self.make_optimizer(phase_of(0, self.v))
         t = self.tp
-        epochs = tqdm(range(self.state.epoch, t.epochs), desc=f"train@{self.v.name}", unit="epoch",
-                      initial=self.state.epoch, total=t.epochs, disable=not self.progress)
+        epochs = tqdm(
+            range(self.state.epoch, t.epochs),
+            desc=f"train@{self.v.name}",
+            unit="epoch",
+            initial=self.state.epoch,
+            total=t.epochs,
+            disable=not self.progress,
+        )
         for epoch in epochs:
             if self.state.stopped_early:
                 break
@@ -407,7 +413,3 @@ def train_variant(
         variant, train, val, backbone, state_dir, fingerprint(variant, master), device, progress
     )
     return trainer, trainer.run()
-
-
-def iter_history_rows(state: TrainState) -> Iterator[dict[str, float]]:
-    yield from state.history
