@@ -211,6 +211,7 @@ class TrainParams:
     recall_weight: float = 0.7  # combined metric = w * mean recall + (1 - w) * mean AUC
     patience: int = 7
     use_amp: bool = True  # on CUDA only (bf16 where supported, else fp16 with a scaler)
+    # Threads that decode the split's images once before training (the seed: 4 loader workers).
     num_workers: int = 4
     eval_batch_size: int = 128
     val_prompt_template: str = "A chest x-ray showing {}"
@@ -239,10 +240,9 @@ class TrainParams:
                 f"{self.epochs} (or set train.staged_training: false)"
             )
         _fraction("train.recall_weight", self.recall_weight)
-        if self.warmup_steps < 0 or self.num_workers < 0 or self.weight_decay < 0:
-            raise ParamsError(
-                "train.warmup_steps, train.num_workers, train.weight_decay must be >= 0"
-            )
+        _positive("train.num_workers", self.num_workers)
+        if self.warmup_steps < 0 or self.weight_decay < 0:
+            raise ParamsError("train.warmup_steps and train.weight_decay must be >= 0")
         if "{}" not in self.val_prompt_template:
             raise ParamsError(
                 f"train.val_prompt_template = {self.val_prompt_template!r} needs a {{}} "

@@ -109,8 +109,8 @@ class Data:
     split: Split
 
     @classmethod
-    def build(cls, split: Split, root: Path, backbone: Backbone) -> Data:
-        pixels = load_images(root, split.images, backbone.image_size)
+    def build(cls, split: Split, root: Path, backbone: Backbone, threads: int = 4) -> Data:
+        pixels = load_images(root, split.images, backbone.image_size, threads)
         unique = sorted(set(split.texts))
         index = {t: i for i, t in enumerate(unique)}
         tokens = backbone.tokenizer(unique) if unique else torch.zeros(0, 1, dtype=torch.long)
@@ -407,8 +407,9 @@ def train_variant(
     """Load the backbone and the data, then train (resuming if possible)."""
     device = resolve_device(variant.train.device)
     backbone = load_backbone(variant.model.backbone, device=device)
-    train = Data.build(splits["train"], data_root, backbone)
-    val = Data.build(splits["val"], data_root, backbone)
+    threads = variant.train.num_workers
+    train = Data.build(splits["train"], data_root, backbone, threads)
+    val = Data.build(splits["val"], data_root, backbone, threads)
     trainer = Trainer(
         variant, train, val, backbone, state_dir, fingerprint(variant, master), device, progress
     )

@@ -24,7 +24,7 @@ def make_variant(backbone_dir, **train) -> Variant:
         warmup_lr=1e-3,
         lr=1e-3,
         warmup_steps=2,
-        num_workers=0,
+        num_workers=1,
         eval_batch_size=64,
         device="cpu",
     )
