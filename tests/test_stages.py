@@ -24,6 +24,20 @@ def run_stage(name: str, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+def run_filter_views(metadata: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    return run_stage(
+        "filter_views",
+        "--metadata",
+        str(metadata),
+        "--out",
+        str(tmp_path / "o.parquet"),
+        "--metrics",
+        str(tmp_path / "m.json"),
+        "--plots",
+        str(tmp_path / "p"),
+    )
+
+
 def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -33,17 +47,7 @@ def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str) -> None
 
 
 def test_missing_metadata_names_file_and_params_key(tmp_path):
-    proc = run_stage(
-        "filter_views",
-        "--metadata",
-        str(tmp_path / "m.csv.gz"),
-        "--out",
-        str(tmp_path / "o.parquet"),
-        "--metrics",
-        str(tmp_path / "m.json"),
-        "--plots",
-        str(tmp_path / "p"),
-    )
+    proc = run_filter_views(tmp_path / "m.csv.gz", tmp_path)
     assert_clean_error(proc, "m.csv.gz", "not found", "data.root")
     assert not (tmp_path / "o.parquet").exists()
 
@@ -52,17 +56,7 @@ def test_wrong_columns_are_named(tmp_path):
     path = tmp_path / "meta.csv.gz"
     with gzip.open(path, "wt") as fh:
         fh.write("dicom_id,subject_id,study_id,View\nx,10000001,50000001,PA\n")
-    proc = run_stage(
-        "filter_views",
-        "--metadata",
-        str(path),
-        "--out",
-        str(tmp_path / "o.parquet"),
-        "--metrics",
-        str(tmp_path / "m.json"),
-        "--plots",
-        str(tmp_path / "p"),
-    )
+    proc = run_filter_views(path, tmp_path)
     assert_clean_error(proc, "meta.csv.gz", "missing column(s)", "ViewPosition")
 
 
