@@ -8,11 +8,11 @@ results are plain Python floats / NumPy arrays, so they go straight into metrics
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 ArrayLike = np.ndarray | torch.Tensor
 # Label value that means "not annotated / uncertain": left out of AUC and AP
@@ -22,17 +22,34 @@ IGNORE_LABEL = -1
 RECALL_WEIGHT = 0.7
 
 
-def retrieval_metrics(
+@dataclass(frozen=True)
+class RetrievalRanks:
+    """Per-query ranks of image→text and text→image retrieval (see retrieval_ranks).
+
+    i2t: (N,) rank of each image's first positive candidate (1 = best).
+    t2i: (U,) rank of each unique-text candidate's first positive image.
+    candidate_row: (U,) the text row each candidate was embedded from (its first occurrence).
+    i2t_positives: (N,) number of positive candidates per image; t2i_positives: (U,) number
+    of positive images per candidate (for chance levels).
+    """
+
+    i2t: np.ndarray
+    t2i: np.ndarray
+    candidate_row: np.ndarray
+    i2t_positives: np.ndarray
+    t2i_positives: np.ndarray
+
+
+def retrieval_ranks(
     image_emb: ArrayLike,
     image_study: ArrayLike | Sequence[Any],
     text_emb: ArrayLike,
     text_study: ArrayLike | Sequence[Any],
     texts: Sequence[str],
-    ks: Sequence[int] = (1, 5, 10),
     *,
     tie_tol: float = 1e-6,
-) -> dict[str, float]:
-    """Recall@K and ranks of image→text and text→image retrieval, positives by study.
+) -> RetrievalRanks:
+    """Rank of the first positive for every query of both retrieval directions.
 
     image_emb (N, d) with image_study (N,); text_emb (S, d) with text_study (S,) and the
     report texts (S,). Similarity is cosine (rows are L2-normalised here, whatever they are).
@@ -48,10 +65,7 @@ def retrieval_metrics(
       (within ``tie_tol``, float32 round-off) ranks ahead of it. So a collapsed model whose
       embeddings are all equal gets the worst ranks, not a perfect Recall@1.
 
-    Keys: "i2t_R@K" and "t2i_R@K" (fractions in [0, 1]) for each K, "mean_recall" (their
-    mean), "{i2t,t2i}_mean_rank" and "{i2t,t2i}_median_rank" (1 = best), "n_images",
-    "n_text_candidates". Matrix operations only: N = 3,000 by U = 2,700 takes well under a
-    second.
+    Matrix operations only: N = 3,000 by U = 2,700 takes well under a second.
     """
     img = _unit_rows(image_emb, "image_emb")
     txt = _unit_rows(text_emb, "text_emb")
@@ -69,9 +83,6 @@ def retrieval_metrics(
             f"text_study {txt_study.shape} and texts ({len(texts)}) must both have one entry "
             f"per text_emb row ({len(txt)})"
         )
-    ks = tuple(ks)
-    if not ks or any(int(k) != k or k < 1 for k in ks):
-        raise ValueError(f"ks = {ks}: give positive integers, e.g. (1, 5, 10)")
 
     # Candidates: unique texts in order of first occurrence. (S,) candidate id per text row.
     first_seen: dict[str, int] = {}
@@ -103,21 +114,74 @@ def retrieval_metrics(
         )
 
     sim = img @ cand.T  # (N, U) cosine similarities
-    ranks = {
-        "i2t": _first_positive_rank(sim, pos, tie_tol),
-        "t2i": _first_positive_rank(sim.T, pos.T, tie_tol),
-    }
+    return RetrievalRanks(
+        i2t=_first_positive_rank(sim, pos, tie_tol),
+        t2i=_first_positive_rank(sim.T, pos.T, tie_tol),
+        candidate_row=first_row,
+        i2t_positives=pos.sum(axis=1),
+        t2i_positives=pos.sum(axis=0),
+    )
+
+
+def summarize_ranks(ranks: RetrievalRanks, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Recall@K, mean/median rank of both directions from per-query ranks.
+
+    Keys: "i2t_R@K" and "t2i_R@K" (fractions in [0, 1]) for each K, "mean_recall" (their
+    mean), "{i2t,t2i}_mean_rank" and "{i2t,t2i}_median_rank" (1 = best), "n_images",
+    "n_text_candidates".
+    """
+    ks = _check_ks(ks)
     out: dict[str, float] = {}
-    for direction, rank in ranks.items():
+    for direction in ("i2t", "t2i"):
+        rank = getattr(ranks, direction)
         for k in ks:
             out[f"{direction}_R@{k}"] = float(np.mean(rank <= k))
     out["mean_recall"] = float(np.mean(list(out.values())))
-    for direction, rank in ranks.items():
+    for direction in ("i2t", "t2i"):
+        rank = getattr(ranks, direction)
         out[f"{direction}_mean_rank"] = float(np.mean(rank))
         out[f"{direction}_median_rank"] = float(np.median(rank))
-    out["n_images"] = float(len(img))
-    out["n_text_candidates"] = float(len(cand))
+    out["n_images"] = float(len(ranks.i2t))
+    out["n_text_candidates"] = float(len(ranks.t2i))
     return out
+
+
+def retrieval_metrics(
+    image_emb: ArrayLike,
+    image_study: ArrayLike | Sequence[Any],
+    text_emb: ArrayLike,
+    text_study: ArrayLike | Sequence[Any],
+    texts: Sequence[str],
+    ks: Sequence[int] = (1, 5, 10),
+    *,
+    tie_tol: float = 1e-6,
+) -> dict[str, float]:
+    """Recall@K and ranks of both directions: summarize_ranks(retrieval_ranks(...), ks)."""
+    ks = _check_ks(ks)
+    ranks = retrieval_ranks(image_emb, image_study, text_emb, text_study, texts, tie_tol=tie_tol)
+    return summarize_ranks(ranks, ks)
+
+
+def chance_recall(n_positives: np.ndarray, n_gallery: int, k: int) -> float:
+    """Expected Recall@K of a random ranking: mean over queries of the probability that at
+    least one of a query's m positives is among the first k of n_gallery shuffled items,
+    1 − C(n − m, k) / C(n, k) (computed as a product, exact for any size).
+    """
+    m = np.asarray(n_positives, dtype=np.int64)
+    if k >= n_gallery:
+        return 1.0
+    # C(n−m, k)/C(n, k) = prod_{i<k} (n − m − i)/(n − i); zero as soon as n − m − i <= 0.
+    i = np.arange(k)
+    num = np.clip((n_gallery - m[:, None] - i[None, :]).astype(np.float64), 0, None)
+    miss = np.prod(num / (n_gallery - i)[None, :], axis=1)
+    return float(np.mean(1.0 - miss))
+
+
+def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
+    ks = tuple(ks)
+    if not ks or any(int(k) != k or k < 1 for k in ks):
+        raise ValueError(f"ks = {ks}: give positive integers, e.g. (1, 5, 10)")
+    return tuple(int(k) for k in ks)
 
 
 def _first_positive_rank(scores: np.ndarray, pos: np.ndarray, tie_tol: float) -> np.ndarray:
@@ -210,8 +274,7 @@ def auc_per_label(scores: ArrayLike, labels: ArrayLike, names: Sequence[str]) ->
             auc[name] = ap[name] = None
             undefined.append(name)
             continue
-        auc[name] = float(roc_auc_score(target, score))
-        ap[name] = float(average_precision_score(target, score))
+        auc[name], ap[name] = binary_auc_ap(target, score)
     return {
         "auc": auc,
         "ap": ap,
@@ -221,6 +284,93 @@ def auc_per_label(scores: ArrayLike, labels: ArrayLike, names: Sequence[str]) ->
         "n_positive": n_pos,
         "n_negative": n_neg,
     }
+
+
+def binary_auc_ap(target: np.ndarray, score: np.ndarray) -> tuple[float | None, float | None]:
+    """ROC AUC and average precision of one binary label, or (None, None) without both classes.
+
+    target (n,) 0/1; score (n,) float, higher = more positive. Same definitions as
+    scikit-learn's roc_auc_score (trapezoidal ROC area, so tied scores count one half) and
+    average_precision_score (AP = Σ (R_i − R_{i−1}) P_i over the distinct thresholds, no
+    interpolation); tests compare the two. One sort and a few cumulative sums, without
+    sklearn's input validation: it runs thousands of times in a bootstrap.
+    """
+    t = np.asarray(target).astype(bool, copy=False)
+    s = np.asarray(score, dtype=np.float64)
+    n_pos = int(t.sum())
+    n_neg = len(t) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None, None
+    order = np.argsort(-s, kind="stable")
+    s, t = s[order], t[order]
+    # Last index of each run of equal scores: one ROC / PR point per distinct threshold.
+    change = np.empty(len(s), dtype=bool)
+    np.not_equal(s[1:], s[:-1], out=change[:-1])
+    change[-1] = True
+    ends = np.flatnonzero(change)
+    tps = np.cumsum(t)[ends].astype(np.float64)
+    fps = (ends + 1) - tps
+    d_tp = np.diff(tps, prepend=0.0)
+    d_fp = np.diff(fps, prepend=0.0)
+    # Trapezoids between consecutive ROC points: Δfp · (tp + tp_prev) / 2.
+    auc = float(d_fp @ (2.0 * tps - d_tp) / (2.0 * n_pos * n_neg))
+    ap = float(d_tp @ (tps / (tps + fps)) / n_pos)
+    return auc, ap
+
+
+def auc_ap_columns(
+    scores: np.ndarray, targets: np.ndarray, valid: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """binary_auc_ap of every column at once: (C,) AUC and (C,) AP, NaN where undefined.
+
+    scores (n, C); targets (n, C) 0/1; valid (n, C) bool, False = left out of that column
+    (an ignored label). Same values as binary_auc_ap column by column, via per-row
+    formulas that need no loop over distinct thresholds:
+
+    - AUC = P(score of a positive > score of a negative) + ½ P(tie): each negative adds the
+      positives ranked strictly above its tie group plus half of those inside it.
+    - AP = mean over positives of the precision at the lowest threshold of their tie group
+      (Σ_i (R_i − R_{i−1}) P_i, grouped by positive).
+
+    For bootstraps: one sort of an (n, C) array instead of C sorts and C Python calls.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    t = np.asarray(targets).astype(np.float64)
+    w = np.ones_like(s) if valid is None else np.asarray(valid).astype(np.float64)
+    if s.ndim != 2 or t.shape != s.shape or w.shape != s.shape:
+        raise ValueError(f"scores {s.shape}, targets {t.shape}, valid {w.shape}: all (n, C)")
+    n, c = s.shape
+    auc = np.full(c, np.nan)
+    ap = np.full(c, np.nan)
+    if n == 0:
+        return auc, ap
+    order = np.argsort(-s, axis=0)
+    s = np.take_along_axis(s, order, axis=0)
+    pos = np.take_along_axis(t * w, order, axis=0)
+    neg = np.take_along_axis((1.0 - t) * w, order, axis=0)
+    tp = np.cumsum(pos, axis=0)
+    fp = np.cumsum(neg, axis=0)
+    # Index of the last row of each row's tie group (scores sorted descending).
+    last = np.ones((n, c), dtype=bool)
+    last[:-1] = s[1:] != s[:-1]
+    rows = np.arange(n)[:, None]
+    end = np.minimum.accumulate(np.where(last, rows, n)[::-1], axis=0)[::-1]
+    # tp after the previous tie group (0 for the first group).
+    prev_end = np.maximum.accumulate(np.where(np.roll(last, 1, axis=0), rows - 1, -1), axis=0)
+    prev_end[0] = -1
+    tp_end = np.take_along_axis(tp, end, axis=0)
+    fp_end = np.take_along_axis(fp, end, axis=0)
+    tp_before = np.where(
+        prev_end >= 0, np.take_along_axis(tp, np.maximum(prev_end, 0), axis=0), 0.0
+    )
+    n_pos, n_neg = tp[-1], fp[-1]
+    ok = (n_pos > 0) & (n_neg > 0)
+    wins = np.sum(neg * (tp_before + 0.5 * (tp_end - tp_before)), axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp_end + fp_end > 0, tp_end / (tp_end + fp_end), 0.0)
+        auc[ok] = wins[ok] / (n_pos[ok] * n_neg[ok])
+        ap[ok] = np.sum(pos * precision, axis=0)[ok] / n_pos[ok]
+    return auc, ap
 
 
 def combined_metric(

@@ -258,6 +258,66 @@ class TrainParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalParams:
+    """Evaluation on the test split (stages embed@X, eval@X, compare); changing any of these
+    re-runs evaluation only, never training."""
+
+    # Zero-shot classification: one prompt per CheXpert label ("{}" = the label in lower case).
+    prompt_template: str = "A chest x-ray showing {}"
+    # "" = score by the positive prompt's cosine alone; a template = P(positive) of the
+    # positive/negative prompt pair (what validation uses).
+    negative_prompt_template: str = "A chest x-ray showing no {}"
+    recall_ks: tuple[int, ...] = (1, 5, 10)
+    recall_curve_max_k: int = 50  # the Recall@K plot's last K
+    # ConVIRT's linear-evaluation protocol: fractions of the train split's labelled images.
+    probe_fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
+    probe_c: float = 1.0  # inverse L2 strength of the logistic regressions
+    bootstrap: int = 1000  # patient-level bootstrap rounds for every confidence interval
+    ci_level: float = 0.95
+    seed: int = 0  # probe subsamples and bootstrap resamples
+    explain_images: int = 6  # test images in the Patch-IB explainability figure
+    batch_size: int = 128
+    num_workers: int = 2  # threads decoding images
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def validate(self) -> None:
+        if "{}" not in self.prompt_template:
+            raise ParamsError(
+                f"eval.prompt_template = {self.prompt_template!r} needs a {{}} where the "
+                "finding name goes"
+            )
+        if self.negative_prompt_template and "{}" not in self.negative_prompt_template:
+            raise ParamsError(
+                f"eval.negative_prompt_template = {self.negative_prompt_template!r} needs a {{}} "
+                '(or set it to "" to score by the positive prompt alone)'
+            )
+        if not self.recall_ks or any(k < 1 for k in self.recall_ks):
+            raise ParamsError(
+                f"eval.recall_ks = {list(self.recall_ks)}: give K >= 1, e.g. [1, 5, 10]"
+            )
+        if self.recall_curve_max_k < max(self.recall_ks):
+            raise ParamsError(
+                f"eval.recall_curve_max_k = {self.recall_curve_max_k} must be >= the largest of "
+                f"eval.recall_ks ({max(self.recall_ks)})"
+            )
+        if not self.probe_fractions or any(not 0 < f <= 1 for f in self.probe_fractions):
+            raise ParamsError(
+                f"eval.probe_fractions = {list(self.probe_fractions)}: each must be in (0, 1], "
+                "e.g. [0.01, 0.1, 1.0]"
+            )
+        if len(set(self.probe_fractions)) != len(self.probe_fractions):
+            raise ParamsError(f"eval.probe_fractions = {list(self.probe_fractions)} repeats one")
+        for key in ("probe_c", "bootstrap", "batch_size", "num_workers"):
+            _positive(f"eval.{key}", getattr(self, key))
+        if not 0 < self.ci_level < 1:
+            raise ParamsError(f"eval.ci_level = {self.ci_level} must be in (0, 1), e.g. 0.95")
+        if self.explain_images < 0:
+            raise ParamsError(f"eval.explain_images = {self.explain_images} must be >= 0")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ParamsError(f"eval.device = {self.device!r}: use auto, cpu, cuda or cuda:N")
+
+
+@dataclasses.dataclass(frozen=True)
 class Params:
     demo: DemoParams = dataclasses.field(default_factory=DemoParams)
     data: DataParams = dataclasses.field(default_factory=DataParams)
@@ -265,6 +325,7 @@ class Params:
     backbone: BackboneParams = dataclasses.field(default_factory=BackboneParams)
     model: ModelParams = dataclasses.field(default_factory=ModelParams)
     train: TrainParams = dataclasses.field(default_factory=TrainParams)
+    eval: EvalParams = dataclasses.field(default_factory=EvalParams)
     # variant name -> raw overrides of model / train (validated by lib.variants)
     models: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -276,6 +337,7 @@ _SECTION_TYPES: dict[str, type] = {
     "backbone": BackboneParams,
     "model": ModelParams,
     "train": TrainParams,
+    "eval": EvalParams,
 }
 
 

@@ -8,7 +8,7 @@ serves retrieval recall, mean AUC, or anything else computed from a subset of ro
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,14 +136,104 @@ def paired_bootstrap(
         b = _value(metric_b(idx), "metric_b")
         if a is not None and b is not None:
             diffs.append(b - a)
-    d = np.asarray(diffs, dtype=np.float64)
+    diff = None if a_all is None or b_all is None else b_all - a_all
+    return _paired_result(diff, np.asarray(diffs, dtype=np.float64), level)
+
+
+def _paired_result(diff: float | None, d: np.ndarray, level: float) -> PairedTest:
     low, high = _percentile_interval(d, level)
     p_value = None
     if len(d):
         tail = min(int((d <= 0).sum()), int((d >= 0).sum())) + 1
         p_value = float(min(1.0, 2.0 * tail / (len(d) + 1)))
-    diff = None if a_all is None or b_all is None else b_all - a_all
     return PairedTest(diff=diff, low=low, high=high, p_value=p_value, n_rounds_used=len(d))
+
+
+# table(row_indices) -> {name: value or None}: many metrics from one pass over the rows.
+TableMetric = Callable[[np.ndarray], Mapping[str, float | None]]
+
+
+def bootstrap_table(
+    metrics: TableMetric,
+    patient_ids: np.ndarray,
+    n_rounds: int,
+    seed: int,
+    level: float = 0.95,
+) -> dict[str, Interval]:
+    """bootstrap_ci for every metric a table function returns, on the same resamples.
+
+    ``metrics(idx)`` returns a dict of values (None = undefined on those rows); the keys of
+    the full-data call define the table. Each key gets the Interval bootstrap_ci would give
+    it with the same seed (same rounds), at the cost of one pass over the rounds.
+    """
+    ids = _check_ids(patient_ids)
+    _check_level(level)
+    point = {k: _value(v, k) for k, v in metrics(np.arange(len(ids))).items()}
+    values: dict[str, list[float]] = {k: [] for k in point}
+    for idx in patient_bootstrap_indices(ids, n_rounds, seed):
+        row = metrics(idx)
+        for k in point:
+            if (v := _value(row.get(k), k)) is not None:
+                values[k].append(v)
+    out = {}
+    for k, p in point.items():
+        low, high = _percentile_interval(np.asarray(values[k], dtype=np.float64), level)
+        out[k] = Interval(point=p, low=low, high=high, n_rounds_used=len(values[k]))
+    return out
+
+
+def paired_bootstrap_table(
+    metrics_a: TableMetric,
+    metrics_b: TableMetric,
+    patient_ids: np.ndarray,
+    n_rounds: int,
+    seed: int,
+    level: float = 0.95,
+) -> dict[str, PairedTest]:
+    """paired_bootstrap for every key the two table functions share, on the same resamples.
+
+    The keys are those of metrics_a on all rows (metrics_b must return them too). Each key's
+    PairedTest equals what paired_bootstrap would give it with the same seed.
+    """
+    ids = _check_ids(patient_ids)
+    _check_level(level)
+    everything = np.arange(len(ids))
+    a_all, b_all = metrics_a(everything), metrics_b(everything)
+    missing = sorted(set(a_all) - set(b_all))
+    if missing:
+        raise ValueError(f"metrics_b does not return {missing}; both must return the same keys")
+    diffs: dict[str, list[float]] = {k: [] for k in a_all}
+    for idx in patient_bootstrap_indices(ids, n_rounds, seed):
+        a_row, b_row = metrics_a(idx), metrics_b(idx)
+        for k in a_all:
+            a, b = _value(a_row.get(k), k), _value(b_row.get(k), k)
+            if a is not None and b is not None:
+                diffs[k].append(b - a)
+    out = {}
+    for k in a_all:
+        d = np.asarray(diffs[k], dtype=np.float64)
+        a, b = _value(a_all[k], k), _value(b_all[k], k)
+        out[k] = _paired_result(None if a is None or b is None else b - a, d, level)
+    return out
+
+
+def holm(p_values: Mapping[str, float | None]) -> dict[str, float | None]:
+    """Holm–Bonferroni adjusted p-values of a family of tests (None stays None).
+
+    Sorted ascending, p_(i) is multiplied by (m − i + 1) for i = 1..m, made monotone
+    (a running maximum) and capped at 1. Controls the family-wise error rate at any
+    dependence between the tests, e.g. four variants each compared with A on three metrics.
+    """
+    defined = sorted((p, k) for k, p in p_values.items() if p is not None)
+    m = len(defined)
+    out: dict[str, float | None] = {k: None for k in p_values}
+    running = 0.0
+    for i, (p, k) in enumerate(defined):
+        if not 0 <= p <= 1:
+            raise ValueError(f"p-value of {k!r} is {p}; p-values lie in [0, 1]")
+        running = max(running, min(1.0, (m - i) * p))
+        out[k] = running
+    return out
 
 
 def _percentile_interval(values: np.ndarray, level: float) -> tuple[float | None, float | None]:

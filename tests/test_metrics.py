@@ -217,3 +217,79 @@ def test_combined_metric():
         combined_metric(0.5, 0.8, recall_weight=1.5)
     with pytest.raises(ValueError, match="percent"):
         combined_metric(50.0, 0.8)
+
+
+# ---------------------------------------------------------------- fast AUC / AP, ranks
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_binary_auc_ap_equal_sklearn_with_ties(seed):
+    from lib.metrics import binary_auc_ap
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 300))
+    target = rng.random(n) < rng.uniform(0.05, 0.6)
+    target[0], target[1] = True, False
+    # Coarse scores: many exact ties, which is where AUC / AP definitions differ.
+    score = np.round(rng.normal(size=n) + target * rng.uniform(0, 1.5), int(rng.integers(0, 2)))
+    auc, ap = binary_auc_ap(target, score)
+    assert auc == pytest.approx(roc_auc_score(target, score), abs=1e-12)
+    assert ap == pytest.approx(average_precision_score(target, score), abs=1e-12)
+
+
+def test_binary_auc_ap_undefined_without_both_classes():
+    from lib.metrics import binary_auc_ap
+
+    assert binary_auc_ap(np.ones(4), np.arange(4.0)) == (None, None)
+    assert binary_auc_ap(np.zeros(4), np.arange(4.0)) == (None, None)
+
+
+def test_ranks_summary_equal_retrieval_metrics():
+    from lib.metrics import retrieval_ranks, summarize_ranks
+
+    img, img_study, txt, txt_study, texts = random_case(4)
+    ranks = retrieval_ranks(img, img_study, txt, txt_study, texts)
+    assert len(ranks.i2t) == len(img) and len(ranks.t2i) == len(set(texts))
+    # Candidates are embedded from the first occurrence of each text.
+    assert [texts[r] for r in ranks.candidate_row] == list(dict.fromkeys(texts))
+    ref = brute_force(img, img_study, txt, txt_study, texts, (1, 3))
+    assert summarize_ranks(ranks, (1, 3)) == pytest.approx(ref)
+
+
+def test_chance_recall_matches_simulation():
+    from lib.metrics import chance_recall
+
+    rng = np.random.default_rng(0)
+    n, k = 30, 5
+    m = rng.integers(1, 4, size=200)
+    exact = chance_recall(m, n, k)
+    hits = [
+        (rng.permutation(n)[:k] < mi).any() for mi in m for _ in range(50)
+    ]  # positives are items 0..m-1
+    assert exact == pytest.approx(np.mean(hits), abs=0.02)
+    assert chance_recall(np.array([1]), n, 1) == pytest.approx(1 / n)
+    assert chance_recall(np.array([2]), 10, 10) == 1.0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_auc_ap_columns_equal_per_column(seed):
+    from lib.metrics import auc_ap_columns, binary_auc_ap
+
+    rng = np.random.default_rng(seed)
+    n, c = 120, 7
+    score = np.round(rng.normal(size=(n, c)), 1)  # ties within and across classes
+    target = (rng.random((n, c)) < 0.3).astype(int)
+    valid = rng.random((n, c)) > 0.15
+    target[:, 5] = 1  # one class only: undefined
+    valid[:, 6] = False  # nothing valid: undefined
+    auc, ap = auc_ap_columns(score, target, valid)
+    for j in range(c):
+        ref = binary_auc_ap(target[valid[:, j], j], score[valid[:, j], j])
+        if ref[0] is None:
+            assert np.isnan(auc[j]) and np.isnan(ap[j])
+        else:
+            assert auc[j] == pytest.approx(ref[0], abs=1e-12)
+            assert ap[j] == pytest.approx(ref[1], abs=1e-12)
+            assert auc[j] == pytest.approx(
+                roc_auc_score(target[valid[:, j], j], score[valid[:, j], j]), abs=1e-12
+            )

@@ -41,6 +41,15 @@ def test_unknown_section_is_rejected():
         ("demo", "image_size", 8, "too small"),
         ("demo", "n_patients", 0, "must be > 0"),
         ("demo", "test_fraction", 0.95, "must be < 1"),
+        ("eval", "prompt_template", "A chest x-ray", "needs a"),
+        ("eval", "negative_prompt_template", "no finding", "needs a"),
+        ("eval", "probe_fractions", [0.01, 1.5], r"in \(0, 1\]"),
+        ("eval", "probe_fractions", [0.1, 0.1], "repeats"),
+        ("eval", "recall_ks", [0, 5], "K >= 1"),
+        ("eval", "recall_curve_max_k", 5, "recall_curve_max_k"),
+        ("eval", "bootstrap", 0, "must be > 0"),
+        ("eval", "ci_level", 95, r"in \(0, 1\)"),
+        ("eval", "device", "gpu", "use auto"),
     ],
 )
 def test_bad_values_name_key_and_value(section, key, value, match):
@@ -64,3 +73,9 @@ def test_load_roundtrip(tmp_path):
     path.write_text(yaml.safe_dump({"data": {"views": ["PA"], "label_policy": "u_ignore"}}))
     p = load_params(path)
     assert p.data == DataParams(views=("PA",), label_policy="u_ignore")
+
+
+def test_eval_section_defaults_and_single_prompt():
+    p = parse_params({"eval": {"negative_prompt_template": "", "probe_fractions": [1]}})
+    assert p.eval.negative_prompt_template == "" and p.eval.probe_fractions == (1.0,)
+    assert load_params("params.yaml").eval.recall_ks == (1, 5, 10)

@@ -105,13 +105,131 @@ def test_models_are_trained_and_learn(repo):
     assert float(epochs[-1]["train_total"]) < float(epochs[0]["train_total"]) - 0.1
 
 
+def test_evaluation_writes_the_report_metrics_and_plots(repo):
+    summary = json.loads((repo / "metrics/summary.json").read_text())
+    assert list(summary["models"]) == list("ABCDE") and summary["demo_data"] is True
+    assert set(summary["tests_vs_A"]) == set("BCDE")
+    for t in summary["tests_vs_A"]["B"].values():
+        assert 0 < t["p_value"] <= t["p_holm"] <= 1
+    report = (repo / "metrics/results.md").read_text()
+    for needle in (
+        "| **A** Global CLIP baseline |",
+        "| **E** Token drop (hard) |",
+        "MAIRA-2",
+        "not computed by this pipeline",
+        "synthetic demo corpus",
+    ):
+        assert needle in report, needle
+    for name in "ABCDE":
+        m = json.loads((repo / f"metrics/eval/{name}.json").read_text())
+        for key in ("i2t_R@1", "t2i_R@10", "zero_shot_mean_auc", "probe_100pct_mean_ap"):
+            assert m[f"{key}_ci_low"] <= m[key] <= m[f"{key}_ci_high"], (name, key)
+        assert m["n_test_images"] > 200 and m["zero_shot_undefined_labels"] == 0
+        for png in ("roc", "auc_per_label", "recall_at_k", "probe_confusion"):
+            assert (repo / f"plots/eval/{name}/{png}.png").stat().st_size > 10_000
+        eff = json.loads((repo / f"metrics/efficiency/eval_{name}.json").read_text())
+        assert eff["inference_images_per_second"] > 0
+    kept = {
+        n: json.loads((repo / f"metrics/eval/{n}.json").read_text())["mean_patch_tokens_kept"]
+        for n in "AE"
+    }
+    assert kept["E"] == kept["A"] / 2  # keep_ratio 0.5 of the 6 x 6 grid
+    for png in ("grouped_bars", "efficiency", "explain"):
+        assert (repo / f"plots/compare/{png}.png").stat().st_size > 10_000
+    sh(["dvc", "plots", "show", "-o", str(repo.parent / "dvc_plots")], repo)
+    assert (repo.parent / "dvc_plots/index.html").stat().st_size > 10_000
+
+
+def test_trained_models_beat_an_untrained_one(repo, tmp_path):
+    """The untrained model (random heads on the untrained demo backbone) through the same
+    embed and eval stages: every trained model must rank and classify better."""
+    import torch
+    from safetensors.torch import save_model
+
+    from lib.backbone import load_backbone
+    from lib.model import PatchIBModel
+    from lib.variants import Variant
+
+    cfg = json.loads((repo / "models/A/config.json").read_text())
+    variant = Variant.from_dict(cfg, "A")
+    backbone = variant.model.backbone.replace("local-dir:", f"local-dir:{repo}/")
+    torch.manual_seed(0)
+    model = PatchIBModel(load_backbone(backbone), variant.model)
+    out = tmp_path / "untrained"
+    out.mkdir()
+    save_model(model, str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps(cfg))
+    master = "data/processed/mimic_master_official_split.jsonl"
+    py = [sys.executable, "-m"]
+    sh(
+        [
+            *py,
+            "stages.embed",
+            "--model",
+            str(out),
+            "--master",
+            master,
+            "--root",
+            "data/demo/mimic-cxr-jpg",
+            "--out",
+            str(tmp_path / "emb"),
+            "--efficiency",
+            str(tmp_path / "eff.json"),
+        ],
+        repo,
+    )
+    sh(
+        [
+            *py,
+            "stages.evaluate",
+            "--model",
+            str(out),
+            "--embeddings",
+            str(tmp_path / "emb"),
+            "--master",
+            master,
+            "--out",
+            str(tmp_path / "eval"),
+            "--metrics",
+            str(tmp_path / "untrained.json"),
+            "--plots",
+            str(tmp_path / "plots"),
+        ],
+        repo,
+    )
+    base = json.loads((tmp_path / "untrained.json").read_text())
+    # Untrained: retrieval near chance, zero-shot AUC near 0.5.
+    assert abs(base["zero_shot_mean_auc"] - 0.5) < 0.1
+    for name in "ABCDE":
+        m = json.loads((repo / f"metrics/eval/{name}.json").read_text())
+        assert m["mean_recall"] > base["mean_recall"], name
+        assert m["zero_shot_mean_auc"] > base["zero_shot_mean_auc"] + 0.05, name
+
+
+def test_changing_eval_params_retrains_and_reembeds_nothing(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["eval"]["bootstrap"] = 500
+    params["eval"]["negative_prompt_template"] = ""
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        out = sh(["dvc", "repro", "--dry"], repo)
+        assert ran_stages(out) == {f"eval@{n}" for n in "ABCDE"} | {"compare"}
+    finally:
+        sh(["git", "checkout", "params.yaml"], repo)
+
+
 def test_use_masking_retrains_exactly_the_variants_it_changes(repo):
     out = sh(["dvc", "exp", "run", "-S", "model.use_masking=true"], repo)
-    assert {s for s in ran_stages(out) if s.startswith("train")} == {"train@A", "train@B"}
+    ran = ran_stages(out)
+    assert {s for s in ran if s.startswith("train")} == {"train@A", "train@B"}
+    assert {s for s in ran if s.startswith("eval")} == {"eval@A", "eval@B"}
+    assert "compare" in ran
     diff = sh(["dvc", "metrics", "diff", "--json"], repo)
     changed = {path for path in json.loads(diff)}
-    assert "metrics/train/A.json" in changed and "metrics/train/B.json" in changed
-    assert "metrics/train/C.json" not in changed
+    for path in ("metrics/train/A.json", "metrics/eval/B.json", "metrics/summary.json"):
+        assert path in changed, path
+    assert "metrics/train/C.json" not in changed and "metrics/eval/C.json" not in changed
+    sh(["dvc", "plots", "diff", "-o", str(repo.parent / "plots_diff")], repo)
     sh(["git", "checkout", "--", "."], repo)
     sh(["dvc", "checkout", "--force"], repo)
 

@@ -200,3 +200,16 @@ def test_inputs_not_mutated_and_validated():
         fit_probe(tx, ty, vx, vy, ex, ey, NAMES[:2], fraction=1.0, seed=0)
     with pytest.raises(ValueError, match="fraction"):
         fit_probe(tx, ty, vx, vy, ex, ey, NAMES, fraction=0.0, seed=0)
+
+
+def test_test_scores_give_the_reported_auc():
+    from lib.metrics import binary_auc_ap
+
+    data = splits(seed=7, ignore_rate=0.1)
+    res = run(data)
+    ex, ey = data[2]
+    assert res.test_scores.shape == (len(ex), len(NAMES))
+    for c, name in enumerate(NAMES):
+        keep = ey[:, c] != -1
+        auc, ap = binary_auc_ap(ey[keep, c], res.test_scores[keep, c])
+        assert auc == pytest.approx(res.auc[name]) and ap == pytest.approx(res.ap[name])

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from lib.stats import bootstrap_ci, paired_bootstrap, patient_bootstrap_indices
+from lib.stats import (
+    bootstrap_ci,
+    bootstrap_table,
+    holm,
+    paired_bootstrap,
+    paired_bootstrap_table,
+    patient_bootstrap_indices,
+)
 
 
 def mean_of(x):
@@ -191,3 +198,41 @@ def test_paired_deterministic():
     one = paired_bootstrap(mean_of(a), mean_of(b), ids, n_rounds=200, seed=1)
     two = paired_bootstrap(mean_of(a), mean_of(b), ids, n_rounds=200, seed=1)
     assert one == two
+
+
+# ---------------------------------------------------------------- tables, Holm
+
+
+def test_table_equals_one_metric_at_a_time():
+    rng = np.random.default_rng(3)
+    x, y = rng.random(120), rng.random(120)
+    ids = np.repeat(np.arange(40), 3)
+
+    def table(idx):
+        return {"x": float(np.mean(x[idx])), "y": float(np.mean(y[idx])), "never": None}
+
+    out = bootstrap_table(table, ids, n_rounds=200, seed=5)
+    assert out["x"] == bootstrap_ci(mean_of(x), ids, 200, 5)
+    assert out["y"] == bootstrap_ci(mean_of(y), ids, 200, 5)
+    assert out["never"].point is None and out["never"].n_rounds_used == 0
+
+
+def test_paired_table_equals_one_metric_at_a_time():
+    rng = np.random.default_rng(4)
+    a, b = rng.random(90), rng.random(90) + 0.05
+    ids = np.repeat(np.arange(30), 3)
+    out = paired_bootstrap_table(
+        lambda i: {"m": float(np.mean(a[i]))}, lambda i: {"m": float(np.mean(b[i]))}, ids, 300, 2
+    )
+    assert out["m"] == paired_bootstrap(mean_of(a), mean_of(b), ids, 300, 2)
+    with pytest.raises(ValueError, match="same keys"):
+        paired_bootstrap_table(lambda i: {"m": 1.0}, lambda i: {"n": 1.0}, ids, 10, 0)
+
+
+def test_holm_known_answer():
+    # m = 4: sorted p 0.01, 0.02, 0.03, 0.5 -> 0.04, 0.06, 0.06 (monotone), 0.5.
+    got = holm({"a": 0.03, "b": 0.01, "c": 0.5, "d": 0.02, "e": None})
+    assert got == pytest.approx({"a": 0.06, "b": 0.04, "c": 0.5, "d": 0.06, "e": None})
+    assert holm({"a": 0.6, "b": 0.7}) == {"a": 1.0, "b": 1.0}
+    with pytest.raises(ValueError, match="lie in"):
+        holm({"a": 1.5})

@@ -1,0 +1,268 @@
+"""The comparison of models A–E (stage compare): one results table with intervals, paired
+bootstrap tests of every variant against A, and the published MIMIC-CXR figures beside it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lib.errors import DataError
+from lib.evaluate import QueryRows, row_metrics
+from lib.stats import holm, paired_bootstrap_table
+from lib.variants import DESCRIPTIONS
+
+BASELINE = "A"
+# Metrics tested against the baseline (paired bootstrap), with their table names.
+TESTED: tuple[tuple[str, str], ...] = (
+    ("i2t_R@1", "I2T R@1"),
+    ("i2t_R@10", "I2T R@10"),
+    ("t2i_R@1", "T2I R@1"),
+    ("t2i_R@10", "T2I R@10"),
+    ("zero_shot_mean_auc", "zero-shot mean AUC"),
+)
+
+
+@dataclass(frozen=True)
+class Published:
+    model: str
+    year: int
+    t2i_r1: float  # percent
+    t2i_r10: float
+    mean_auc: float
+    reference: str
+
+
+# The seed's "Benchmarking & SOTA Comparison" table: MIMIC-CXR official test split, as
+# published by each paper (not recomputed by this pipeline).
+LITERATURE: tuple[Published, ...] = (
+    Published("ConVIRT", 2020, 23.3, 61.2, 0.770, "Zhang et al. (2020), arXiv:2010.00747"),
+    Published("GLoRIA", 2021, 24.9, 63.8, 0.815, "Huang et al. (2021), arXiv:2104.04687"),
+    Published("BioViL", 2022, 26.1, 66.4, 0.826, "Boecking et al. (2022), arXiv:2204.09817"),
+    Published("MGCA", 2023, 28.9, 70.1, 0.835, "Wang et al. (2023), arXiv:2211.12737"),
+    Published("BioViL-L", 2023, 27.4, 68.2, 0.821, "Boecking et al. (2023), arXiv:2304.05341"),
+    Published("MAIRA-2", 2024, 31.2, 74.5, 0.868, "Hyland et al. (2024), arXiv:2406.04447"),
+)
+
+
+def check_same_rows(rows: Mapping[str, QueryRows]) -> None:
+    """Paired tests need every model evaluated on the same test rows."""
+    names = list(rows)
+    ref = rows[names[0]]
+    for name in names[1:]:
+        r = rows[name]
+        same = (
+            r.n_images == ref.n_images
+            and np.array_equal(r.patient, ref.patient)
+            and np.array_equal(r.labels, ref.labels)
+        )
+        if not same:
+            raise DataError(
+                f"eval@{name} and eval@{names[0]} were computed on different test rows; "
+                "rerun `dvc repro` so every model is evaluated on the current master file"
+            )
+
+
+def paired_tests(
+    rows: Mapping[str, QueryRows],
+    ks: tuple[int, ...],
+    n_rounds: int,
+    seed: int,
+    level: float,
+    baseline: str = BASELINE,
+) -> dict[str, dict[str, dict[str, float | None]]]:
+    """{variant: {metric: {diff, ci_low, ci_high, p_value, p_holm, rounds}}} against baseline.
+
+    Every variant is compared with the baseline on the same patient resamples (same seed);
+    p_holm adjusts the p-values of all variant × metric tests together (Holm–Bonferroni).
+    """
+    if baseline not in rows:
+        raise DataError(f"no evaluation of the baseline model {baseline}; evaluate it first")
+    check_same_rows(rows)
+    table_a = row_metrics(rows[baseline], ks, probes=False)
+    keys = [k for k, _ in TESTED]
+
+    def only(table):
+        return lambda idx: {k: v for k, v in table(idx).items() if k in keys}
+
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    for name, r in rows.items():
+        if name == baseline:
+            continue
+        tests = paired_bootstrap_table(
+            only(table_a),
+            only(row_metrics(r, ks, probes=False)),
+            rows[baseline].patient,
+            n_rounds,
+            seed,
+            level,
+        )
+        out[name] = {
+            k: {
+                "diff": t.diff,
+                "ci_low": t.low,
+                "ci_high": t.high,
+                "p_value": t.p_value,
+                "rounds": t.n_rounds_used,
+            }
+            for k, t in tests.items()
+        }
+    adjusted = holm({f"{v}|{k}": t["p_value"] for v, ts in out.items() for k, t in ts.items()})
+    for v, ts in out.items():
+        for k, t in ts.items():
+            t["p_holm"] = adjusted[f"{v}|{k}"]
+    return out
+
+
+# ------------------------------------------------------------------ Markdown report
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}"
+
+
+def _num(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def _with_ci(m: Mapping[str, Any], key: str, fmt) -> str:
+    v, lo, hi = m.get(key), m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high")
+    if v is None:
+        return "n/a"
+    if lo is None or hi is None:
+        return fmt(v)
+    return f"{fmt(v)} [{fmt(lo)}, {fmt(hi)}]"
+
+
+def results_markdown(
+    metrics: Mapping[str, Mapping[str, Any]],
+    efficiency: Mapping[str, Mapping[str, Any]],
+    tests: Mapping[str, Mapping[str, Mapping[str, float | None]]],
+    data: Mapping[str, Any],
+    fractions: Sequence[str],
+    ks: Sequence[int],
+    level: float,
+) -> str:
+    """The results report: our table (seed format, with intervals), the probe, the tests
+    against A, efficiency, and the published figures, each labelled with its data."""
+    names = list(metrics)
+    first = metrics[names[0]]
+    ci = f"{100 * level:g} %"
+    lines = [
+        "# Patch-IB-CXR: test-split results",
+        "",
+        "Written by the `compare` stage (`dvc repro`); do not edit by hand.",
+        "",
+        f"- **Data**: {data['description']}",
+        f"- **Test split**: {first['n_test_images']} images, {first['n_test_report_texts']} "
+        f"distinct report texts, {first['n_test_patients']} patients.",
+        f"- **Intervals**: {ci} percentile intervals from {first['bootstrap_rounds']} "
+        "patient-level bootstrap resamples (a patient's images and reports are drawn together).",
+        f"- **Zero-shot**: {data['zero_shot_mode']}.",
+        "- **Retrieval**: positives by study; identical report texts are one candidate.",
+        "",
+        "## Retrieval and classification (percent for recall)",
+        "",
+    ]
+    head = ["Model"]
+    head += [f"I2T R@{k}" for k in ks] + [f"T2I R@{k}" for k in ks]
+    head += ["Zero-shot mean AUC", "Zero-shot mean AP"]
+    full = fractions[-1]
+    head += [f"Probe {full} mean AUC", f"Probe {full} mean AP"]
+    lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for name in names:
+        m = metrics[name]
+        cells = [f"**{name}** {DESCRIPTIONS.get(name, '')}".strip()]
+        cells += [_with_ci(m, f"i2t_R@{k}", _pct) for k in ks]
+        cells += [_with_ci(m, f"t2i_R@{k}", _pct) for k in ks]
+        cells += [_with_ci(m, "zero_shot_mean_auc", _num), _with_ci(m, "zero_shot_mean_ap", _num)]
+        cells += [
+            _with_ci(m, f"probe_{full}_mean_auc", _num),
+            _with_ci(m, f"probe_{full}_mean_ap", _num),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    chance = ["chance (random ranking)"]
+    chance += [_pct(first[f"chance_i2t_R@{k}"]) for k in ks]
+    chance += [_pct(first[f"chance_t2i_R@{k}"]) for k in ks]
+    chance += ["0.500", "prevalence", "0.500", "prevalence"]
+    lines.append("| " + " | ".join(chance) + " |")
+
+    lines += [
+        "",
+        "## Linear probe by fraction of labelled train images (ConVIRT protocol), mean AUC",
+        "",
+        "| Model | " + " | ".join(fractions) + " |",
+        "|" + " --- |" * (len(fractions) + 1),
+    ]
+    for name in names:
+        m = metrics[name]
+        cells = [_with_ci(m, f"probe_{f}_mean_auc", _num) for f in fractions]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+
+    lines += [
+        "",
+        f"## Paired bootstrap tests against Model {BASELINE}",
+        "",
+        f"Difference (variant − {BASELINE}) with its {ci} interval; two-sided bootstrap "
+        "p-value and the Holm-adjusted p-value over all tests in this table.",
+        "",
+        "| Variant | Metric | Difference | p | p (Holm) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    label = dict(TESTED)
+    for variant, ts in tests.items():
+        for key, t in ts.items():
+            scale = _pct if "R@" in key else _num
+            diff = (
+                "n/a"
+                if t["diff"] is None
+                else (
+                    f"{'+' if t['diff'] >= 0 else ''}{scale(t['diff'])} "
+                    f"[{scale(t['ci_low'])}, {scale(t['ci_high'])}]"
+                )
+            )
+            lines.append(
+                f"| {variant} | {label.get(key, key)} | {diff} | {_num(t['p_value'])} | "
+                f"{_num(t['p_holm'])} |"
+            )
+
+    lines += [
+        "",
+        "## Efficiency (measured by embed@X on this run's machine)",
+        "",
+        "| Model | Inference img/s | Peak memory (MB) | Patch tokens kept (of total) | Device |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name in names:
+        e, m = efficiency[name], metrics[name]
+        peak = e.get("cuda_max_allocated_mb", e.get("process_peak_rss_mb"))
+        kind = "GPU allocated" if "cuda_max_allocated_mb" in e else "process RSS"
+        lines.append(
+            f"| {name} | {e['inference_images_per_second']} | {peak} ({kind}) | "
+            f"{m['mean_patch_tokens_kept']:.1f} of {data['patch_tokens_total']} | {e['device']} |"
+        )
+
+    lines += [
+        "",
+        "## Published results (not computed by this pipeline)",
+        "",
+        "As reported by each paper on the **MIMIC-CXR official test split** (the seed's "
+        "comparison table). They are comparable with ours only when this pipeline runs on "
+        "MIMIC-CXR-JPG with the official split"
+        + (
+            "; the numbers above come from the synthetic demo corpus and are not."
+            if data["is_demo"]
+            else "."
+        ),
+        "",
+        "| Model | Year | T2I R@1 (%) | T2I R@10 (%) | Avg AUC | Reference |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for p in LITERATURE:
+        lines.append(
+            f"| {p.model} | {p.year} | {p.t2i_r1:.1f} | {p.t2i_r10:.1f} | {p.mean_auc:.3f} | "
+            f"{p.reference} |"
+        )
+    return "\n".join(lines) + "\n"
