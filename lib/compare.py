@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from lib.errors import DataError
 from lib.evaluate import QueryRows, row_metrics
@@ -266,3 +267,115 @@ def results_markdown(
             f"{p.reference} |"
         )
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ summary and tables
+
+
+def data_description(
+    root: str, is_demo: bool, details: Mapping[str, Any], grid: Sequence[int]
+) -> dict[str, Any]:
+    """What the numbers were computed on, for the report's header."""
+    if details["zero_shot_mode"] == "prompt pair":
+        mode = (
+            f'P(positive) of the prompt pair "{details["prompt_template"]}" / '
+            f'"{details["negative_prompt_template"]}"'
+        )
+    else:
+        mode = f'cosine similarity to the prompt "{details["prompt_template"]}"'
+    return {
+        "description": (
+            f"the synthetic demo corpus ({root}), NOT MIMIC-CXR: a pipeline check, not a result"
+            if is_demo
+            else f"MIMIC-CXR-JPG at {root}, official test split"
+        ),
+        "is_demo": is_demo,
+        "zero_shot_mode": mode,
+        "patch_tokens_total": int(np.prod(grid)),
+    }
+
+
+def summary_json(
+    metrics: Mapping[str, Mapping[str, Any]],
+    tests: Mapping[str, Any],
+    fractions: Sequence[str],
+    ks: Sequence[int],
+    is_demo: bool,
+) -> dict[str, Any]:
+    """metrics/summary.json: each model's headline numbers with intervals, and the tests
+    against the baseline (deterministic: timings live in metrics/efficiency)."""
+    names = list(metrics)
+    headline = [f"{d}_R@{k}" for d in ("i2t", "t2i") for k in ks] + [
+        "mean_recall",
+        "zero_shot_mean_auc",
+        "zero_shot_mean_ap",
+        *[f"probe_{f}_mean_auc" for f in fractions],
+        *[f"probe_{f}_mean_ap" for f in fractions],
+    ]
+    models = {
+        n: {
+            k: metrics[n].get(k)
+            for key in headline
+            for k in (key, f"{key}_ci_low", f"{key}_ci_high")
+        }
+        | {"mean_patch_tokens_kept": metrics[n]["mean_patch_tokens_kept"]}
+        for n in names
+    }
+    return {
+        "models": models,
+        f"tests_vs_{names[0]}": dict(tests),
+        "test_images": metrics[names[0]]["n_test_images"],
+        "demo_data": is_demo,
+    }
+
+
+def summary_table(
+    metrics: Mapping[str, Mapping[str, Any]], efficiency: Mapping[str, Mapping[str, Any]]
+) -> pd.DataFrame:
+    """One row per model: every numeric metric and the inference throughput."""
+    return pd.DataFrame(
+        [
+            {
+                "model": n,
+                **{k: v for k, v in m.items() if not isinstance(v, str)},
+                "inference_images_per_second": efficiency[n]["inference_images_per_second"],
+            }
+            for n, m in metrics.items()
+        ]
+    )
+
+
+def tests_table(tests: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> pd.DataFrame:
+    label = dict(TESTED)
+    return pd.DataFrame(
+        [{"variant": v, "metric": label[k], **t} for v, ts in tests.items() for k, t in ts.items()]
+    )
+
+
+def explain_columns(
+    explain: Mapping[str, Mapping[str, np.ndarray]],
+) -> list[tuple[str, list[np.ndarray]]]:
+    """The heatmap columns of the explainability figure, one per model that has a map:
+    its mask z where it masks (E: only the kept tokens), else its finding-word attention."""
+    names = list(explain)
+    ref = explain[names[0]]
+    grid = tuple(int(g) for g in ref["grid"])
+    for n in names[1:]:
+        if not np.array_equal(explain[n]["dicom"], ref["dicom"]):
+            raise DataError(
+                f"explain.npz of {n} and {names[0]} show different test images; rerun "
+                "`dvc repro` so every embed@ stage uses the current master file"
+            )
+    columns = []
+    for n, e in explain.items():
+        if not np.isnan(e["mask"]).all():
+            masks = [
+                np.where(kept, m, np.nan).reshape(grid)
+                for m, kept in zip(e["mask"], e["kept"], strict=True)
+            ]
+            title = f"{n}: mask z" + (" (kept tokens)" if not e["kept"].all() else "")
+            columns.append((title, masks))
+        elif not np.isnan(e["attention"]).all():
+            maps = [a.reshape(grid) for a in e["attention"]]
+            columns.append((f"{n}: finding word → patch attention", maps))
+    return columns

@@ -30,6 +30,18 @@ class Split:
     def __len__(self) -> int:
         return len(self.images)
 
+    def subset(self, idx: np.ndarray) -> Split:
+        """The rows ``idx`` (an index array), in that order."""
+        idx = np.asarray(idx, dtype=np.int64)
+        return Split(
+            images=[self.images[i] for i in idx],
+            study=self.study[idx],
+            subject=self.subject[idx],
+            texts=[self.texts[i] for i in idx],
+            labels=self.labels[idx],
+            dicom=[self.dicom[i] for i in idx],
+        )
+
 
 def read_master(path: str | Path) -> dict[str, Split]:
     """The master JSONL file, split by ``split`` (train / val / test)."""

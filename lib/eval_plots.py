@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -18,6 +19,9 @@ from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
 from lib.metrics import IGNORE_LABEL
+
+if TYPE_CHECKING:
+    from lib.evaluate import EvalResult
 
 
 def roc_figure(name: str, scores: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> Figure:
@@ -234,3 +238,39 @@ def explain_figure(
     axes[0, 0].set_title("test X-ray", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def save_model_plots(
+    out: Path, name: str, result: EvalResult, labels: np.ndarray, full: str
+) -> None:
+    """Write the per-model plots of eval@X and their data: AUC per label, ROC curves,
+    Recall@K, the probe by fraction and its confusion matrices at fraction ``full``."""
+    from lib.io import save_figure, write_csv
+
+    zs = result.details["zero_shot"]
+    names = list(zs["auc"])
+    table = pd.DataFrame(
+        {
+            "label": names,
+            "zero_shot_auc": [zs["auc"][lb] for lb in names],
+            "zero_shot_ci_low": [zs["auc_ci"][lb][0] for lb in names],
+            "zero_shot_ci_high": [zs["auc_ci"][lb][1] for lb in names],
+            "probe_auc": [result.probes[full].auc[lb] for lb in names],
+            "n_positive": [zs["n_positive"][lb] for lb in names],
+        }
+    )
+    write_csv(out / "auc_per_label.csv", table)
+    save_figure(out / "auc_per_label.png", auc_bars_figure(name, table))
+    save_figure(out / "roc.png", roc_figure(name, result.rows.zero_shot, labels, names))
+    curve = pd.DataFrame(result.recall_curve)
+    write_csv(out / "recall_at_k.csv", curve)
+    save_figure(out / "recall_at_k.png", recall_curve_figure(name, curve))
+    fractions = pd.DataFrame(
+        [
+            {"fraction": r.fraction, "mean_auc": r.mean_auc, "mean_ap": r.mean_ap}
+            for r in result.probes.values()
+        ]
+    )
+    write_csv(out / "probe_fractions.csv", fractions)
+    confusion = result.details["probe"][full]["confusion"]
+    save_figure(out / "probe_confusion.png", confusion_figure(name, f"{full} of train", confusion))

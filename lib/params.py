@@ -70,8 +70,16 @@ class DataParams:
     sections: tuple[ReportSection, ...] = ("findings", "impression")
     label_policy: LabelPolicy = "positive_only"
     min_report_chars: int = 30
+    # Side of the square images the models take (pack_images decodes to it once); it must
+    # equal the backbone's input size: the demo backbone's 96 by default, BiomedCLIP's 224.
+    image_size: int = 96
 
     def validate(self) -> None:
+        if self.image_size < 16:
+            raise ParamsError(
+                f"data.image_size = {self.image_size} is too small; use the backbone's input "
+                "size (BiomedCLIP: 224)"
+            )
         if not self.views:
             raise ParamsError(
                 "data.views is empty; list the ViewPosition values to keep, e.g. [PA, AP]"
@@ -219,8 +227,16 @@ class TrainParams:
     # positive prompt's cosine alone.
     val_negative_prompt_template: str = "A chest x-ray showing no {}"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # Processes (GPUs) of one machine: > 1 makes stage train@X launch itself under torchrun
+    # with DistributedDataParallel; batch_size stays the global batch.
+    nproc_per_node: int = 1
 
     def validate(self) -> None:
+        if self.nproc_per_node < 1 or self.batch_size % self.nproc_per_node:
+            raise ParamsError(
+                f"train.nproc_per_node = {self.nproc_per_node} must be >= 1 and divide "
+                f"train.batch_size = {self.batch_size} (the global batch)"
+            )
         for key in (
             "epochs",
             "batch_size",
@@ -255,6 +271,23 @@ class TrainParams:
             )
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ParamsError(f"train.device = {self.device!r}: use auto, cpu, cuda or cuda:N")
+
+
+@dataclasses.dataclass(frozen=True)
+class PackParams:
+    """Stage pack_images: every image decoded once into a memory-mapped array."""
+
+    workers: int = 0  # decoding threads; 0 = every core
+    chunk_size: int = 1024  # images per resumable chunk
+    # Share of images that may be unreadable (counted, listed, left out) before the stage
+    # fails; MIMIC-CXR-JPG has none, so a larger share means a damaged copy.
+    max_failed_fraction: float = 0.001
+
+    def validate(self) -> None:
+        if self.workers < 0:
+            raise ParamsError(f"pack.workers = {self.workers} must be >= 0 (0 = every core)")
+        _positive("pack.chunk_size", self.chunk_size)
+        _fraction("pack.max_failed_fraction", self.max_failed_fraction)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,6 +358,7 @@ class Params:
     backbone: BackboneParams = dataclasses.field(default_factory=BackboneParams)
     model: ModelParams = dataclasses.field(default_factory=ModelParams)
     train: TrainParams = dataclasses.field(default_factory=TrainParams)
+    pack: PackParams = dataclasses.field(default_factory=PackParams)
     eval: EvalParams = dataclasses.field(default_factory=EvalParams)
     # variant name -> raw overrides of model / train (validated by lib.variants)
     models: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -337,6 +371,7 @@ _SECTION_TYPES: dict[str, type] = {
     "backbone": BackboneParams,
     "model": ModelParams,
     "train": TrainParams,
+    "pack": PackParams,
     "eval": EvalParams,
 }
 
@@ -370,6 +405,13 @@ def parse_params(raw: Mapping[str, Any], source: str = "params.yaml") -> Params:
     from lib.variants import resolve_all  # validates every variant's overrides
 
     resolve_all(params, source)
+    demo = "local-dir:data/backbone/demo"
+    if params.model.backbone == demo and params.backbone.image_size != params.data.image_size:
+        raise ParamsError(
+            f"{source}: backbone.image_size = {params.backbone.image_size} but data.image_size "
+            f"= {params.data.image_size}; the demo backbone takes the packed images as they "
+            "are, so set both to the same size"
+        )
     return params
 
 

@@ -28,12 +28,14 @@ from tqdm import tqdm
 
 from lib.backbone import Backbone, load_backbone
 from lib.data import Split, load_images, study_aware_batches, to_model_input
+from lib.distributed import DistInfo, gather_outputs, init_distributed, shard_batch
 from lib.errors import PipelineError
 from lib.losses import compute_losses
 from lib.metrics import auc_per_label, combined_metric, retrieval_metrics, zero_shot_scores
 from lib.mimic import LABELS
 from lib.model import PatchIBModel
 from lib.optim import param_groups, warmup_cosine_scheduler
+from lib.pack import Pack, PackedPixels
 from lib.variants import Variant
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp: temperature never below 0.01
@@ -103,14 +105,26 @@ def fingerprint(variant: Variant, master: Path) -> str:
 class Data:
     """A split in memory: images decoded once, texts tokenized once."""
 
-    pixels: torch.Tensor  # (N, S, S) uint8
+    pixels: torch.Tensor | PackedPixels  # (N, S, S) uint8; pixels[idx] -> tensor
     tokens: torch.Tensor  # (T, L) long, one row per unique text
     text_of: torch.Tensor  # (N,) index into tokens
     split: Split
 
     @classmethod
-    def build(cls, split: Split, root: Path, backbone: Backbone, threads: int = 4) -> Data:
-        pixels = load_images(root, split.images, backbone.image_size, threads)
+    def build(
+        cls,
+        split: Split,
+        root: Path,
+        backbone: Backbone,
+        threads: int = 4,
+        pack: Pack | None = None,
+    ) -> Data:
+        """From the pack (memory-mapped; the split must be ``pack.usable``) or, without one,
+        by decoding the JPEGs under ``root``."""
+        if pack is not None:
+            pixels = pack.pixels(split, backbone.image_size)
+        else:
+            pixels = load_images(root, split.images, backbone.image_size, threads)
         unique = sorted(set(split.texts))
         index = {t: i for i, t in enumerate(unique)}
         tokens = backbone.tokenizer(unique) if unique else torch.zeros(0, 1, dtype=torch.long)
@@ -131,8 +145,14 @@ class Trainer:
         run_id: str,
         device: torch.device,
         progress: bool = False,
+        dist_info: DistInfo | None = None,
     ) -> None:
         self.v, self.tp, self.mp = variant, variant.train, variant.model
+        # Under torchrun: this process's rank. Every rank runs the same global batches and
+        # encodes its shard; the outputs are gathered so the loss sees the global batch
+        # (lib/distributed.py); rank 0 validates and writes.
+        self.dist = dist_info or DistInfo()
+        self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
         self.train_data, self.val_data, self.backbone = train, val, backbone
         self.state_dir, self.run_id, self.device, self.progress = (
             state_dir,
@@ -145,6 +165,11 @@ class Trainer:
         # Backbone can be shared (e.g. between variants or runs in one process).
         own = dataclasses.replace(backbone, clip=copy.deepcopy(backbone.clip))
         self.model = PatchIBModel(own, variant.model).to(device)
+        if self.dist.distributed and self.tp.batch_size % self.dist.world_size:
+            raise TrainingError(
+                f"train.batch_size = {self.tp.batch_size} is the global batch; it must be a "
+                f"multiple of the {self.dist.world_size} ranks"
+            )
         self.autocast, self.scaler = autocast_and_scaler(device, self.tp.use_amp)
         self.state = TrainState()
         self.images_seen, self.train_seconds = 0, 0.0
@@ -157,6 +182,12 @@ class Trainer:
     def make_optimizer(self, phase: int) -> tuple[torch.optim.Optimizer, Any]:
         t = self.tp
         self.model.set_backbone_frozen(phase == 1)
+        if self.dist.distributed:
+            # Built after freezing: DDP reduces exactly the parameters that require grad
+            # now, so a phase change needs a new wrapper.
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         if phase == 1:
             groups = param_groups(self.model, t.warmup_lr, t.weight_decay, llrd_factor=1.0)
             opt = torch.optim.AdamW(groups, lr=t.warmup_lr)
@@ -178,6 +209,8 @@ class Trainer:
         return self.state_dir / "last.pt"
 
     def save_checkpoint(self, opt: torch.optim.Optimizer, sched: Any) -> None:
+        if not self.dist.is_main:
+            return
         self.state_dir.mkdir(parents=True, exist_ok=True)
         payload = {
             "run_id": self.run_id,
@@ -206,6 +239,8 @@ class Trainer:
 
     def save_best(self) -> None:
         # save_model handles tensors shared between modules (logit_scale is also clip's).
+        if not self.dist.is_main:
+            return
         self.state_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.state_dir / "best.safetensors.tmp"
         save_model(self.model, str(tmp))
@@ -214,14 +249,20 @@ class Trainer:
     # ----------------------------------------------------------------- loops
     def batches(self, data: Data, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.as_tensor(idx)
-        x = to_model_input(data.pixels[index], self.backbone.mean, self.backbone.std)
+        pixels = data.pixels[index]  # uint8: 4× fewer bytes to the device than float
+        if self.device.type == "cuda":
+            pixels = pixels.pin_memory()
+        x = to_model_input(
+            pixels.to(self.device, non_blocking=True), self.backbone.mean, self.backbone.std
+        )
         tok = trim_padding(data.tokens[data.text_of[index]], self.backbone.pad_id)
-        return x.to(self.device, non_blocking=True), tok.to(self.device, non_blocking=True)
+        return x, tok.to(self.device, non_blocking=True)
 
     def train_epoch(self, epoch: int, opt: torch.optim.Optimizer, sched: Any) -> dict[str, float]:
         t = self.tp
         self.model.train()
-        torch.manual_seed(t.seed * 100_003 + epoch)  # dropout draws: same on resume
+        # Dropout draws: the same on resume; another stream on each rank.
+        torch.manual_seed(t.seed * 100_003 + epoch + 1_000_003 * self.dist.rank)
         batches = study_aware_batches(self.train_data.split.study, t.batch_size, t.seed, epoch)
         sums: dict[str, float] = {}
         opt.zero_grad(set_to_none=True)
@@ -234,28 +275,43 @@ class Trainer:
             unit="batch",
         )
         for i, idx in enumerate(bar):
-            x, tok = self.batches(self.train_data, idx)
-            with self.autocast():
-                img, txt = self.model(x, tok)
-                losses = compute_losses(img, txt, self.model.logit_scale, self.mp)
-            total = losses["total"]
-            if not torch.isfinite(total):
-                terms = {k: float(v.detach()) for k, v in losses.items()}
-                raise TrainingError(
-                    f"model {self.v.name}: loss became {total.item()} at epoch {epoch + 1}, "
-                    f"batch {i + 1} ({terms}); the last good checkpoint is kept in "
-                    f"{self.state_dir}. Lower train.lr / train.warmup_lr or check the data"
-                )
-            loss = total / t.gradient_accumulation_steps
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
             last = i + 1 == len(batches)
-            if (i + 1) % t.gradient_accumulation_steps == 0 or last:
+            step = (i + 1) % t.gradient_accumulation_steps == 0 or last
+            local = shard_batch(idx, self.dist.rank, self.dist.world_size) if self.ddp else idx
+            x, tok = self.batches(self.train_data, local)
+            # Gradients are reduced across ranks only on the micro-batch that steps.
+            sync = contextlib.nullcontext() if step or self.ddp is None else self.ddp.no_sync()
+            with sync:
+                total, losses = self.forward_loss(x, tok, epoch, i)
+                loss = total / t.gradient_accumulation_steps
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
+            if step:
                 self.optimizer_step(opt, sched)
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
-            self.images_seen += len(idx)
+            self.images_seen += len(idx)  # the global batch
         self.train_seconds += time.perf_counter() - start
         return {f"train_{k}": v / max(len(batches), 1) for k, v in sums.items()}
+
+    def forward_loss(
+        self, x: torch.Tensor, tok: torch.Tensor, epoch: int, i: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss of one (micro-)batch; under DDP, of the global batch gathered from all ranks."""
+        with self.autocast():
+            if self.ddp is not None:
+                img, txt = gather_outputs(*self.ddp(x, tok))
+            else:
+                img, txt = self.model(x, tok)
+            losses = compute_losses(img, txt, self.model.logit_scale, self.mp)
+        total = losses["total"]
+        if not torch.isfinite(total):  # the same on every rank (the loss is global)
+            terms = {k: float(v.detach()) for k, v in losses.items()}
+            raise TrainingError(
+                f"model {self.v.name}: loss became {total.item()} at epoch {epoch + 1}, "
+                f"batch {i + 1} ({terms}); the last good checkpoint is kept in "
+                f"{self.state_dir}. Lower train.lr / train.warmup_lr or check the data"
+            )
+        return total, losses
 
     def optimizer_step(self, opt: torch.optim.Optimizer, sched: Any) -> None:
         if self.scaler:
@@ -348,6 +404,14 @@ class Trainer:
             )
         return out
 
+    def validate_on_main(self) -> dict[str, float]:
+        """validate() on rank 0, its result sent to every rank (the same early stopping)."""
+        if not self.dist.distributed:
+            return self.validate()
+        box = [self.validate() if self.dist.is_main else None]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
     def run(self) -> TrainState:
         resumed = self.try_resume()
         opt, sched = resumed if resumed else self.make_optimizer(phase_of(0, self.v))
@@ -367,7 +431,7 @@ class Trainer:
                 opt, sched = self.make_optimizer(phase_of(epoch, self.v))
             row = {"epoch": epoch + 1, "phase": phase_of(epoch, self.v)}
             row.update(self.train_epoch(epoch, opt, sched))
-            row.update(self.validate())
+            row.update(self.validate_on_main())
             row["lr"] = opt.param_groups[0]["lr"]
             self.state.history.append(row)
             self.state.epoch = epoch + 1
@@ -403,14 +467,29 @@ def train_variant(
     data_root: Path,
     state_dir: Path,
     progress: bool = False,
+    pack: Pack | None = None,
 ) -> tuple[Trainer, TrainState]:
-    """Load the backbone and the data, then train (resuming if possible)."""
+    """Load the backbone and the data (from the pack when given), then train (resuming if
+    possible). Images the pack could not decode are left out."""
     device = resolve_device(variant.train.device)
+    info = init_distributed(device.type)  # rank 0 of 1 unless launched by torchrun
+    if info.distributed and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
     backbone = load_backbone(variant.model.backbone, device=device)
     threads = variant.train.num_workers
-    train = Data.build(splits["train"], data_root, backbone, threads)
-    val = Data.build(splits["val"], data_root, backbone, threads)
+    if pack is not None:
+        splits = {name: pack.usable(split) for name, split in splits.items()}
+    train = Data.build(splits["train"], data_root, backbone, threads, pack)
+    val = Data.build(splits["val"], data_root, backbone, threads, pack)
     trainer = Trainer(
-        variant, train, val, backbone, state_dir, fingerprint(variant, master), device, progress
+        variant,
+        train,
+        val,
+        backbone,
+        state_dir,
+        fingerprint(variant, master),
+        device,
+        progress and info.is_main,
+        info,
     )
     return trainer, trainer.run()

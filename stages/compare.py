@@ -8,11 +8,17 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-from matplotlib.figure import Figure
 
 from lib.cli import run
-from lib.compare import TESTED, paired_tests, results_markdown
+from lib.compare import (
+    data_description,
+    explain_columns,
+    paired_tests,
+    results_markdown,
+    summary_json,
+    summary_table,
+    tests_table,
+)
 from lib.data import load_image
 from lib.eval_plots import efficiency_figure, explain_figure, grouped_bars_figure
 from lib.evaluate import QueryRows, fraction_key
@@ -38,135 +44,45 @@ def main() -> None:
     args = ap.parse_args()
 
     p = load_params(args.params).eval
-    ks = tuple(p.recall_ks)
-    names = args.models
+    ks, names = tuple(p.recall_ks), args.models
     metrics = {n: _json(args.eval_metrics / f"{n}.json") for n in names}
     efficiency = {n: _json(args.efficiency / f"eval_{n}.json") for n in names}
-    details = {n: _json(args.evals / n / "details.json") for n in names}
-    rows = {}
-    for n in names:
-        with np.load(args.evals / n / "rows.npz") as npz:
-            rows[n] = QueryRows.from_arrays({k: npz[k] for k in npz.files})
+    rows = {n: QueryRows.from_arrays(_npz(args.evals / n / "rows.npz")) for n in names}
+    explain = {n: _npz(args.embeddings / n / "explain.npz") for n in names}
     tests = paired_tests(rows, ks, p.bootstrap, p.seed, p.ci_level, baseline=names[0])
-    explain = {}
-    for n in names:
-        with np.load(args.embeddings / n / "explain.npz") as npz:
-            explain[n] = {k: npz[k] for k in npz.files}
-
     fractions = [fraction_key(f) for f in sorted(p.probe_fractions)]
-    grid = tuple(int(g) for g in explain[names[0]]["grid"])
     is_demo = args.root.resolve() == args.demo_root.resolve()
-    data = {
-        "description": (
-            f"the synthetic demo corpus ({args.root}), NOT MIMIC-CXR: a pipeline check, not a "
-            "result"
-            if is_demo
-            else f"MIMIC-CXR-JPG at {args.root}, official test split"
-        ),
-        "is_demo": is_demo,
-        "zero_shot_mode": _zero_shot_mode(details[names[0]]),
-        "patch_tokens_total": grid[0] * grid[1],
-    }
+    details = _json(args.evals / names[0] / "details.json")
+    data = data_description(str(args.root), is_demo, details, explain[names[0]]["grid"])
 
-    # summary.json: the headline numbers of every model (deterministic; timings live in
-    # metrics/efficiency) and the tests against the baseline.
-    headline = [f"{d}_R@{k}" for d in ("i2t", "t2i") for k in ks] + [
-        "mean_recall",
-        "zero_shot_mean_auc",
-        "zero_shot_mean_ap",
-        *[f"probe_{f}_mean_auc" for f in fractions],
-        *[f"probe_{f}_mean_ap" for f in fractions],
-    ]
-    summary = {
-        "models": {
-            n: {
-                k: metrics[n].get(k)
-                for key in headline
-                for k in (key, f"{key}_ci_low", f"{key}_ci_high")
-            }
-            | {"mean_patch_tokens_kept": metrics[n]["mean_patch_tokens_kept"]}
-            for n in names
-        },
-        "tests_vs_" + names[0]: tests,
-        "test_images": metrics[names[0]]["n_test_images"],
-        "demo_data": is_demo,
-    }
-    write_json(args.summary, summary)
+    write_json(args.summary, summary_json(metrics, tests, fractions, ks, is_demo))
     with atomic_path(args.report) as tmp:
-        tmp.write_text(
-            results_markdown(metrics, efficiency, tests, data, fractions, ks, p.ci_level),
-            encoding="utf-8",
-        )
+        report = results_markdown(metrics, efficiency, tests, data, fractions, ks, p.ci_level)
+        tmp.write_text(report, encoding="utf-8")
 
-    # Plots across models.
-    table = pd.DataFrame(
-        [
-            {
-                "model": n,
-                **{k: v for k, v in metrics[n].items() if not isinstance(v, str)},
-                "inference_images_per_second": efficiency[n]["inference_images_per_second"],
-            }
-            for n in names
-        ]
-    )
+    table = summary_table(metrics, efficiency)
     write_csv(args.plots / "summary.csv", table)
+    write_csv(args.plots / "paired_tests.csv", tests_table(tests))
     bars = [(f"{d}_R@{k}", f"{d.upper()} R@{k}") for d in ("i2t", "t2i") for k in ks]
     bars.append(("zero_shot_mean_auc", "zero-shot mean AUC"))
     save_figure(args.plots / "grouped_bars.png", grouped_bars_figure(table, bars))
-    save_figure(
-        args.plots / "efficiency.png", efficiency_figure(table, efficiency[names[0]]["device"])
-    )
-    tests_table = pd.DataFrame(
-        [
-            {"variant": v, "metric": dict(TESTED)[k], **t}
-            for v, ts in tests.items()
-            for k, t in ts.items()
-        ]
-    )
-    write_csv(args.plots / "paired_tests.csv", tests_table)
-    save_figure(args.plots / "explain.png", _explain_figure(explain, names, args.root, grid))
-    print(f"compare: {len(names)} models -> {args.report}, {args.summary}")
-
-
-def _explain_figure(explain: dict, names: list[str], root: Path, grid: tuple[int, int]) -> Figure:
+    device = efficiency[names[0]]["device"]
+    save_figure(args.plots / "efficiency.png", efficiency_figure(table, device))
     ref = explain[names[0]]
-    for n in names[1:]:
-        if not np.array_equal(explain[n]["dicom"], ref["dicom"]):
-            raise ValueError(
-                f"explain.npz of {n} and {names[0]} show different images; rerun `dvc repro`"
-            )
-    images = [load_image(root / str(path), DISPLAY_SIZE) for path in ref["image"]]
+    images = [load_image(args.root / str(path), DISPLAY_SIZE) for path in ref["image"]]
     captions = [f"{lb}\n'{kw}'" for lb, kw in zip(ref["label"], ref["keyword"], strict=True)]
-    columns = []
-    for n in names:
-        e = explain[n]
-        has_mask = not np.isnan(e["mask"]).all()
-        has_att = not np.isnan(e["attention"]).all()
-        if has_mask:
-            masks = [
-                np.where(kept, m, np.nan).reshape(grid)
-                for m, kept in zip(e["mask"], e["kept"], strict=True)
-            ]
-            title = f"{n}: mask z" + (" (kept tokens)" if not e["kept"].all() else "")
-            columns.append((title, masks))
-        elif has_att:
-            columns.append(
-                (f"{n}: finding word → patch attention", [a.reshape(grid) for a in e["attention"]])
-            )
-    return explain_figure(images, captions, columns)
-
-
-def _zero_shot_mode(details: dict) -> str:
-    if details["zero_shot_mode"] == "prompt pair":
-        return (
-            f'P(positive) of the prompt pair "{details["prompt_template"]}" / '
-            f'"{details["negative_prompt_template"]}"'
-        )
-    return f'cosine similarity to the prompt "{details["prompt_template"]}"'
+    figure = explain_figure(images, captions, explain_columns(explain))
+    save_figure(args.plots / "explain.png", figure)
+    print(f"compare: {len(names)} models -> {args.report}, {args.summary}")
 
 
 def _json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as npz:
+        return {k: npz[k] for k in npz.files}
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from lib.embed import (
 )
 from lib.explain import explain, select_examples
 from lib.io import atomic_path, write_json
+from lib.pack import Pack
 from lib.params import load_params
 
 
@@ -28,6 +29,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, required=True, help="models/<variant> of train@")
     ap.add_argument("--master", type=Path, required=True)
     ap.add_argument("--root", type=Path, required=True, help="data.root (images)")
+    ap.add_argument("--pack", type=Path, help="output of pack_images (else decode the JPEGs)")
     ap.add_argument("--out", type=Path, required=True, help="directory of .npz files")
     ap.add_argument("--efficiency", type=Path, required=True)
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -37,12 +39,18 @@ def main() -> None:
     trained = load_trained(args.model, p.device)
     size = trained.backbone.image_size
     splits = read_master(args.master)
+    pack = Pack.open(args.pack) if args.pack else None
+    if pack is not None:  # images the pack could not decode are left out (and listed there)
+        splits = {name: pack.usable(split) for name, split in splits.items()}
     arrays: dict[str, np.ndarray] = {}
     seconds, timed = 0.0, 0
     test_pixels = None
     for name in SPLITS:
         split = splits[name]
-        pixels = load_images(args.root, split.images, size, p.num_workers)
+        if pack is not None:
+            pixels = pack.pixels(split, size)
+        else:
+            pixels = load_images(args.root, split.images, size, p.num_workers)
         emb = embed_images(trained, pixels, p.batch_size)
         arrays[f"{name}_image"] = emb.emb
         arrays[f"{name}_dicom"] = np.array(split.dicom)

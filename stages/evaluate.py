@@ -8,15 +8,15 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from lib.cli import run
 from lib.data import read_master
 from lib.embed import embed_texts, load_trained
-from lib.eval_plots import auc_bars_figure, confusion_figure, recall_curve_figure, roc_figure
+from lib.eval_plots import save_model_plots
 from lib.evaluate import evaluate, fraction_key
-from lib.io import atomic_path, save_figure, write_csv, write_json
+from lib.io import atomic_path, write_json
 from lib.mimic import LABELS
+from lib.pack import Pack
 from lib.params import load_params
 
 
@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, required=True, help="models/<variant> (for prompts)")
     ap.add_argument("--embeddings", type=Path, required=True, help="output of embed@")
     ap.add_argument("--master", type=Path, required=True)
+    ap.add_argument("--pack", type=Path, help="output of pack_images, as given to embed@")
     ap.add_argument("--out", type=Path, required=True, help="per-row results for compare")
     ap.add_argument("--metrics", type=Path, required=True)
     ap.add_argument("--plots", type=Path, required=True)
@@ -46,53 +47,22 @@ def main() -> None:
     with np.load(args.embeddings / "embeddings.npz") as npz:
         emb = {k: npz[k] for k in npz.files}
     splits = read_master(args.master)
+    if args.pack:  # the rows embed@ embedded: without the images the pack could not decode
+        pack = Pack.open(args.pack)
+        splits = {name: pack.usable(split) for name, split in splits.items()}
     result = evaluate(emb, splits, prompt_emb, neg_emb, p)
 
     with atomic_path(args.out) as tmp:
         tmp.mkdir()
         np.savez(tmp / "rows.npz", **result.rows.to_arrays())
-        np.savez(
-            tmp / "prompts.npz",
-            positive=prompt_emb,
-            negative=(
-                neg_emb if neg_emb is not None else np.zeros((0, prompt_emb.shape[1]), np.float32)
-            ),
-        )
+        no_negative = np.zeros((0, prompt_emb.shape[1]), np.float32)
+        negative = neg_emb if neg_emb is not None else no_negative
+        np.savez(tmp / "prompts.npz", positive=prompt_emb, negative=negative)
         (tmp / "details.json").write_text(json.dumps(result.details, indent=2) + "\n")
     write_json(args.metrics, result.metrics)
 
-    # Plots.
-    test = splits["test"]
     full = fraction_key(max(p.probe_fractions))
-    zs = result.details["zero_shot"]
-    table = pd.DataFrame(
-        {
-            "label": LABELS,
-            "zero_shot_auc": [zs["auc"][lb] for lb in LABELS],
-            "zero_shot_ci_low": [zs["auc_ci"][lb][0] for lb in LABELS],
-            "zero_shot_ci_high": [zs["auc_ci"][lb][1] for lb in LABELS],
-            "probe_auc": [result.probes[full].auc[lb] for lb in LABELS],
-            "n_positive": [zs["n_positive"][lb] for lb in LABELS],
-        }
-    )
-    write_csv(args.plots / "auc_per_label.csv", table)
-    save_figure(args.plots / "auc_per_label.png", auc_bars_figure(name, table))
-    roc = roc_figure(name, result.rows.zero_shot, test.labels, LABELS)
-    save_figure(args.plots / "roc.png", roc)
-    curve = pd.DataFrame(result.recall_curve)
-    write_csv(args.plots / "recall_at_k.csv", curve)
-    save_figure(args.plots / "recall_at_k.png", recall_curve_figure(name, curve))
-    probe_table = pd.DataFrame(
-        [
-            {"fraction": r.fraction, "mean_auc": r.mean_auc, "mean_ap": r.mean_ap}
-            for r in result.probes.values()
-        ]
-    )
-    write_csv(args.plots / "probe_fractions.csv", probe_table)
-    confusion = result.details["probe"][full]["confusion"]
-    save_figure(
-        args.plots / "probe_confusion.png", confusion_figure(name, f"{full} of train", confusion)
-    )
+    save_model_plots(args.plots, name, result, splits["test"].labels, full)
     m = result.metrics
     print(
         f"eval@{name}: t2i R@1 {m['t2i_R@1']:.3f} R@10 {m['t2i_R@10']:.3f}, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -13,7 +14,9 @@ import pandas as pd
 
 from lib.cli import run
 from lib.data import read_master
+from lib.distributed import cleanup, relaunch_with_torchrun
 from lib.io import atomic_path, save_figure, write_csv, write_json
+from lib.pack import Pack
 from lib.train import train_variant
 from lib.train_plots import loss_figure, lr_figure, metric_figure
 from lib.variants import Variant
@@ -24,6 +27,7 @@ def main() -> None:
     ap.add_argument("--config", type=Path, required=True, help="output of resolve_config")
     ap.add_argument("--master", type=Path, required=True)
     ap.add_argument("--root", type=Path, required=True, help="data.root (images)")
+    ap.add_argument("--pack", type=Path, help="output of pack_images (else decode the JPEGs)")
     ap.add_argument("--out", type=Path, required=True, help="best checkpoint + config")
     ap.add_argument("--metrics", type=Path, required=True)
     ap.add_argument("--efficiency", type=Path, required=True)
@@ -33,6 +37,12 @@ def main() -> None:
 
     raw = json.loads(args.config.read_text(encoding="utf-8"))
     variant = Variant.from_dict(raw, str(args.config))
+    nproc = variant.train.nproc_per_node
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        # train.nproc_per_node > 1: run this same command under torchrun, one process per
+        # GPU (DistributedDataParallel); rank 0 writes the outputs.
+        relaunch_with_torchrun("stages.train", nproc, sys.argv[1:], f"train@{variant.name}")
+        return
     trainer, state = train_variant(
         variant,
         args.master,
@@ -40,7 +50,11 @@ def main() -> None:
         args.root,
         args.state_dir,
         progress=sys.stderr.isatty(),
+        pack=Pack.open(args.pack) if args.pack else None,
     )
+    if not trainer.dist.is_main:
+        cleanup()
+        return
     best = state.history[state.best_epoch - 1]
     with atomic_path(args.out) as tmp:
         tmp.mkdir()
@@ -79,6 +93,7 @@ def main() -> None:
         )
     save_figure(args.plots / "lr.png", lr_figure(name, steps))
     shutil.rmtree(args.state_dir, ignore_errors=True)  # finished: nothing left to resume
+    cleanup()
     print(
         f"train@{name}: best epoch {state.best_epoch} of {state.epoch}, "
         f"combined {state.best_metric:.4f} -> {args.out}"

@@ -11,6 +11,23 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
+from lib.params import BackboneParams
+
+# The tests' backbone: 32-px images, 16-px patches (N = 4), a 1-layer BERT.
+TINY_BACKBONE = BackboneParams(
+    image_size=32,
+    patch_size=16,
+    vision_width=32,
+    vision_depth=2,
+    vision_heads=2,
+    text_width=32,
+    text_layers=1,
+    text_heads=2,
+    vocab_size=400,
+    context_length=48,
+    embed_dim=32,
+)
+
 
 @pytest.fixture(scope="session")
 def small_master(tmp_path_factory) -> tuple[Path, Path]:
@@ -49,22 +66,8 @@ def tiny_backbone(small_master, tmp_path_factory) -> Path:
     """A tiny demo backbone folder (vocabulary from the small corpus' train reports)."""
     from lib.backbone import write_demo_backbone
     from lib.data import read_master
-    from lib.params import BackboneParams
 
     out = tmp_path_factory.mktemp("backbone") / "tiny"
     texts = read_master(small_master[0])["train"].texts
-    params = BackboneParams(
-        image_size=32,
-        patch_size=16,
-        vision_width=32,
-        vision_depth=2,
-        vision_heads=2,
-        text_width=32,
-        text_layers=1,
-        text_heads=2,
-        vocab_size=400,
-        context_length=48,
-        embed_dim=32,
-    )
-    write_demo_backbone(out, texts, params)
+    write_demo_backbone(out, texts, TINY_BACKBONE)
     return out

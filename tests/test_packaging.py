@@ -29,3 +29,11 @@ def test_dockerfile_installs_like_readme_and_sets_offline_env():
 
 def test_dvc_analytics_off_in_committed_config():
     assert re.search(r"analytics\s*=\s*false", (REPO / ".dvc/config").read_text())
+
+
+def test_readme_documents_the_gpu_docker_run_and_torchrun():
+    readme = (REPO / "README.md").read_text()
+    docker = readme[readme.index("## Docker") :]
+    assert "--gpus all --shm-size 8g" in docker and ".cache/huggingface" in docker
+    assert "torchrun --standalone --nproc-per-node" in readme
+    assert "dvc remote add" in readme

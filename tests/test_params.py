@@ -50,6 +50,10 @@ def test_unknown_section_is_rejected():
         ("eval", "bootstrap", 0, "must be > 0"),
         ("eval", "ci_level", 95, r"in \(0, 1\)"),
         ("eval", "device", "gpu", "use auto"),
+        ("train", "nproc_per_node", 3, "divide"),
+        ("pack", "workers", -1, "0 = every core"),
+        ("pack", "max_failed_fraction", 2.0, "fraction"),
+        ("data", "image_size", 8, "too small"),
     ],
 )
 def test_bad_values_name_key_and_value(section, key, value, match):
@@ -79,3 +83,10 @@ def test_eval_section_defaults_and_single_prompt():
     p = parse_params({"eval": {"negative_prompt_template": "", "probe_fractions": [1]}})
     assert p.eval.negative_prompt_template == "" and p.eval.probe_fractions == (1.0,)
     assert load_params("params.yaml").eval.recall_ks == (1, 5, 10)
+
+
+def test_demo_backbone_and_pack_sizes_must_agree():
+    with pytest.raises(ParamsError, match="set both to the same size"):
+        parse_params({"data": {"image_size": 224}})
+    p = parse_params({"data": {"image_size": 224}, "backbone": {"image_size": 224}})
+    assert p.data.image_size == 224
