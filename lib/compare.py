@@ -374,6 +374,7 @@ def explain_columns(
                 for m, kept in zip(e["mask"], e["kept"], strict=True)
             ]
             title = f"{n}: mask z" + (" (kept tokens)" if not e["kept"].all() else "")
+            # ("mask" in the title: drawn on the fixed 0–1 scale by explain_figure)
             columns.append((title, masks))
         elif not np.isnan(e["attention"]).all():
             maps = [a.reshape(grid) for a in e["attention"]]

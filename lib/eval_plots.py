@@ -200,7 +200,9 @@ def explain_figure(
 
     columns: (title, one (gh, gw) map per image or None where that model has no map).
     Maps are upsampled to the image with nearest-neighbour blocks (one block per ViT patch)
-    and drawn with transparency over the X-ray.
+    and drawn with transparency over the X-ray. A title containing "mask" is drawn on the
+    fixed scale 0–1 (z itself, comparable across images and models); other maps
+    (attention, a distribution over patches) are scaled per image, from min to max.
     """
     n_rows, n_cols = len(images), 1 + len(columns)
     fig, axes = plt.subplots(
@@ -222,10 +224,15 @@ def explain_figure(
             if m is None or np.isnan(m).all():
                 ax.text(size / 2, size / 2, "n/a", color="white", ha="center", fontsize=9)
             else:
-                scaled = (m - np.nanmin(m)) / max(float(np.nanmax(m) - np.nanmin(m)), 1e-12)
+                if "mask" in title:
+                    scaled = m
+                else:
+                    scaled = (m - np.nanmin(m)) / max(float(np.nanmax(m) - np.nanmin(m)), 1e-12)
                 ax.imshow(
                     scaled,
                     cmap="jet",
+                    vmin=0,
+                    vmax=1,
                     alpha=0.45,
                     extent=(0, size, size, 0),
                     interpolation="nearest",
@@ -237,6 +244,10 @@ def explain_figure(
         ax.set_yticks([])
     axes[0, 0].set_title("test X-ray", fontsize=8)
     fig.tight_layout()
+    mappable = matplotlib.cm.ScalarMappable(cmap="jet", norm=matplotlib.colors.Normalize(0, 1))
+    bar = fig.colorbar(mappable, ax=axes[-1, 1:].tolist(), orientation="horizontal",
+                       fraction=0.05, pad=0.02)  # fmt: skip
+    bar.set_label("mask z (attention: per-image min to max)", fontsize=8)
     return fig
 
 
