@@ -18,7 +18,6 @@ from lib.embed import check_aligned, study_reports
 from lib.errors import DataError
 from lib.metrics import (
     IGNORE_LABEL,
-    RetrievalRanks,
     auc_ap_columns,
     auc_per_label,
     chance_recall,
@@ -29,7 +28,7 @@ from lib.metrics import (
 from lib.mimic import LABELS
 from lib.params import EvalParams
 from lib.probe import ProbeResult, fit_probe
-from lib.stats import Interval, bootstrap_table
+from lib.stats import Interval, TableMetric, bootstrap_table
 
 
 def fraction_key(fraction: float) -> str:
@@ -84,7 +83,7 @@ class QueryRows:
         )
 
 
-def row_metrics(rows: QueryRows, ks: tuple[int, ...], probes: bool = True):  # -> TableMetric
+def row_metrics(rows: QueryRows, ks: tuple[int, ...], probes: bool = True) -> TableMetric:
     """The bootstrap's table function: headline metrics on a resample of rows.
 
     idx indexes QueryRows' rows (images first, then report texts); repeats are allowed.
@@ -123,8 +122,6 @@ class EvalResult:
     details: dict[str, Any]  # per-label tables, probe thresholds and confusions
     rows: QueryRows
     recall_curve: dict[str, list[float]]  # k, i2t, t2i, chance_i2t, chance_t2i
-    intervals: dict[str, Interval]
-    ranks: RetrievalRanks
     probes: dict[str, ProbeResult]
 
 
@@ -256,8 +253,6 @@ def evaluate(
         details=details,
         rows=rows,
         recall_curve=curve,
-        intervals=intervals,
-        ranks=ranks,
         probes=probes,
     )
 

@@ -77,7 +77,7 @@ def pack_images(
         np.lib.format.open_memmap(
             state_dir / IMAGES, mode="w+", dtype=np.uint8, shape=(n, size, size)
         ).flush()
-        np.save(state_dir / OK, np.zeros(n, dtype=bool))
+        _save_npy(state_dir / OK, np.zeros(n, dtype=bool))
         meta = {"run_id": run_id, "chunks_done": [], "failed": []}
         _write_json(meta_path, meta)
     out = np.load(state_dir / IMAGES, mmap_mode="r+")
@@ -109,14 +109,14 @@ def pack_images(
                     out[i] = pixels
                     ok[i] = True
             out.flush()
-            np.save(state_dir / OK, ok)  # before the chunk is marked done
+            _save_npy(state_dir / OK, ok)  # before the chunk is marked done
             meta["chunks_done"].append(c)
             meta["failed"] = failed
             _write_json(meta_path, meta)
             if progress:
                 progress(hi - lo)
     del out
-    np.save(state_dir / DICOM, np.asarray(dicom, dtype=np.bytes_))  # ASCII ids, 1 byte/char
+    _save_npy(state_dir / DICOM, np.asarray(dicom, dtype=np.bytes_))  # ASCII ids, 1 byte/char
     _write_json(
         state_dir / INDEX,
         {"n_images": n, "image_size": size, "n_failed": len(failed), "failed": failed},
@@ -210,6 +210,14 @@ class PackedPixels:
 def default_workers(workers: int) -> int:
     """pack.workers: 0 means every core."""
     return workers if workers > 0 else (os.cpu_count() or 1)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    """np.save through a temporary file: a kill mid-write leaves the previous file whole."""
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as fh:
+        np.save(fh, array)
+    os.replace(tmp, path)
 
 
 def _write_json(path: Path, obj: Any) -> None:
