@@ -23,11 +23,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lib.backbone import load_backbone, write_demo_backbone
+from lib.device import autocast_and_scaler
 from lib.losses import compute_losses
 from lib.model import PatchIBModel
 from lib.optim import param_groups
 from lib.params import BackboneParams, ModelParams, load_params
-from lib.train import autocast_and_scaler
 from lib.variants import resolve_all
 
 SIZES = {

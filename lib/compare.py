@@ -283,6 +283,11 @@ def data_description(
         )
     else:
         mode = f'cosine similarity to the prompt "{details["prompt_template"]}"'
+    no_finding = details.get("no_finding_prompts") or []
+    if no_finding:
+        mode += f'; No Finding: "{no_finding[0]}"'
+        if details["zero_shot_mode"] == "prompt pair":
+            mode += f' / "{no_finding[1]}"'
     return {
         "description": (
             f"the synthetic demo corpus ({root}), NOT MIMIC-CXR: a pipeline check, not a result"

@@ -50,6 +50,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
+import sys
 import warnings
 from dataclasses import dataclass
 from datetime import timedelta
@@ -124,6 +126,7 @@ def init_distributed(device_type: str, timeout: timedelta | None = None) -> Dist
             "for a single-process run"
         )
     info = DistInfo(_env_int("RANK"), world_size, _env_int("LOCAL_RANK"))
+    die_with_launcher()
     if dist.is_initialized():
         if (dist.get_rank(), dist.get_world_size()) != (info.rank, info.world_size):
             raise DistributedError(
@@ -339,6 +342,32 @@ def _env_int(key: str, default: int | None = None) -> int:
         raise DistributedError(
             f"{key} = {raw!r} is not an integer; launch with torchrun, which sets it"
         ) from None
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_launcher() -> None:
+    """On Linux, have the kernel SIGKILL this rank as soon as its launcher dies.
+
+    torchrun starts every rank in a session of its own, so a launcher killed outright (the
+    OOM killer, ``kill -9`` of ``dvc repro``'s process group) cannot pass the signal on: the
+    ranks would train on as orphans, writing checkpoints and stage outputs behind the back
+    of the next run. With this, killing the launcher kills the run, and rerunning the stage
+    resumes from the last checkpoint. Elsewhere than Linux it does nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return  # not permitted here (unusual sandboxes): keep torchrun's own behaviour
+    if parent == 1 or os.getppid() != parent:
+        raise DistributedError(
+            "this rank's launcher (torchrun) exited before the rank started; rerun the stage"
+        )
 
 
 def relaunch_with_torchrun(module: str, nproc: int, argv: list[str], what: str) -> None:

@@ -20,9 +20,9 @@ from safetensors.torch import load_model
 
 from lib.backbone import Backbone, load_backbone
 from lib.data import Split, to_model_input
+from lib.device import autocast_and_scaler, resolve_device
 from lib.errors import DataError
-from lib.model import PatchIBModel
-from lib.train import autocast_and_scaler, resolve_device, trim_padding
+from lib.model import PatchIBModel, trim_padding
 from lib.variants import Variant
 
 SPLITS = ("train", "val", "test")
@@ -45,7 +45,7 @@ def load_trained(model_dir: Path, device_name: str = "auto") -> Trained:
         if not path.is_file():
             raise DataError(f"{path}: not found; run `dvc repro train@{model_dir.name}` first")
     variant = Variant.from_dict(json.loads(config.read_text(encoding="utf-8")), str(config))
-    device = resolve_device(device_name)
+    device = resolve_device(device_name, "eval.device")
     backbone = load_backbone(variant.model.backbone, device=device)
     model = PatchIBModel(backbone, variant.model)
     missing, unexpected = load_model(model, str(weights), strict=False)

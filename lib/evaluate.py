@@ -234,6 +234,7 @@ def evaluate(
         "zero_shot_mode": "prompt pair" if neg_prompt_emb is not None else "single prompt",
         "prompt_template": params.prompt_template,
         "negative_prompt_template": params.negative_prompt_template,
+        "no_finding_prompts": list(params.no_finding_prompts),
         "zero_shot": {
             "auc": zs_table["auc"],
             "ap": zs_table["ap"],

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from lib.mimic import LABELS
+
 ArrayLike = np.ndarray | torch.Tensor
 # Label value that means "not annotated / uncertain": left out of AUC and AP
 # (lib.labels.IGNORE, the u_ignore policy).
@@ -191,6 +193,37 @@ def _first_positive_rank(scores: np.ndarray, pos: np.ndarray, tie_tol: float) ->
     best = np.where(pos, scores, -np.inf).max(axis=1)  # (Q,)
     ahead = (scores >= (best - tie_tol)[:, None]) & ~pos  # (Q, G)
     return ahead.sum(axis=1) + 1
+
+
+# CheXpert's "No Finding" is the one label whose name is a negation: the templates would make
+# "... showing no finding" its positive prompt and "... showing no no finding" its negative
+# one, which scores normal images as abnormal. It gets a prompt pair of its own instead
+# (train.val_no_finding_prompts, eval.no_finding_prompts), by default the impression
+# radiologists write for a normal study.
+NO_FINDING = "No Finding"
+
+
+def label_prompts(
+    template: str, negative_template: str, no_finding: Sequence[str] = ()
+) -> tuple[list[str], list[str] | None]:
+    """(positive prompts, negative prompts or None) for LABELS, in order.
+
+    ``template`` / ``negative_template`` take the label in lower case at ``{}``; an empty
+    negative template means positive prompts alone. ``no_finding`` = (positive, negative)
+    replaces both prompts of "No Finding"; empty keeps the templates for it too.
+    """
+    if no_finding and len(no_finding) != 2:
+        raise ValueError(f"no_finding = {list(no_finding)}: give (positive, negative) or ()")
+    positive = [template.format(lb.lower()) for lb in LABELS]
+    negative = (
+        [negative_template.format(lb.lower()) for lb in LABELS] if negative_template else None
+    )
+    if no_finding:
+        i = LABELS.index(NO_FINDING)
+        positive[i] = no_finding[0]
+        if negative is not None:
+            negative[i] = no_finding[1]
+    return positive, negative
 
 
 def zero_shot_scores(

@@ -257,3 +257,14 @@ def _check_towers(clip: nn.Module, spec: str) -> None:
             f"model.backbone = {spec!r}: the text tower must be a Hugging Face model "
             "(open_clip text_cfg.hf_model_name, as BiomedCLIP); choose such a backbone"
         )
+
+
+def trim_padding(tokens: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Drop the trailing columns that are padding in every row of the batch.
+
+    Exact (padding is masked and position embeddings are absolute) and it makes the text
+    tower and the word-patch alignment cost scale with the batch's longest report, not
+    with the context length.
+    """
+    used = (tokens != pad_id).any(dim=0).nonzero()
+    return tokens[:, : int(used.max()) + 1] if len(used) else tokens[:, :1]

@@ -5,7 +5,9 @@ Decoding them on every epoch of every model starves the GPU (the seed's 72 img/s
 ``pack_images`` stage decodes each image once, with ``lib.data.load_image`` (JPEG draft mode,
 the same preprocessing as the direct path, bit for bit), into ``images.npy``: (N, S, S)
 uint8 in master-file order, read through ``np.load(mmap_mode="r")``. Training and evaluation
-then gather batches from the page cache.
+then gather batches from the page cache. On a GPU, ``pack.decoder: nvjpeg`` decodes batches
+with nvJPEG instead (``lib.jpeg_batch``): the same preprocessing within 3 grey levels, not
+bit for bit; ``index.json`` records which decoder made the pack.
 
 The work is done in chunks written in place into a state directory; a killed run continues
 with the first chunk not yet done. Unreadable or corrupt images are counted and listed; their
@@ -17,8 +19,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,12 +60,20 @@ def pack_images(
     workers: int,
     chunk_size: int = 1024,
     progress: Callable[[int], Any] | None = None,
+    device: torch.device | None = None,
+    batch_size: int = 64,
 ) -> PackResult:
     """Decode ``images`` (paths relative to ``root``) into ``state_dir/images.npy``.
 
-    Resumes in ``state_dir`` when its ``run_id`` matches (same master file and size); the
-    finished state directory holds images.npy, ok.npy, dicom.npy and index.json. ``progress``
-    is called with the number of images finished after each chunk.
+    Resumes in ``state_dir`` when its ``run_id`` matches (same master file, size and
+    decoder); the finished state directory holds images.npy, ok.npy, dicom.npy and
+    index.json. ``progress`` is called with the number of images finished after each chunk.
+
+    Without ``device``, ``workers`` threads decode with ``load_image`` (Pillow, draft mode).
+    With one, ``workers`` threads read the files and ``lib.jpeg_batch.decode_batch`` decodes
+    ``batch_size`` JPEGs at a time on it (nvJPEG on CUDA): faster on a GPU, but not
+    bit-identical to ``load_image`` (see lib/jpeg_batch.py); files that are not JPEGs still
+    go through ``load_image``.
     """
     n = len(images)
     if n == 0:
@@ -95,12 +106,51 @@ def pack_images(
         except DECODE_ERRORS as err:
             return i, None, f"{type(err).__name__}: {err}"
 
+    def read(i: int) -> bytes | str:
+        try:
+            return (root / images[i]).read_bytes()
+        except OSError as err:
+            return f"{type(err).__name__}: {err}"
+
+    def decode_on_device(
+        pool: ThreadPoolExecutor, lo: int, hi: int
+    ) -> Iterator[tuple[int, np.ndarray | None, str]]:
+        from lib.jpeg_batch import decode_batch  # only the pack_images stage needs it
+
+        # Threads read up to two batches ahead while the device decodes (bounded memory).
+        ahead: deque[Future[bytes | str]] = deque()
+        following = lo
+        for start in range(lo, hi, batch_size):
+            while following < hi and len(ahead) < 2 * batch_size:
+                ahead.append(pool.submit(read, following))
+                following += 1
+            idx = list(range(start, min(hi, start + batch_size)))
+            batch = [ahead.popleft().result() for _ in idx]
+            readable = [k for k, b in enumerate(batch) if isinstance(b, bytes)]
+            results: list[np.ndarray | str | None] = list(batch)  # type: ignore[arg-type]
+            if readable:
+                decoded = decode_batch([batch[k] for k in readable], size, device)
+                for k, r in zip(readable, decoded, strict=True):
+                    results[k] = r
+            for i, r in zip(idx, results, strict=True):
+                if r is None:  # not a JPEG: Pillow
+                    yield decode(i)
+                elif isinstance(r, str):
+                    yield i, None, r
+                else:
+                    yield i, r, ""
+
     with ThreadPoolExecutor(max(1, workers)) as pool:
         for c in range(n_chunks):
             if c in done:
                 continue
             lo, hi = c * chunk_size, min(n, (c + 1) * chunk_size)
-            for i, pixels, error in pool.map(decode, range(lo, hi)):
+            chunk = (
+                pool.map(decode, range(lo, hi))
+                if device is None
+                else decode_on_device(pool, lo, hi)
+            )
+            for i, pixels, error in chunk:
                 if pixels is None:
                     out[i] = 0
                     ok[i] = False
@@ -119,7 +169,13 @@ def pack_images(
     _save_npy(state_dir / DICOM, np.asarray(dicom, dtype=np.bytes_))  # ASCII ids, 1 byte/char
     _write_json(
         state_dir / INDEX,
-        {"n_images": n, "image_size": size, "n_failed": len(failed), "failed": failed},
+        {
+            "n_images": n,
+            "image_size": size,
+            "decoder": "pillow-draft" if device is None else f"torchvision-{device.type}",
+            "n_failed": len(failed),
+            "failed": failed,
+        },
     )
     return PackResult(n, size, failed, resumed)
 

@@ -23,6 +23,11 @@ ReportSection = Literal["findings", "impression"]
 ImageCheck = Literal["exists", "header"]
 
 LABEL_POLICIES: tuple[str, ...] = typing.get_args(LabelPolicy)
+# Zero-shot prompts of "No Finding" (positive, negative): the impression of a normal study.
+NO_FINDING_PROMPTS: tuple[str, ...] = (
+    "A chest x-ray showing no acute cardiopulmonary process",
+    "A chest x-ray showing an acute cardiopulmonary process",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,6 +231,8 @@ class TrainParams:
     # Zero-shot score = P(positive prompt) against this negative one; "" scores by the
     # positive prompt's cosine alone.
     val_negative_prompt_template: str = "A chest x-ray showing no {}"
+    # "No Finding" is a negation itself: its own (positive, negative) prompts, [] = templates.
+    val_no_finding_prompts: tuple[str, ...] = NO_FINDING_PROMPTS
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # Processes (GPUs) of one machine: > 1 makes stage train@X launch itself under torchrun
     # with DistributedDataParallel; batch_size stays the global batch.
@@ -271,23 +278,34 @@ class TrainParams:
             )
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ParamsError(f"train.device = {self.device!r}: use auto, cpu, cuda or cuda:N")
+        _prompt_pair("train.val_no_finding_prompts", self.val_no_finding_prompts)
 
 
 @dataclasses.dataclass(frozen=True)
 class PackParams:
     """Stage pack_images: every image decoded once into a memory-mapped array."""
 
-    workers: int = 0  # decoding threads; 0 = every core
+    workers: int = 0  # decoding (pillow) or file-reading (nvjpeg) threads; 0 = every core
     chunk_size: int = 1024  # images per resumable chunk
     # Share of images that may be unreadable (counted, listed, left out) before the stage
     # fails; MIMIC-CXR-JPG has none, so a larger share means a damaged copy.
     max_failed_fraction: float = 0.001
+    # pillow: JPEG draft mode on the CPU cores, bit-identical to the direct path.
+    # nvjpeg: batched decode on the GPU (lib/jpeg_batch.py); within 3 grey levels of it.
+    decoder: str = "pillow"
+    gpu_batch_size: int = 64  # JPEGs per nvJPEG call
 
     def validate(self) -> None:
         if self.workers < 0:
             raise ParamsError(f"pack.workers = {self.workers} must be >= 0 (0 = every core)")
         _positive("pack.chunk_size", self.chunk_size)
         _fraction("pack.max_failed_fraction", self.max_failed_fraction)
+        if self.decoder not in ("pillow", "nvjpeg"):
+            raise ParamsError(
+                f"pack.decoder = {self.decoder!r} must be 'pillow' (CPU, draft mode) or "
+                "'nvjpeg' (batched decode on the GPU)"
+            )
+        _positive("pack.gpu_batch_size", self.gpu_batch_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,6 +318,9 @@ class EvalParams:
     # "" = score by the positive prompt's cosine alone; a template = P(positive) of the
     # positive/negative prompt pair (what validation uses).
     negative_prompt_template: str = "A chest x-ray showing no {}"
+    # "No Finding" is a negation itself ("showing no no finding"): its own (positive,
+    # negative) prompts; [] = the templates.
+    no_finding_prompts: tuple[str, ...] = NO_FINDING_PROMPTS
     recall_ks: tuple[int, ...] = (1, 5, 10)
     recall_curve_max_k: int = 50  # the Recall@K plot's last K
     # ConVIRT's linear-evaluation protocol: fractions of the train split's labelled images.
@@ -348,6 +369,7 @@ class EvalParams:
             raise ParamsError(f"eval.explain_images = {self.explain_images} must be >= 0")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ParamsError(f"eval.device = {self.device!r}: use auto, cpu, cuda or cuda:N")
+        _prompt_pair("eval.no_finding_prompts", self.no_finding_prompts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -485,6 +507,14 @@ def _describe(tp: Any) -> str:
     if tp is type(None):
         return "null"
     return getattr(tp, "__name__", str(tp))
+
+
+def _prompt_pair(key: str, value: tuple[str, ...]) -> None:
+    if value and (len(value) != 2 or not all(v.strip() for v in value)):
+        raise ParamsError(
+            f"{key} = {list(value)} must be [positive prompt, negative prompt], both "
+            "non-empty, or [] to use the templates for No Finding too"
+        )
 
 
 def _positive(key: str, value: float) -> None:

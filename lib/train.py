@@ -15,8 +15,8 @@ import hashlib
 import json
 import math
 import resource
+import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,12 +28,19 @@ from tqdm import tqdm
 
 from lib.backbone import Backbone, load_backbone
 from lib.data import Split, load_images, study_aware_batches, to_model_input
+from lib.device import autocast_and_scaler, resolve_device
 from lib.distributed import DistInfo, gather_outputs, init_distributed, shard_batch
 from lib.errors import PipelineError
 from lib.losses import compute_losses
-from lib.metrics import auc_per_label, combined_metric, retrieval_metrics, zero_shot_scores
+from lib.metrics import (
+    auc_per_label,
+    combined_metric,
+    label_prompts,
+    retrieval_metrics,
+    zero_shot_scores,
+)
 from lib.mimic import LABELS
-from lib.model import PatchIBModel
+from lib.model import PatchIBModel, trim_padding
 from lib.optim import param_groups, warmup_cosine_scheduler
 from lib.pack import Pack, PackedPixels
 from lib.variants import Variant
@@ -57,36 +64,6 @@ class TrainState:
     stopped_early: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
     lr_history: list[list[float]] = field(default_factory=list)  # [step, lr]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError(f"train.device = {name!r} but CUDA is not available; use auto or cpu")
-    return torch.device(name)
-
-
-def autocast_and_scaler(
-    device: torch.device, use_amp: bool
-) -> tuple[Callable[[], contextlib.AbstractContextManager], torch.amp.GradScaler | None]:
-    """AMP on CUDA only: bf16 where supported (no scaler needed), else fp16 with a scaler."""
-    if device.type != "cuda" or not use_amp:
-        return contextlib.nullcontext, None
-    if torch.cuda.is_bf16_supported():
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16), None
-    return lambda: torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
-
-
-def trim_padding(tokens: torch.Tensor, pad_id: int) -> torch.Tensor:
-    """Drop the trailing columns that are padding in every row of the batch.
-
-    Exact (padding is masked and position embeddings are absolute) and it makes the text
-    tower and the word-patch alignment cost scale with the batch's longest report, not
-    with the context length.
-    """
-    used = (tokens != pad_id).any(dim=0).nonzero()
-    return tokens[:, : int(used.max()) + 1] if len(used) else tokens[:, :1]
 
 
 def phase_of(epoch: int, variant: Variant) -> int:
@@ -345,9 +322,8 @@ class Trainer:
         return torch.cat(imgs), torch.cat(txts)
 
     @torch.no_grad()
-    def embed_prompts(self, template: str) -> torch.Tensor:
-        """(14, d) text embeddings of one prompt per label (label names in lower case)."""
-        prompts = [template.format(lb.lower()) for lb in LABELS]
+    def embed_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """(14, d) text embeddings of one prompt per label."""
         with self.autocast():
             out = self.model.encode_text(self.backbone.tokenizer(prompts).to(self.device))
         return out.global_emb.float().cpu()
@@ -382,12 +358,11 @@ class Trainer:
             data.split.study[rows],
             [data.split.texts[i] for i in rows],
         )
-        prompt_emb = self.embed_prompts(t.val_prompt_template)
-        neg_emb = (
-            self.embed_prompts(t.val_negative_prompt_template)
-            if t.val_negative_prompt_template
-            else None
+        positive, negative = label_prompts(
+            t.val_prompt_template, t.val_negative_prompt_template, t.val_no_finding_prompts
         )
+        prompt_emb = self.embed_prompts(positive)
+        neg_emb = self.embed_prompts(negative) if negative is not None else None
         scores = zero_shot_scores(image_emb, prompt_emb, neg_emb)
         auc = auc_per_label(scores, data.split.labels, LABELS)
         out = {f"val_{k}": v for k, v in losses.items()}
@@ -416,6 +391,13 @@ class Trainer:
         resumed = self.try_resume()
         opt, sched = resumed if resumed else self.make_optimizer(phase_of(0, self.v))
         t = self.tp
+        if resumed and self.dist.is_main:
+            print(
+                f"train@{self.v.name}: resuming after epoch {self.state.epoch} of {t.epochs} "
+                f"from {self.last_path}",
+                file=sys.stderr,
+                flush=True,
+            )
         epochs = tqdm(
             range(self.state.epoch, t.epochs),
             desc=f"train@{self.v.name}",

@@ -15,7 +15,7 @@ from lib.embed import embed_texts, load_trained
 from lib.eval_plots import save_model_plots
 from lib.evaluate import evaluate, fraction_key
 from lib.io import atomic_path, write_json
-from lib.mimic import LABELS
+from lib.metrics import label_prompts
 from lib.pack import Pack
 from lib.params import load_params
 
@@ -36,12 +36,11 @@ def main() -> None:
     # Prompt embeddings: computed once per checkpoint and run, reused by every score below.
     trained = load_trained(args.model, p.device)
     name = trained.variant.name
-    prompts = [p.prompt_template.format(lb.lower()) for lb in LABELS]
+    prompts, negatives = label_prompts(
+        p.prompt_template, p.negative_prompt_template, p.no_finding_prompts
+    )
     prompt_emb = embed_texts(trained, prompts, p.batch_size)
-    neg_emb = None
-    if p.negative_prompt_template:
-        negatives = [p.negative_prompt_template.format(lb.lower()) for lb in LABELS]
-        neg_emb = embed_texts(trained, negatives, p.batch_size)
+    neg_emb = None if negatives is None else embed_texts(trained, negatives, p.batch_size)
     del trained
 
     with np.load(args.embeddings / "embeddings.npz") as npz:

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from lib.cli import run
@@ -38,8 +39,17 @@ def main() -> None:
     dicom = [d for s in ("train", "val", "test") for d in splits[s].dicom]
     st = args.master.stat()
     run_id = hashlib.sha256(
-        f"{args.master.resolve()}|{st.st_size}|{st.st_mtime_ns}|{args.root.resolve()}|{size}".encode()
+        f"{args.master.resolve()}|{st.st_size}|{st.st_mtime_ns}|{args.root.resolve()}|{size}|"
+        f"{p.decoder}".encode()
     ).hexdigest()[:16]
+    device = None
+    if p.decoder == "nvjpeg":
+        if not torch.cuda.is_available():
+            raise DataError(
+                f"pack.decoder = nvjpeg needs a CUDA GPU and none is visible; set "
+                f"pack.decoder: pillow in {args.params} (it decodes on the CPU cores)"
+            )
+        device = torch.device("cuda")
     workers = default_workers(p.workers)
     start = time.perf_counter()
     with tqdm(
@@ -55,6 +65,8 @@ def main() -> None:
             workers,
             p.chunk_size,
             progress=bar.update,
+            device=device,
+            batch_size=p.gpu_batch_size,
         )
     seconds = time.perf_counter() - start
     fraction = len(result.failed) / result.n_images
@@ -81,6 +93,7 @@ def main() -> None:
             "images_per_second": round(result.n_images / max(seconds, 1e-9), 1),
             "seconds": round(seconds, 2),
             "workers": workers,
+            "decoder": p.decoder,
             "chunks_resumed": result.chunks_resumed,
         },
     )

@@ -9,7 +9,14 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from lib.compare import LITERATURE, TESTED, check_same_rows, paired_tests, results_markdown
+from lib.compare import (
+    LITERATURE,
+    TESTED,
+    check_same_rows,
+    data_description,
+    paired_tests,
+    results_markdown,
+)
 from lib.errors import DataError
 from lib.eval_plots import (
     auc_bars_figure,
@@ -113,6 +120,23 @@ def test_results_markdown_labels_data_and_literature():
     for p in LITERATURE:
         assert f"| {p.model} | {p.year} | {p.t2i_r1:.1f} | {p.t2i_r10:.1f} | {p.mean_auc:.3f}" in md
     assert md.count("| B |") == len(TESTED) + 2  # the tests, the probe and efficiency rows
+
+
+def test_data_description_names_the_prompts():
+    details = {
+        "zero_shot_mode": "prompt pair",
+        "prompt_template": "x of {}",
+        "negative_prompt_template": "no {}",
+        "no_finding_prompts": ["normal", "abnormal"],
+    }
+    mode = data_description("data/demo", True, details, (6, 6))["zero_shot_mode"]
+    assert mode == (
+        'P(positive) of the prompt pair "x of {}" / "no {}"; No Finding: "normal" / "abnormal"'
+    )
+    single = {**details, "zero_shot_mode": "single prompt", "no_finding_prompts": []}
+    assert data_description("r", False, single, (6, 6))["zero_shot_mode"] == (
+        'cosine similarity to the prompt "x of {}"'
+    )
 
 
 def test_literature_is_the_seeds_table():

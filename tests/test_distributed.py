@@ -297,8 +297,7 @@ def test_dist_info_rejects_impossible_ranks():
 # ---------------------------------------------------------------- the train stage under torchrun
 
 
-def _train_stage(config: Path, master: Path, root: Path, out: Path) -> None:
-    import subprocess
+def _stage_command(config: Path, master: Path, root: Path, out: Path) -> tuple[list[str], dict]:
     import sys
 
     repo = Path(__file__).resolve().parents[1]
@@ -310,15 +309,30 @@ def _train_stage(config: Path, master: Path, root: Path, out: Path) -> None:
         "--efficiency", str(out / "eff.json"), "--plots", str(out / "plots"),
         "--state-dir", str(out / "state"),
     ]  # fmt: skip
-    proc = subprocess.run(
-        [sys.executable, "-m", "stages.train", *args],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return [sys.executable, "-m", "stages.train", *args], env
+
+
+def _train_stage(config: Path, master: Path, root: Path, out: Path) -> str:
+    """Run the train stage to the end; its stdout and stderr."""
+    import subprocess
+
+    cmd, env = _stage_command(config, master, root, out)
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
+
+
+def _write_config(out: Path, model: ModelParams, **train: object) -> Path:
+    import json
+
+    from lib.params import TrainParams
+    from lib.variants import Variant
+
+    out.mkdir()
+    config = out / "config.json"
+    config.write_text(json.dumps(Variant("C", model, TrainParams(**train)).to_dict()))
+    return config
 
 
 def test_train_stage_under_torchrun_matches_one_process(small_master, tiny_backbone, tmp_path):
@@ -332,9 +346,6 @@ def test_train_stage_under_torchrun_matches_one_process(small_master, tiny_backb
 
     from safetensors.torch import load_file
 
-    from lib.params import TrainParams
-    from lib.variants import Variant
-
     master, root = small_master
     mp_ = ModelParams(
         backbone=f"local-dir:{tiny_backbone}", use_local_alignment=True, use_masking=True,
@@ -342,15 +353,12 @@ def test_train_stage_under_torchrun_matches_one_process(small_master, tiny_backb
     )  # fmt: skip
     runs = {}
     for nproc in (1, 2):
-        tp = TrainParams(
-            epochs=2, batch_size=8, gradient_accumulation_steps=2, warmup_epochs=1,
+        out = tmp_path / f"n{nproc}"
+        config = _write_config(
+            out, mp_, epochs=2, batch_size=8, gradient_accumulation_steps=2, warmup_epochs=1,
             warmup_lr=1e-3, lr=1e-3, warmup_steps=2, num_workers=1, eval_batch_size=64,
             device="cpu", nproc_per_node=nproc,
         )  # fmt: skip
-        out = tmp_path / f"n{nproc}"
-        out.mkdir()
-        config = out / "config.json"
-        config.write_text(json.dumps(Variant("C", mp_, tp).to_dict()))
         _train_stage(config, master, root, out)
         runs[nproc] = out
     one = json.loads((runs[1] / "metrics.json").read_text())
@@ -368,3 +376,89 @@ def test_train_stage_under_torchrun_matches_one_process(small_master, tiny_backb
     worst = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
     assert worst < 1e-4
     assert not (runs[2] / "state").exists()  # rank 0 finished and cleaned up once
+
+
+def _children(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (Linux /proc)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_killed_torchrun_run_resumes_to_the_same_result(small_master, tiny_backbone, tmp_path):
+    """SIGKILL to the stage's launcher (torchrun) after epoch 2's checkpoint: both ranks
+    die with it. Then the same command again: it resumes after epoch 2 (rank 0 wrote the
+    checkpoint, every rank loads it, with the optimizer and scheduler state of phase 2) and
+    ends with the weights and metrics of an uninterrupted 2-rank run."""
+    import json
+    import signal
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    master, root = small_master
+    mp_ = ModelParams(
+        backbone=f"local-dir:{tiny_backbone}", use_local_alignment=True, use_masking=True,
+        local_dim=16,
+    )  # fmt: skip
+    train = dict(
+        epochs=3, batch_size=8, warmup_epochs=1, warmup_lr=1e-3, lr=1e-3, warmup_steps=2,
+        num_workers=1, eval_batch_size=64, device="cpu", nproc_per_node=2, patience=10,
+    )  # fmt: skip
+    full = tmp_path / "full"
+    _train_stage(_write_config(full, mp_, **train), master, root, full)
+
+    out = tmp_path / "killed"
+    config = _write_config(out, mp_, **train)
+    cmd, env = _stage_command(config, master, root, out)
+    repo = Path(__file__).resolve().parents[1]
+    last = out / "state" / "last.pt"
+    proc = subprocess.Popen(
+        cmd, cwd=repo, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline, seen, epoch = time.monotonic() + 300, None, 0
+    try:
+        while epoch < 2:
+            assert proc.poll() is None, "the run ended before its second checkpoint"
+            assert time.monotonic() < deadline, "no second checkpoint in 300 s"
+            stamp = last.stat().st_mtime_ns if last.is_file() else None
+            if stamp is not None and stamp != seen:
+                seen = stamp
+                payload = torch.load(last, map_location="cpu", weights_only=True)
+                epoch = json.loads(payload["state"])["epoch"]
+            time.sleep(0.02)
+        ranks = _children(proc.pid)
+        assert len(ranks) == 2, ranks
+        # The launcher alone, mid epoch 3: torchrun started the ranks in sessions of their
+        # own, so they die only through lib.distributed.die_with_launcher.
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in ranks) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in ranks if Path(f"/proc/{pid}").exists()], "orphaned ranks"
+    assert epoch == 2
+    assert not (out / "model").exists()  # killed before the end
+
+    log = _train_stage(config, master, root, out)
+    assert f"resuming after epoch 2 of 3 from {last}" in log
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(
+        (full / "metrics.json").read_text()
+    )
+    w_full = load_file(str(full / "model/model.safetensors"))
+    w_resumed = load_file(str(out / "model/model.safetensors"))
+    assert w_full.keys() == w_resumed.keys()
+    for k in w_full:
+        assert torch.equal(w_full[k], w_resumed[k]), k
+    assert not (out / "state").exists()

@@ -5,7 +5,14 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from lib.metrics import auc_per_label, combined_metric, retrieval_metrics, zero_shot_scores
+from lib.metrics import (
+    auc_per_label,
+    combined_metric,
+    label_prompts,
+    retrieval_metrics,
+    zero_shot_scores,
+)
+from lib.mimic import LABELS
 
 # ---------------------------------------------------------------- retrieval
 
@@ -293,3 +300,22 @@ def test_auc_ap_columns_equal_per_column(seed):
             assert auc[j] == pytest.approx(
                 roc_auc_score(target[valid[:, j], j], score[valid[:, j], j]), abs=1e-12
             )
+
+
+# ---------------------------------------------------------------- prompts
+
+
+def test_label_prompts_fill_templates_and_give_no_finding_its_own_pair():
+    pos, neg = label_prompts("xray of {}", "xray without {}", ("normal xray", "abnormal xray"))
+    assert len(pos) == len(neg) == len(LABELS)
+    i, j = LABELS.index("No Finding"), LABELS.index("Pleural Effusion")
+    assert (pos[j], neg[j]) == ("xray of pleural effusion", "xray without pleural effusion")
+    assert (pos[i], neg[i]) == ("normal xray", "abnormal xray")
+    # Without the pair, the templates turn No Finding into a double negative.
+    pos, neg = label_prompts("xray of {}", "no {}")
+    assert (pos[i], neg[i]) == ("xray of no finding", "no no finding")
+    # A single prompt: no negatives, No Finding's positive prompt still replaced.
+    pos, neg = label_prompts("xray of {}", "", ("normal xray", "abnormal xray"))
+    assert neg is None and pos[i] == "normal xray"
+    with pytest.raises(ValueError, match="positive, negative"):
+        label_prompts("{}", "no {}", ("only one",))

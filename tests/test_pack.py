@@ -112,6 +112,20 @@ def test_pack_errors_name_the_fix(corpus, tmp_path):
         Pack.open(tmp_path / "nowhere")
 
 
+def stage_setup(master: Path, root: Path, tmp_path: Path, **pack: object) -> tuple[dict, list]:
+    """params.yaml at SIZE with ``pack`` overrides, and the stage's arguments."""
+    params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    params["data"]["image_size"] = params["backbone"]["image_size"] = SIZE
+    params["pack"].update(pack)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    args = [
+        "--master", str(master), "--root", str(root), "--out", str(tmp_path / "out"),
+        "--metrics", str(tmp_path / "m.json"), "--efficiency", str(tmp_path / "e.json"),
+        "--state-dir", str(tmp_path / "state"), "--params", str(tmp_path / "params.yaml"),
+    ]  # fmt: skip
+    return params, args
+
+
 def test_stage_fails_past_the_threshold_and_lists_images(corpus, tmp_path):
     master, root, _, _, _ = corpus
     bad_root = tmp_path / "root"
@@ -119,15 +133,7 @@ def test_stage_fails_past_the_threshold_and_lists_images(corpus, tmp_path):
     records = [json.loads(x) for x in master.read_text().splitlines()]
     broken = records[0]["image"]
     (bad_root / broken).write_bytes(b"garbage")
-    params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
-    params["data"]["image_size"] = params["backbone"]["image_size"] = SIZE
-    params["pack"]["max_failed_fraction"] = 0.0
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    args = [
-        "--master", str(master), "--root", str(bad_root), "--out", str(tmp_path / "out"),
-        "--metrics", str(tmp_path / "m.json"), "--efficiency", str(tmp_path / "e.json"),
-        "--state-dir", str(tmp_path / "state"), "--params", str(tmp_path / "params.yaml"),
-    ]  # fmt: skip
+    params, args = stage_setup(master, bad_root, tmp_path, max_failed_fraction=0.0)
     proc = run_stage("pack_images", *args)
     assert_clean_error(proc, "1 of", "could not be decoded", broken, "pack.max_failed_fraction")
     metrics = json.loads((tmp_path / "m.json").read_text())
@@ -140,6 +146,21 @@ def test_stage_fails_past_the_threshold_and_lists_images(corpus, tmp_path):
     assert proc.returncode == 0, proc.stderr
     pack = Pack.open(tmp_path / "out")
     assert int((~pack.ok).sum()) == 1 and not (tmp_path / "state").exists()
+
+
+def test_stage_with_the_nvjpeg_decoder(corpus, tmp_path):
+    """Without CUDA: a clean error naming pack.decoder and the fix. With CUDA: a pack made
+    by nvJPEG, recorded in index.json."""
+    master, root, _, images, _ = corpus
+    _, args = stage_setup(master, root, tmp_path, decoder="nvjpeg")
+    proc = run_stage("pack_images", *args)
+    if not torch.cuda.is_available():
+        assert_clean_error(proc, "pack.decoder = nvjpeg", "CUDA", "pack.decoder: pillow")
+        assert not (tmp_path / "out").exists()
+        return
+    assert proc.returncode == 0, proc.stderr
+    index = json.loads((tmp_path / "out/index.json").read_text())
+    assert index["decoder"] == "torchvision-cuda" and index["n_images"] == len(images)
 
 
 def test_benchmark_baseline_is_load_image_without_draft(corpus):

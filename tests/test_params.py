@@ -50,9 +50,13 @@ def test_unknown_section_is_rejected():
         ("eval", "bootstrap", 0, "must be > 0"),
         ("eval", "ci_level", 95, r"in \(0, 1\)"),
         ("eval", "device", "gpu", "use auto"),
+        ("eval", "no_finding_prompts", ["normal"], r"\[positive prompt, negative prompt\]"),
+        ("train", "val_no_finding_prompts", ["a", " "], "both non-empty"),
         ("train", "nproc_per_node", 3, "divide"),
         ("pack", "workers", -1, "0 = every core"),
         ("pack", "max_failed_fraction", 2.0, "fraction"),
+        ("pack", "decoder", "cuda", "'pillow'.*'nvjpeg'"),
+        ("pack", "gpu_batch_size", 0, "must be > 0"),
         ("data", "image_size", 8, "too small"),
     ],
 )

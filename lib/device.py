@@ -1,0 +1,34 @@
+"""The compute device and mixed precision, shared by training and evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+
+from lib.errors import PipelineError
+
+
+class DeviceError(PipelineError):
+    """The device a parameter asks for does not exist here."""
+
+
+def resolve_device(name: str, key: str = "train.device") -> torch.device:
+    """auto | cpu | cuda | cuda:N → a torch device; ``key`` names the parameter in errors."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceError(f"{key} = {name!r} but CUDA is not available; use auto or cpu")
+    return torch.device(name)
+
+
+def autocast_and_scaler(
+    device: torch.device, use_amp: bool
+) -> tuple[Callable[[], contextlib.AbstractContextManager], torch.amp.GradScaler | None]:
+    """AMP on CUDA only: bf16 where supported (no scaler needed), else fp16 with a scaler."""
+    if device.type != "cuda" or not use_amp:
+        return contextlib.nullcontext, None
+    if torch.cuda.is_bf16_supported():
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16), None
+    return lambda: torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
