@@ -41,7 +41,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lib.data import load_image
+from lib.data import load_image, resize_shape
 from lib.pack import PackedPixels, pack_images
 from lib.synth_images import render_cxr
 
@@ -72,9 +72,7 @@ def plain_decode(path: Path, size: int) -> np.ndarray:
     here, not in lib/, so the pipeline's code path has no switch it never uses)."""
     with Image.open(path) as im:
         im = im.convert("L")
-        w, h = im.size
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        nw, nh = resize_shape(*im.size, size)
         im = im.resize((nw, nh), Image.BICUBIC)
         left, top = (nw - size) // 2, (nh - size) // 2
         return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)

@@ -68,6 +68,12 @@ def read_master(path: str | Path) -> dict[str, Split]:
     }
 
 
+def resize_shape(width: int, height: int, size: int) -> tuple[int, int]:
+    """(new_width, new_height) with the shorter side = ``size``, the aspect ratio kept."""
+    scale = size / min(width, height)
+    return max(size, round(width * scale)), max(size, round(height * scale))
+
+
 def load_image(path: str | Path, size: int) -> np.ndarray:
     """(size, size) uint8: grayscale, shorter side resized to ``size`` (bicubic), centre crop.
 
@@ -77,9 +83,7 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
     with Image.open(path) as im:
         im.draft("L", (size, size))
         im = im.convert("L")
-        w, h = im.size
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        nw, nh = resize_shape(*im.size, size)
         im = im.resize((nw, nh), Image.BICUBIC)
         left, top = (nw - size) // 2, (nh - size) // 2
         im = im.crop((left, top, left + size, top + size))

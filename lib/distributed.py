@@ -364,7 +364,7 @@ def die_with_launcher() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         return  # not permitted here (unusual sandboxes): keep torchrun's own behaviour
-    if parent == 1 or os.getppid() != parent:
+    if os.getppid() != parent:  # (the launcher may itself be PID 1, e.g. in a container)
         raise DistributedError(
             "this rank's launcher (torchrun) exited before the rank started; rerun the stage"
         )

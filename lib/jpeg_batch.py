@@ -33,6 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lib.data import resize_shape
+
 DRAFT_SCALES = (8, 4, 2, 1)
 JPEG_MAGIC = b"\xff\xd8"
 
@@ -42,12 +44,6 @@ def draft_factor(width: int, height: int, size: int) -> int:
     with a ≤ min(width // size, height // size)."""
     fit = min(width // size, height // size)
     return next(a for a in DRAFT_SCALES if fit >= a)
-
-
-def resize_shape(width: int, height: int, size: int) -> tuple[int, int]:
-    """(new_width, new_height) with the shorter side = size, as ``load_image`` computes it."""
-    scale = size / min(width, height)
-    return max(size, round(width * scale)), max(size, round(height * scale))
 
 
 def _round_u8(x: torch.Tensor) -> torch.Tensor:
@@ -88,6 +84,8 @@ def decode_batch(
     out: list[np.ndarray | str | None] = [None] * len(blobs)
     jpeg = [i for i, b in enumerate(blobs) if b[:2] == JPEG_MAGIC]
     data = [torch.frombuffer(bytearray(blobs[i]), dtype=torch.uint8) for i in jpeg]
+    if not data:
+        return out
     try:
         decoded: list[torch.Tensor | str] = list(
             decode_jpeg(data, mode=ImageReadMode.GRAY, device=device)
@@ -99,11 +97,15 @@ def decode_batch(
                 decoded.append(decode_jpeg(d, mode=ImageReadMode.GRAY, device=device))
             except RuntimeError as err:
                 decoded.append(f"RuntimeError: {err}")
+    done: dict[int, torch.Tensor] = {}
     for i, img in zip(jpeg, decoded, strict=True):
         if isinstance(img, str):
             out[i] = img
         elif min(img.shape[-2:]) < 1:
             out[i] = f"empty image of shape {tuple(img.shape)}"
         else:
-            out[i] = preprocess(img, size).cpu().numpy()
+            done[i] = preprocess(img, size)
+    if done:  # one device-to-host copy for the batch
+        for i, pixels in zip(done, torch.stack(list(done.values())).cpu().numpy(), strict=True):
+            out[i] = pixels
     return out

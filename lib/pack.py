@@ -106,11 +106,11 @@ def pack_images(
         except DECODE_ERRORS as err:
             return i, None, f"{type(err).__name__}: {err}"
 
-    def read(i: int) -> bytes | str:
+    def read(i: int) -> bytes:
         try:
             return (root / images[i]).read_bytes()
-        except OSError as err:
-            return f"{type(err).__name__}: {err}"
+        except OSError:
+            return b""  # not a JPEG to decode_batch: decode() reports the error
 
     def decode_on_device(
         pool: ThreadPoolExecutor, lo: int, hi: int
@@ -118,22 +118,16 @@ def pack_images(
         from lib.jpeg_batch import decode_batch  # only the pack_images stage needs it
 
         # Threads read up to two batches ahead while the device decodes (bounded memory).
-        ahead: deque[Future[bytes | str]] = deque()
+        ahead: deque[Future[bytes]] = deque()
         following = lo
         for start in range(lo, hi, batch_size):
             while following < hi and len(ahead) < 2 * batch_size:
                 ahead.append(pool.submit(read, following))
                 following += 1
-            idx = list(range(start, min(hi, start + batch_size)))
+            idx = range(start, min(hi, start + batch_size))
             batch = [ahead.popleft().result() for _ in idx]
-            readable = [k for k, b in enumerate(batch) if isinstance(b, bytes)]
-            results: list[np.ndarray | str | None] = list(batch)  # type: ignore[arg-type]
-            if readable:
-                decoded = decode_batch([batch[k] for k in readable], size, device)
-                for k, r in zip(readable, decoded, strict=True):
-                    results[k] = r
-            for i, r in zip(idx, results, strict=True):
-                if r is None:  # not a JPEG: Pillow
+            for i, r in zip(idx, decode_batch(batch, size, device), strict=True):
+                if r is None:  # not a JPEG, or unreadable: Pillow's path decodes or reports it
                     yield decode(i)
                 elif isinstance(r, str):
                     yield i, None, r

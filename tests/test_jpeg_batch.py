@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lib.data import load_image
-from lib.jpeg_batch import decode_batch, draft_factor, preprocess, resize_shape
+from lib.data import load_image, resize_shape
+from lib.jpeg_batch import decode_batch, draft_factor, preprocess
 from lib.pack import pack_images
 from lib.synth_images import render_cxr
 
@@ -137,3 +137,19 @@ def test_pack_on_the_device_path(small_master, tmp_path):
         assert d.max() == 0 if i == 4 else d.max() <= 3, rel
     index = json.loads((tmp_path / "s/index.json").read_text())
     assert index["decoder"] == "torchvision-cpu" and index["n_failed"] == 1
+
+
+def test_pack_on_the_device_path_lists_a_vanished_image(small_master, tmp_path):
+    """A file gone after QC is reported by the Pillow path's error, as without a device."""
+    from lib.data import read_master
+
+    master, root = small_master
+    test = read_master(master)["test"]
+    rels = test.images[:3]
+    res = pack_images(
+        root, [*rels, "files/p10/gone.jpg"], [*test.dicom[:3], "gone"], 48, tmp_path / "s",
+        "r", workers=1, device=CPU,
+    )  # fmt: skip
+    assert [f["image"] for f in res.failed] == ["files/p10/gone.jpg"]
+    assert res.failed[0]["error"].startswith("FileNotFoundError")
+    assert np.load(tmp_path / "s/ok.npy").tolist() == [True, True, True, False]
