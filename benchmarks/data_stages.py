@@ -25,15 +25,15 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lib.demo_corpus import (  # noqa: E402
+from lib.data.mimic import METADATA_COLUMNS, image_relpath, report_relpath  # noqa: E402
+from lib.demo.corpus import (  # noqa: E402
     STUDY_TYPES,
     chexpert_row,
     draw_states,
     write_csv_gz,
     write_reports_zip,
 )
-from lib.mimic import METADATA_COLUMNS, image_relpath, report_relpath  # noqa: E402
-from lib.synth_reports import compose_report  # noqa: E402
+from lib.demo.synth_reports import compose_report  # noqa: E402
 
 MIMIC = {"images": 377_110, "studies": 227_835, "patients": 65_379}
 

@@ -41,9 +41,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lib.data import load_image, resize_shape
-from lib.pack import PackedPixels, pack_images
-from lib.synth_images import render_cxr
+from lib.data.master import load_image, resize_shape
+from lib.data.pack import PackedPixels, pack_images
+from lib.demo.synth_images import render_cxr
 
 OUT = Path(__file__).resolve().parent / "out" / "pack"
 HEIGHT, WIDTH = 3056, 2544
@@ -93,7 +93,7 @@ def _plain_rel(rel: str, size: int = 224) -> None:
 
 def max_abs_diff(paths: list[Path], size: int, device: torch.device) -> tuple[int, float]:
     """(max, mean) |decode_batch − load_image| in grey levels over the inputs."""
-    from lib.jpeg_batch import decode_batch
+    from lib.data.jpeg_batch import decode_batch
 
     got = decode_batch([p.read_bytes() for p in paths], size, device)
     ref = [load_image(p, size).astype(int) for p in paths]

@@ -22,13 +22,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lib.backbone import load_backbone, write_demo_backbone
+from lib.config.params import BackboneParams, ModelParams, load_params
+from lib.config.variants import resolve_all
 from lib.device import autocast_and_scaler
-from lib.losses import compute_losses
-from lib.model import PatchIBModel
-from lib.optim import param_groups
-from lib.params import BackboneParams, ModelParams, load_params
-from lib.variants import resolve_all
+from lib.model.backbone import load_backbone, write_demo_backbone
+from lib.model.losses import compute_losses
+from lib.model.patch_ib import PatchIBModel
+from lib.train.optim import param_groups
 
 SIZES = {
     "demo": None,  # params.yaml's backbone section

@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from lib.cli import run
-from lib.compare import (
+from lib.config.params import load_params
+from lib.data.master import load_image
+from lib.eval.compare import (
     data_description,
     explain_columns,
     paired_tests,
@@ -19,11 +21,9 @@ from lib.compare import (
     summary_table,
     tests_table,
 )
-from lib.data import load_image
-from lib.eval_plots import efficiency_figure, explain_figure, grouped_bars_figure
-from lib.evaluate import QueryRows, fraction_key
+from lib.eval.evaluate import QueryRows, fraction_key
+from lib.eval.plots import efficiency_figure, explain_figure, grouped_bars_figure
 from lib.io import atomic_path, save_figure, write_csv, write_json
-from lib.params import load_params
 
 DISPLAY_SIZE = 224  # pixels of the X-rays in the explainability figure
 

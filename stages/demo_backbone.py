@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lib.backbone import write_demo_backbone
 from lib.cli import run
-from lib.data import read_master
-from lib.params import load_params
+from lib.config.params import load_params
+from lib.data.master import read_master
+from lib.model.backbone import write_demo_backbone
 
 
 def main() -> None:

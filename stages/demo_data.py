@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 from lib.cli import run
-from lib.demo_corpus import write_corpus
+from lib.config.params import as_dict, load_params
+from lib.demo.corpus import write_corpus
 from lib.io import atomic_path, write_json
-from lib.params import as_dict, load_params
 
 
 def main() -> None:

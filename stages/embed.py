@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from lib.cli import run
-from lib.data import load_images, read_master
-from lib.embed import (
+from lib.config.params import load_params
+from lib.data.master import load_images, read_master
+from lib.data.pack import Pack
+from lib.eval.embed import (
     SPLITS,
     efficiency,
     embed_images,
@@ -18,10 +20,8 @@ from lib.embed import (
     load_trained,
     study_reports,
 )
-from lib.explain import explain, select_examples
+from lib.eval.explain import explain, select_examples
 from lib.io import atomic_path, write_json
-from lib.pack import Pack
-from lib.params import load_params
 
 
 def main() -> None:

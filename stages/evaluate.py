@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 
 from lib.cli import run
-from lib.data import read_master
-from lib.embed import embed_texts, load_trained
-from lib.eval_plots import save_model_plots
-from lib.evaluate import evaluate, fraction_key
+from lib.config.params import load_params
+from lib.data.master import read_master
+from lib.data.pack import Pack
+from lib.eval.embed import embed_texts, load_trained
+from lib.eval.evaluate import evaluate, fraction_key
+from lib.eval.metrics import label_prompts
+from lib.eval.plots import save_model_plots
 from lib.io import atomic_path, write_json
-from lib.metrics import label_prompts
-from lib.pack import Pack
-from lib.params import load_params
 
 
 def main() -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 
 from lib.cli import run
+from lib.config.params import load_params
+from lib.data.reports import ReportSource, extract_reports
 from lib.io import write_json, write_parquet
-from lib.params import load_params
-from lib.reports import ReportSource, extract_reports
 
 
 def main() -> None:

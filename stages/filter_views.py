@@ -8,12 +8,12 @@ from pathlib import Path
 import pandas as pd
 
 from lib.cli import run
-from lib.data_plots import views_figure
+from lib.config.params import load_params
+from lib.data.mimic import METADATA_COLUMNS
+from lib.data.plots import views_figure
+from lib.data.tables import read_csv_checked
+from lib.data.views import filter_views
 from lib.io import save_figure, write_csv, write_json, write_parquet
-from lib.mimic import METADATA_COLUMNS
-from lib.params import load_params
-from lib.tables import read_csv_checked
-from lib.views import filter_views
 
 
 def main() -> None:

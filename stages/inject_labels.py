@@ -8,11 +8,11 @@ from pathlib import Path
 import pandas as pd
 
 from lib.cli import run
+from lib.config.params import load_params
+from lib.data.labels import inject_labels
+from lib.data.mimic import CHEXPERT_COLUMNS
+from lib.data.tables import read_csv_checked
 from lib.io import write_json, write_parquet
-from lib.labels import inject_labels
-from lib.mimic import CHEXPERT_COLUMNS
-from lib.params import load_params
-from lib.tables import read_csv_checked
 
 
 def main() -> None:

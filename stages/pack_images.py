@@ -14,11 +14,11 @@ import torch
 from tqdm import tqdm
 
 from lib.cli import run
-from lib.data import read_master
+from lib.config.params import load_params
+from lib.data.master import read_master
+from lib.data.pack import default_workers, pack_images
 from lib.errors import DataError
 from lib.io import atomic_path, write_json
-from lib.pack import default_workers, pack_images
-from lib.params import load_params
 
 
 def main() -> None:

@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 
 from lib.cli import run
-from lib.data_plots import label_distribution_figure, label_distribution_table, text_length_figure
+from lib.config.params import load_params
+from lib.data.plots import label_distribution_figure, label_distribution_table, text_length_figure
+from lib.data.qc import master_lines, pipeline_drops, read_listing, run_qc, write_jsonl
 from lib.io import atomic_path, save_figure, write_csv, write_json
-from lib.params import load_params
-from lib.qc import master_lines, pipeline_drops, read_listing, run_qc, write_jsonl
 
 
 def main() -> None:

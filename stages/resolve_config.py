@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 
 from lib.cli import run
+from lib.config.params import load_params
+from lib.config.variants import resolve_all
 from lib.io import atomic_path
-from lib.params import load_params
-from lib.variants import resolve_all
 
 
 def main() -> None:

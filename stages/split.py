@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 
 from lib.cli import run
+from lib.data.mimic import SPLIT_COLUMNS
+from lib.data.splits import apply_split
+from lib.data.tables import read_csv_checked
 from lib.io import write_json, write_parquet
-from lib.mimic import SPLIT_COLUMNS
-from lib.splits import apply_split
-from lib.tables import read_csv_checked
 
 
 def main() -> None:

@@ -13,13 +13,13 @@ from pathlib import Path
 import pandas as pd
 
 from lib.cli import run
-from lib.data import read_master
-from lib.distributed import cleanup, relaunch_with_torchrun
+from lib.config.variants import Variant
+from lib.data.master import read_master
+from lib.data.pack import Pack
 from lib.io import atomic_path, save_figure, write_csv, write_json
-from lib.pack import Pack
-from lib.train import train_variant
-from lib.train_plots import loss_figure, lr_figure, metric_figure
-from lib.variants import Variant
+from lib.train.distributed import cleanup, relaunch_with_torchrun
+from lib.train.loop import train_variant
+from lib.train.plots import loss_figure, lr_figure, metric_figure
 
 
 def main() -> None:

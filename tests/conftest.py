@@ -11,7 +11,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
-from lib.params import BackboneParams
+from lib.config.params import BackboneParams
 
 # The tests' backbone: 32-px images, 16-px patches (N = 4), a 1-layer BERT.
 TINY_BACKBONE = BackboneParams(
@@ -33,13 +33,13 @@ TINY_BACKBONE = BackboneParams(
 def small_master(tmp_path_factory) -> tuple[Path, Path]:
     """(master JSONL, data root) of a ~120-patient demo corpus, built by the lib functions
     the data stages call."""
-    from lib.demo_corpus import write_corpus
-    from lib.labels import inject_labels
-    from lib.params import DemoParams, QCParams
-    from lib.qc import master_lines, run_qc, write_jsonl
-    from lib.reports import ReportSource, extract_reports
-    from lib.splits import apply_split
-    from lib.views import filter_views
+    from lib.config.params import DemoParams, QCParams
+    from lib.data.labels import inject_labels
+    from lib.data.qc import master_lines, run_qc, write_jsonl
+    from lib.data.reports import ReportSource, extract_reports
+    from lib.data.splits import apply_split
+    from lib.data.views import filter_views
+    from lib.demo.corpus import write_corpus
 
     base = tmp_path_factory.mktemp("small")
     root = base / "mimic"
@@ -64,8 +64,8 @@ def small_master(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def tiny_backbone(small_master, tmp_path_factory) -> Path:
     """A tiny demo backbone folder (vocabulary from the small corpus' train reports)."""
-    from lib.backbone import write_demo_backbone
-    from lib.data import read_master
+    from lib.data.master import read_master
+    from lib.model.backbone import write_demo_backbone
 
     out = tmp_path_factory.mktemp("backbone") / "tiny"
     texts = read_master(small_master[0])["train"].texts

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lib.mimic import LABELS
+from lib.data.mimic import LABELS
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": ""}
@@ -146,9 +146,9 @@ def test_trained_models_beat_an_untrained_one(repo, tmp_path):
     import torch
     from safetensors.torch import save_model
 
-    from lib.backbone import load_backbone
-    from lib.model import PatchIBModel
-    from lib.variants import Variant
+    from lib.config.variants import Variant
+    from lib.model.backbone import load_backbone
+    from lib.model.patch_ib import PatchIBModel
 
     cfg = json.loads((repo / "models/A/config.json").read_text())
     variant = Variant.from_dict(cfg, "A")

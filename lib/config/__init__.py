@@ -1,0 +1,1 @@
+"""params.yaml as validated dataclasses, and the variants A–E resolved from it."""

@@ -1,0 +1,541 @@
+"""params.yaml → frozen, validated dataclasses.
+
+Every section is a dataclass; unknown keys, wrong types and bad combinations
+are rejected at load time with a message naming the key, the bad value and the
+fix, so a typo in params.yaml never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from lib.errors import ParamsError
+
+LabelPolicy = Literal["positive_only", "u_ones", "u_zeros", "u_ignore"]
+ReportSection = Literal["findings", "impression"]
+ImageCheck = Literal["exists", "header"]
+
+LABEL_POLICIES: tuple[str, ...] = typing.get_args(LabelPolicy)
+# Zero-shot prompts of "No Finding" (positive, negative): the impression of a normal study.
+NO_FINDING_PROMPTS: tuple[str, ...] = (
+    "A chest x-ray showing no acute cardiopulmonary process",
+    "A chest x-ray showing an acute cardiopulmonary process",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoParams:
+    """The synthetic corpus written by the ``demo_data`` stage (MIMIC-CXR-JPG layout)."""
+
+    seed: int = 1234
+    n_patients: int = 800
+    # Mean number of studies per patient (MIMIC: 227,835 / 65,379 = 3.5).
+    studies_per_patient: float = 2.5
+    # Shorter image side in pixels; the longer side follows the image's aspect ratio.
+    image_size: int = 256
+    # Patient-level split fractions; MIMIC's own are ~0.8 % / 1.5 %, far too small
+    # for a corpus of a few thousand images to give stable validation/test metrics.
+    validate_fraction: float = 0.1
+    test_fraction: float = 0.15
+    # Fraction of studies left out of the CheXpert file (as in the real data).
+    missing_label_fraction: float = 0.01
+    workers: int = 2
+
+    def validate(self) -> None:
+        _positive("demo.n_patients", self.n_patients)
+        _positive("demo.studies_per_patient", self.studies_per_patient)
+        if self.image_size < 32:
+            raise ParamsError(
+                f"demo.image_size = {self.image_size} is too small; use at least 32 (default 256)"
+            )
+        for key in ("validate_fraction", "test_fraction", "missing_label_fraction"):
+            _fraction(f"demo.{key}", getattr(self, key))
+        if self.validate_fraction + self.test_fraction >= 1:
+            raise ParamsError(
+                "demo.validate_fraction + demo.test_fraction must be < 1 "
+                f"(got {self.validate_fraction} + {self.test_fraction}); lower one of them"
+            )
+        _positive("demo.workers", self.workers)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParams:
+    """Where the raw MIMIC-CXR-JPG data is, and how it becomes the master file."""
+
+    root: str = "data/demo/mimic-cxr-jpg"
+    reports: str = "data/demo/mimic-cxr-jpg/mimic-cxr-reports.zip"
+    views: tuple[str, ...] = ("PA", "AP")
+    sections: tuple[ReportSection, ...] = ("findings", "impression")
+    label_policy: LabelPolicy = "positive_only"
+    min_report_chars: int = 30
+    # Side of the square images the models take (pack_images decodes to it once); it must
+    # equal the backbone's input size: the demo backbone's 96 by default, BiomedCLIP's 224.
+    image_size: int = 96
+
+    def validate(self) -> None:
+        if self.image_size < 16:
+            raise ParamsError(
+                f"data.image_size = {self.image_size} is too small; use the backbone's input "
+                "size (BiomedCLIP: 224)"
+            )
+        if not self.views:
+            raise ParamsError(
+                "data.views is empty; list the ViewPosition values to keep, e.g. [PA, AP]"
+            )
+        if not self.sections:
+            raise ParamsError("data.sections is empty; use [findings, impression]")
+        if len(set(self.sections)) != len(self.sections):
+            raise ParamsError(f"data.sections = {list(self.sections)} repeats a section")
+        if self.min_report_chars < 0:
+            raise ParamsError(f"data.min_report_chars = {self.min_report_chars} must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class QCParams:
+    """The quality gate in front of training."""
+
+    max_missing_image_fraction: float = 0.01
+    # "exists": the file is there and not empty; "header": it also starts with a JPEG marker.
+    image_check: ImageCheck = "header"
+    # Optional text file listing image paths relative to data.root, one per line (MIMIC-CXR-JPG
+    # ships one as IMAGE_FILENAMES); when set, existence is checked against it, not the disk.
+    image_listing: str | None = None
+    # Threads for image checks: network file systems answer many small requests in parallel.
+    io_threads: int = 16
+
+    def validate(self) -> None:
+        _fraction("qc.max_missing_image_fraction", self.max_missing_image_fraction)
+        _positive("qc.io_threads", self.io_threads)
+
+
+MaskMode = Literal["soft", "topk", "drop"]
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneParams:
+    """The demo backbone: BiomedCLIP in miniature (timm ViT + Hugging Face BERT), random init."""
+
+    seed: int = 0
+    image_size: int = 96
+    patch_size: int = 16
+    vision_width: int = 128
+    vision_depth: int = 4
+    vision_heads: int = 4
+    text_width: int = 128
+    text_layers: int = 2
+    text_heads: int = 2
+    vocab_size: int = 3000  # WordPiece vocabulary trained on the train-split reports
+    context_length: int = 128
+    embed_dim: int = 512
+
+    def validate(self) -> None:
+        for key in (
+            "image_size",
+            "patch_size",
+            "vision_width",
+            "vision_depth",
+            "vision_heads",
+            "text_width",
+            "text_layers",
+            "text_heads",
+            "vocab_size",
+            "context_length",
+            "embed_dim",
+        ):
+            _positive(f"backbone.{key}", getattr(self, key))
+        if self.image_size % self.patch_size:
+            raise ParamsError(
+                f"backbone.image_size = {self.image_size} must be a multiple of "
+                f"backbone.patch_size = {self.patch_size}"
+            )
+        for width, heads, tower in (
+            (self.vision_width, self.vision_heads, "vision"),
+            (self.text_width, self.text_heads, "text"),
+        ):
+            if width % heads:
+                raise ParamsError(
+                    f"backbone.{tower}_width = {width} must be divisible by "
+                    f"backbone.{tower}_heads = {heads}"
+                )
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelParams:
+    """One variant's model and loss settings (``model:`` holds Model A's; ``models:`` the
+    differences of the others)."""
+
+    # open_clip model: "local-dir:<path>" or "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-..."
+    backbone: str = "local-dir:data/backbone/demo"
+    use_local_alignment: bool = False
+    use_masking: bool = False
+    mask_mode: MaskMode = "soft"  # soft (C) | topk: soft top-K (D) | drop: hard token drop (E)
+    keep_ratio: float = 0.5
+    topk_temperature: float = 0.1
+    drop_layer: int = 2  # ViT block after which E drops tokens (of backbone depth)
+    temperature: float = 0.1  # initial InfoNCE temperature (learnable)
+    contrastive_weight_i2t: float = 0.5
+    contrastive_weight_t2i: float = 0.5
+    local_weight: float = 1.0
+    local_temperature: float = 0.1
+    local_dim: int = 128
+    sparse_weight: float = 1.0
+    cons_weight: float = 0.5
+
+    def validate(self) -> None:
+        if not self.backbone.startswith(("local-dir:", "hf-hub:")):
+            raise ParamsError(
+                f"model.backbone = {self.backbone!r}: use 'local-dir:<path>' or 'hf-hub:<repo>'"
+            )
+        if not 0 < self.keep_ratio <= 1:
+            raise ParamsError(f"model.keep_ratio = {self.keep_ratio} must be in (0, 1]")
+        for key in ("topk_temperature", "temperature", "local_temperature", "local_dim"):
+            _positive(f"model.{key}", getattr(self, key))
+        if self.drop_layer < 1:
+            raise ParamsError(f"model.drop_layer = {self.drop_layer} must be >= 1")
+        if self.mask_mode != "soft" and not self.use_masking:
+            raise ParamsError(
+                f"model.mask_mode = {self.mask_mode!r} needs model.use_masking: true "
+                "(or set mask_mode: soft)"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainParams:
+    """The training schedule (the seed's "Training Strategy"); demo values in params.yaml."""
+
+    seed: int = 0
+    epochs: int = 40
+    batch_size: int = 64
+    gradient_accumulation_steps: int = 2
+    staged_training: bool = True
+    warmup_epochs: int = 3  # phase 1: backbones frozen, heads + logit_scale at warmup_lr
+    warmup_lr: float = 1.0e-4
+    lr: float = 5.0e-6  # phase 2 base learning rate (top of each tower)
+    llrd_factor: float = 0.85
+    weight_decay: float = 0.05
+    warmup_steps: int = 1000  # linear warm-up of phase 2's cosine schedule (optimizer steps)
+    recall_weight: float = 0.7  # combined metric = w * mean recall + (1 - w) * mean AUC
+    patience: int = 7
+    use_amp: bool = True  # on CUDA only (bf16 where supported, else fp16 with a scaler)
+    # Threads that decode the split's images once before training (the seed: 4 loader workers).
+    num_workers: int = 4
+    eval_batch_size: int = 128
+    val_prompt_template: str = "A chest x-ray showing {}"
+    # Zero-shot score = P(positive prompt) against this negative one; "" scores by the
+    # positive prompt's cosine alone.
+    val_negative_prompt_template: str = "A chest x-ray showing no {}"
+    # "No Finding" is a negation itself: its own (positive, negative) prompts, [] = templates.
+    val_no_finding_prompts: tuple[str, ...] = NO_FINDING_PROMPTS
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # Processes (GPUs) of one machine: > 1 makes stage train@X launch itself under torchrun
+    # with DistributedDataParallel; batch_size stays the global batch.
+    nproc_per_node: int = 1
+
+    def validate(self) -> None:
+        if self.nproc_per_node < 1 or self.batch_size % self.nproc_per_node:
+            raise ParamsError(
+                f"train.nproc_per_node = {self.nproc_per_node} must be >= 1 and divide "
+                f"train.batch_size = {self.batch_size} (the global batch)"
+            )
+        for key in (
+            "epochs",
+            "batch_size",
+            "gradient_accumulation_steps",
+            "warmup_lr",
+            "lr",
+            "llrd_factor",
+            "patience",
+            "eval_batch_size",
+        ):
+            _positive(f"train.{key}", getattr(self, key))
+        if self.batch_size < 2:
+            raise ParamsError(f"train.batch_size = {self.batch_size}: contrastive loss needs >= 2")
+        if self.warmup_epochs < 0 or (self.staged_training and self.warmup_epochs >= self.epochs):
+            raise ParamsError(
+                f"train.warmup_epochs = {self.warmup_epochs} must be >= 0 and < train.epochs = "
+                f"{self.epochs} (or set train.staged_training: false)"
+            )
+        _fraction("train.recall_weight", self.recall_weight)
+        _positive("train.num_workers", self.num_workers)
+        if self.warmup_steps < 0 or self.weight_decay < 0:
+            raise ParamsError("train.warmup_steps and train.weight_decay must be >= 0")
+        if "{}" not in self.val_prompt_template:
+            raise ParamsError(
+                f"train.val_prompt_template = {self.val_prompt_template!r} needs a {{}} "
+                "where the finding name goes"
+            )
+        if self.val_negative_prompt_template and "{}" not in self.val_negative_prompt_template:
+            raise ParamsError(
+                f"train.val_negative_prompt_template = {self.val_negative_prompt_template!r} "
+                'needs a {} (or set it to "" to score by the positive prompt alone)'
+            )
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ParamsError(f"train.device = {self.device!r}: use auto, cpu, cuda or cuda:N")
+        _prompt_pair("train.val_no_finding_prompts", self.val_no_finding_prompts)
+
+
+@dataclasses.dataclass(frozen=True)
+class PackParams:
+    """Stage pack_images: every image decoded once into a memory-mapped array."""
+
+    workers: int = 0  # decoding (pillow) or file-reading (nvjpeg) threads; 0 = every core
+    chunk_size: int = 1024  # images per resumable chunk
+    # Share of images that may be unreadable (counted, listed, left out) before the stage
+    # fails; MIMIC-CXR-JPG has none, so a larger share means a damaged copy.
+    max_failed_fraction: float = 0.001
+    # pillow: JPEG draft mode on the CPU cores, bit-identical to the direct path.
+    # nvjpeg: batched decode on the GPU (lib/data/jpeg_batch.py); within 3 grey levels of it.
+    decoder: str = "pillow"
+    gpu_batch_size: int = 64  # JPEGs per nvJPEG call
+
+    def validate(self) -> None:
+        if self.workers < 0:
+            raise ParamsError(f"pack.workers = {self.workers} must be >= 0 (0 = every core)")
+        _positive("pack.chunk_size", self.chunk_size)
+        _fraction("pack.max_failed_fraction", self.max_failed_fraction)
+        if self.decoder not in ("pillow", "nvjpeg"):
+            raise ParamsError(
+                f"pack.decoder = {self.decoder!r} must be 'pillow' (CPU, draft mode) or "
+                "'nvjpeg' (batched decode on the GPU)"
+            )
+        _positive("pack.gpu_batch_size", self.gpu_batch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalParams:
+    """Evaluation on the test split (stages embed@X, eval@X, compare); changing any of these
+    re-runs evaluation only, never training."""
+
+    # Zero-shot classification: one prompt per CheXpert label ("{}" = the label in lower case).
+    prompt_template: str = "A chest x-ray showing {}"
+    # "" = score by the positive prompt's cosine alone; a template = P(positive) of the
+    # positive/negative prompt pair (what validation uses).
+    negative_prompt_template: str = "A chest x-ray showing no {}"
+    # "No Finding" is a negation itself ("showing no no finding"): its own (positive,
+    # negative) prompts; [] = the templates.
+    no_finding_prompts: tuple[str, ...] = NO_FINDING_PROMPTS
+    recall_ks: tuple[int, ...] = (1, 5, 10)
+    recall_curve_max_k: int = 50  # the Recall@K plot's last K
+    # ConVIRT's linear-evaluation protocol: fractions of the train split's labelled images.
+    probe_fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
+    probe_c: float = 1.0  # inverse L2 strength of the logistic regressions
+    bootstrap: int = 1000  # patient-level bootstrap rounds for every confidence interval
+    ci_level: float = 0.95
+    seed: int = 0  # probe subsamples and bootstrap resamples
+    explain_images: int = 6  # test images in the Patch-IB explainability figure
+    batch_size: int = 128
+    num_workers: int = 2  # threads decoding images
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def validate(self) -> None:
+        if "{}" not in self.prompt_template:
+            raise ParamsError(
+                f"eval.prompt_template = {self.prompt_template!r} needs a {{}} where the "
+                "finding name goes"
+            )
+        if self.negative_prompt_template and "{}" not in self.negative_prompt_template:
+            raise ParamsError(
+                f"eval.negative_prompt_template = {self.negative_prompt_template!r} needs a {{}} "
+                '(or set it to "" to score by the positive prompt alone)'
+            )
+        if not self.recall_ks or any(k < 1 for k in self.recall_ks):
+            raise ParamsError(
+                f"eval.recall_ks = {list(self.recall_ks)}: give K >= 1, e.g. [1, 5, 10]"
+            )
+        if self.recall_curve_max_k < max(self.recall_ks):
+            raise ParamsError(
+                f"eval.recall_curve_max_k = {self.recall_curve_max_k} must be >= the largest of "
+                f"eval.recall_ks ({max(self.recall_ks)})"
+            )
+        if not self.probe_fractions or any(not 0 < f <= 1 for f in self.probe_fractions):
+            raise ParamsError(
+                f"eval.probe_fractions = {list(self.probe_fractions)}: each must be in (0, 1], "
+                "e.g. [0.01, 0.1, 1.0]"
+            )
+        if len(set(self.probe_fractions)) != len(self.probe_fractions):
+            raise ParamsError(f"eval.probe_fractions = {list(self.probe_fractions)} repeats one")
+        for key in ("probe_c", "bootstrap", "batch_size", "num_workers"):
+            _positive(f"eval.{key}", getattr(self, key))
+        if not 0 < self.ci_level < 1:
+            raise ParamsError(f"eval.ci_level = {self.ci_level} must be in (0, 1), e.g. 0.95")
+        if self.explain_images < 0:
+            raise ParamsError(f"eval.explain_images = {self.explain_images} must be >= 0")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ParamsError(f"eval.device = {self.device!r}: use auto, cpu, cuda or cuda:N")
+        _prompt_pair("eval.no_finding_prompts", self.no_finding_prompts)
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    demo: DemoParams = dataclasses.field(default_factory=DemoParams)
+    data: DataParams = dataclasses.field(default_factory=DataParams)
+    qc: QCParams = dataclasses.field(default_factory=QCParams)
+    backbone: BackboneParams = dataclasses.field(default_factory=BackboneParams)
+    model: ModelParams = dataclasses.field(default_factory=ModelParams)
+    train: TrainParams = dataclasses.field(default_factory=TrainParams)
+    pack: PackParams = dataclasses.field(default_factory=PackParams)
+    eval: EvalParams = dataclasses.field(default_factory=EvalParams)
+    # variant name -> raw overrides of model / train (validated by lib.config.variants)
+    models: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+_SECTION_TYPES: dict[str, type] = {
+    "demo": DemoParams,
+    "data": DataParams,
+    "qc": QCParams,
+    "backbone": BackboneParams,
+    "model": ModelParams,
+    "train": TrainParams,
+    "pack": PackParams,
+    "eval": EvalParams,
+}
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml (every section, so typos anywhere fail early)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found; run from the repository root")
+    with path.open(encoding="utf-8") as fh:
+        raw = yaml.safe_load(fh) or {}
+    if not isinstance(raw, Mapping):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return parse_params(raw, source=str(path))
+
+
+def parse_params(raw: Mapping[str, Any], source: str = "params.yaml") -> Params:
+    unknown = sorted(set(raw) - set(_SECTION_TYPES) - {"models"})
+    if unknown:
+        raise ParamsError(
+            f"{source}: unknown section(s) {unknown}; valid sections: {sorted(_SECTION_TYPES)}"
+        )
+    sections = {
+        name: build_section(cls, raw.get(name) or {}, name, source)
+        for name, cls in _SECTION_TYPES.items()
+    }
+    models = raw.get("models") or {}
+    if not isinstance(models, Mapping):
+        raise ParamsError(f"{source}: 'models' must map variant names to overrides")
+    params = Params(**sections, models=dict(models))
+    from lib.config.variants import resolve_all  # validates every variant's overrides
+
+    resolve_all(params, source)
+    demo = "local-dir:data/backbone/demo"
+    if params.model.backbone == demo and params.backbone.image_size != params.data.image_size:
+        raise ParamsError(
+            f"{source}: backbone.image_size = {params.backbone.image_size} but data.image_size "
+            f"= {params.data.image_size}; the demo backbone takes the packed images as they "
+            "are, so set both to the same size"
+        )
+    return params
+
+
+def build_section(cls: type, raw: Any, name: str, source: str = "params.yaml") -> Any:
+    """Build one section dataclass from its YAML mapping, checking keys and types."""
+    if not isinstance(raw, Mapping):
+        raise ParamsError(f"{source}: section '{name}' must be a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ParamsError(
+            f"{source}: unknown key(s) {[f'{name}.{k}' for k in unknown]}; "
+            f"valid keys of '{name}': {sorted(fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    values = {k: _coerce(hints[k], v, f"{name}.{k}", source) for k, v in raw.items()}
+    obj = cls(**values)
+    if hasattr(obj, "validate"):
+        obj.validate()
+    return obj
+
+
+def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    bad = ParamsError(f"{source}: {key} = {value!r} is not a valid {_describe(tp)}")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, key, source)
+            except ParamsError:
+                continue
+        raise bad
+    if origin is Literal:
+        if value not in args:
+            raise ParamsError(
+                f"{source}: {key} = {value!r} is not one of {list(args)}; pick one of them"
+            )
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise bad
+        return tuple(_coerce(args[0], v, f"{key}[{i}]", source) for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise ParamsError(f"{source}: {key}: unsupported parameter type {tp!r}")  # pragma: no cover
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        return f"list of {_describe(typing.get_args(tp)[0])}"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _prompt_pair(key: str, value: tuple[str, ...]) -> None:
+    if value and (len(value) != 2 or not all(v.strip() for v in value)):
+        raise ParamsError(
+            f"{key} = {list(value)} must be [positive prompt, negative prompt], both "
+            "non-empty, or [] to use the templates for No Finding too"
+        )
+
+
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ParamsError(f"{key} = {value} must be > 0")
+
+
+def _fraction(key: str, value: float) -> None:
+    if not 0 <= value <= 1:
+        raise ParamsError(f"{key} = {value} must be a fraction between 0 and 1")
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    """Plain-JSON form of a params dataclass (tuples become lists), for saving beside outputs."""
+    out = dataclasses.asdict(obj)
+    return _jsonable(out)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    return x

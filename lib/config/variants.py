@@ -1,0 +1,73 @@
+"""Models A–E: each variant's effective config = the shared ``model:`` / ``train:`` sections
+plus its differences under ``models.<name>``.
+
+The ``resolve_config`` stage writes one JSON file per variant; ``train@<name>`` depends on
+that file, not on whole params sections, so a change retrains exactly the variants whose
+effective config changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from lib.config.params import ModelParams, Params, TrainParams, as_dict, build_section
+from lib.errors import ParamsError
+
+VARIANTS: tuple[str, ...] = ("A", "B", "C", "D", "E")
+DESCRIPTIONS = {
+    "A": "Global CLIP baseline",
+    "B": "+ Local alignment",
+    "C": "+ Patch-IB",
+    "D": "Top-K (soft)",
+    "E": "Token drop (hard)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    name: str
+    model: ModelParams
+    train: TrainParams
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": DESCRIPTIONS.get(self.name, ""),
+            "model": as_dict(self.model),
+            "train": as_dict(self.train),
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], source: str) -> Variant:
+        return cls(
+            name=str(raw["name"]),
+            model=build_section(ModelParams, raw["model"], "model", source),
+            train=build_section(TrainParams, raw["train"], "train", source),
+        )
+
+
+def resolve_variant(params: Params, name: str, source: str = "params.yaml") -> Variant:
+    if name not in params.models:
+        raise ParamsError(
+            f"{source}: no variant '{name}' under 'models'; defined: {sorted(params.models)}"
+        )
+    overrides = params.models[name] or {}
+    if not isinstance(overrides, Mapping):
+        raise ParamsError(f"{source}: models.{name} must be a mapping of overrides")
+    overrides = dict(overrides)
+    train_over = overrides.pop("train", None) or {}
+    if not isinstance(train_over, Mapping):
+        raise ParamsError(f"{source}: models.{name}.train must be a mapping of overrides")
+    model = build_section(
+        ModelParams, {**as_dict(params.model), **overrides}, f"models.{name}", source
+    )
+    train = build_section(
+        TrainParams, {**as_dict(params.train), **train_over}, f"models.{name}.train", source
+    )
+    return Variant(name=name, model=model, train=train)
+
+
+def resolve_all(params: Params, source: str = "params.yaml") -> dict[str, Variant]:
+    return {name: resolve_variant(params, name, source) for name in params.models}

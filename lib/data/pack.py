@@ -1,0 +1,276 @@
+"""Pack every image of the master file once into a memory-mapped uint8 array.
+
+MIMIC-CXR-JPG images are ~2,500 × 3,000 px JPEGs of ~1.5 MB; a model sees them at 224 px.
+Decoding them on every epoch of every model starves the GPU (the seed's 72 img/s), so the
+``pack_images`` stage decodes each image once, with ``lib.data.master.load_image`` (JPEG draft mode,
+the same preprocessing as the direct path, bit for bit), into ``images.npy``: (N, S, S)
+uint8 in master-file order, read through ``np.load(mmap_mode="r")``. Training and evaluation
+then gather batches from the page cache. On a GPU, ``pack.decoder: nvjpeg`` decodes batches
+with nvJPEG instead (``lib.data.jpeg_batch``): the same preprocessing within 3 grey levels, not
+bit for bit; ``index.json`` records which decoder made the pack.
+
+The work is done in chunks written in place into a state directory; a killed run continues
+with the first chunk not yet done. Unreadable or corrupt images are counted and listed; their
+rows are zeros and flagged not ``ok``, and readers leave them out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lib.data.master import Split, load_image
+from lib.errors import DataError
+
+IMAGES = "images.npy"
+INDEX = "index.json"
+OK = "ok.npy"
+DICOM = "dicom.npy"
+
+# Decoding errors of a corrupt, truncated or foreign file (PIL raises these).
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+@dataclass(frozen=True)
+class PackResult:
+    n_images: int
+    image_size: int
+    failed: list[dict[str, str]]  # {"image", "error"} per unreadable image
+    chunks_resumed: int
+
+
+def pack_images(
+    root: Path,
+    images: Sequence[str],
+    dicom: Sequence[str],
+    size: int,
+    state_dir: Path,
+    run_id: str,
+    workers: int,
+    chunk_size: int = 1024,
+    progress: Callable[[int], Any] | None = None,
+    device: torch.device | None = None,
+    batch_size: int = 64,
+) -> PackResult:
+    """Decode ``images`` (paths relative to ``root``) into ``state_dir/images.npy``.
+
+    Resumes in ``state_dir`` when its ``run_id`` matches (same master file, size and
+    decoder); the finished state directory holds images.npy, ok.npy, dicom.npy and
+    index.json. ``progress`` is called with the number of images finished after each chunk.
+
+    Without ``device``, ``workers`` threads decode with ``load_image`` (Pillow, draft mode).
+    With one, ``workers`` threads read the files and ``lib.data.jpeg_batch.decode_batch`` decodes
+    ``batch_size`` JPEGs at a time on it (nvJPEG on CUDA): faster on a GPU, but not
+    bit-identical to ``load_image`` (see lib/data/jpeg_batch.py); files that are not JPEGs still
+    go through ``load_image``.
+    """
+    n = len(images)
+    if n == 0:
+        raise DataError("the master file lists no images to pack")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    meta_path = state_dir / "run.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    resume = meta.get("run_id") == run_id and (state_dir / IMAGES).is_file()
+    if not resume:
+        for p in state_dir.iterdir():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        np.lib.format.open_memmap(
+            state_dir / IMAGES, mode="w+", dtype=np.uint8, shape=(n, size, size)
+        ).flush()
+        _save_npy(state_dir / OK, np.zeros(n, dtype=bool))
+        meta = {"run_id": run_id, "chunks_done": [], "failed": []}
+        _write_json(meta_path, meta)
+    out = np.load(state_dir / IMAGES, mmap_mode="r+")
+    ok = np.load(state_dir / OK)
+    done = set(meta["chunks_done"])
+    failed: list[dict[str, str]] = list(meta["failed"])
+    n_chunks = -(-n // chunk_size)
+    resumed = len(done)
+    if progress and done:
+        progress(sum(min(chunk_size, n - c * chunk_size) for c in done))
+
+    def decode(i: int) -> tuple[int, np.ndarray | None, str]:
+        try:
+            return i, load_image(root / images[i], size), ""
+        except DECODE_ERRORS as err:
+            return i, None, f"{type(err).__name__}: {err}"
+
+    def read(i: int) -> bytes:
+        try:
+            return (root / images[i]).read_bytes()
+        except OSError:
+            return b""  # not a JPEG to decode_batch: decode() reports the error
+
+    def decode_on_device(
+        pool: ThreadPoolExecutor, lo: int, hi: int
+    ) -> Iterator[tuple[int, np.ndarray | None, str]]:
+        from lib.data.jpeg_batch import decode_batch  # only the pack_images stage needs it
+
+        # Threads read up to two batches ahead while the device decodes (bounded memory).
+        ahead: deque[Future[bytes]] = deque()
+        following = lo
+        for start in range(lo, hi, batch_size):
+            while following < hi and len(ahead) < 2 * batch_size:
+                ahead.append(pool.submit(read, following))
+                following += 1
+            idx = range(start, min(hi, start + batch_size))
+            batch = [ahead.popleft().result() for _ in idx]
+            for i, r in zip(idx, decode_batch(batch, size, device), strict=True):
+                if r is None:  # not a JPEG, or unreadable: Pillow's path decodes or reports it
+                    yield decode(i)
+                elif isinstance(r, str):
+                    yield i, None, r
+                else:
+                    yield i, r, ""
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for c in range(n_chunks):
+            if c in done:
+                continue
+            lo, hi = c * chunk_size, min(n, (c + 1) * chunk_size)
+            chunk = (
+                pool.map(decode, range(lo, hi))
+                if device is None
+                else decode_on_device(pool, lo, hi)
+            )
+            for i, pixels, error in chunk:
+                if pixels is None:
+                    out[i] = 0
+                    ok[i] = False
+                    failed.append({"image": images[i], "error": error})
+                else:
+                    out[i] = pixels
+                    ok[i] = True
+            out.flush()
+            _save_npy(state_dir / OK, ok)  # before the chunk is marked done
+            meta["chunks_done"].append(c)
+            meta["failed"] = failed
+            _write_json(meta_path, meta)
+            if progress:
+                progress(hi - lo)
+    del out
+    _save_npy(state_dir / DICOM, np.asarray(dicom, dtype=np.bytes_))  # ASCII ids, 1 byte/char
+    _write_json(
+        state_dir / INDEX,
+        {
+            "n_images": n,
+            "image_size": size,
+            "decoder": "pillow-draft" if device is None else f"torchvision-{device.type}",
+            "n_failed": len(failed),
+            "failed": failed,
+        },
+    )
+    return PackResult(n, size, failed, resumed)
+
+
+@dataclass
+class Pack:
+    """A finished pack: the memory-mapped images and which rows are usable."""
+
+    images: np.ndarray  # (N, S, S) uint8, read-only memmap
+    ok: np.ndarray  # (N,) bool
+    row_of: dict[str, int]  # dicom_id -> row
+    image_size: int
+    path: Path
+
+    @classmethod
+    def open(cls, path: Path) -> Pack:
+        for name in (IMAGES, OK, DICOM, INDEX):
+            if not (path / name).is_file():
+                raise DataError(f"{path / name}: not found; run `dvc repro pack_images` first")
+        images = np.load(path / IMAGES, mmap_mode="r")
+        dicom = np.load(path / DICOM).astype(str)
+        ok = np.load(path / OK)
+        if not (len(images) == len(dicom) == len(ok)):
+            raise DataError(
+                f"{path}: images, ok and dicom lengths differ; repack with "
+                "`dvc repro -f pack_images`"
+            )
+        return cls(images, ok, {d: i for i, d in enumerate(dicom.tolist())}, images.shape[1], path)
+
+    def rows(self, split: Split) -> np.ndarray:
+        """(N,) pack rows of a split's images, in the split's order."""
+        try:
+            return np.fromiter(
+                (self.row_of[d] for d in split.dicom), dtype=np.int64, count=len(split)
+            )
+        except KeyError as err:
+            raise DataError(
+                f"{self.path}: image {err.args[0]} of the master file is not in the pack; the "
+                "pack is stale, rerun `dvc repro pack_images`"
+            ) from None
+
+    def usable(self, split: Split) -> Split:
+        """The split without the images the pack could not decode (same order)."""
+        keep = self.ok[self.rows(split)]
+        return split if keep.all() else split.subset(np.flatnonzero(keep))
+
+    def pixels(self, split: Split, size: int) -> PackedPixels:
+        """Batch access to a split's images; ``size`` is the model's input size."""
+        if size != self.image_size:
+            raise DataError(
+                f"{self.path}: images are packed at {self.image_size} px but the model takes "
+                f"{size} px; set data.image_size: {size} in params.yaml (the pack is rebuilt)"
+            )
+        rows = self.rows(split)
+        bad = ~self.ok[rows]
+        if bad.any():
+            raise DataError(
+                f"{int(bad.sum())} images of this split could not be decoded; call "
+                "Pack.usable(split) first"
+            )
+        return PackedPixels(self.images, rows)
+
+
+class PackedPixels:
+    """``pixels[idx]`` → (B, S, S) uint8 tensor, gathered from the memmap in one copy.
+
+    Stands in for the in-memory (N, S, S) tensor of ``lib.data.master.load_images``.
+    """
+
+    def __init__(self, images: np.ndarray, rows: np.ndarray) -> None:
+        self.images, self.rows = images, rows
+        self.shape = (len(rows), *images.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, idx: Any) -> torch.Tensor:
+        if isinstance(idx, torch.Tensor):
+            idx = idx.numpy()
+        rows = self.rows[idx]
+        # Gather in ascending row order (sequential reads), then restore the batch order.
+        order = np.argsort(rows, kind="stable")
+        out = np.empty((len(rows), *self.images.shape[1:]), dtype=np.uint8)
+        out[order] = self.images[rows[order]]
+        return torch.from_numpy(out)
+
+
+def default_workers(workers: int) -> int:
+    """pack.workers: 0 means every core."""
+    return workers if workers > 0 else (os.cpu_count() or 1)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    """np.save through a temporary file: a kill mid-write leaves the previous file whole."""
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as fh:
+        np.save(fh, array)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)

@@ -1,0 +1,1 @@
+"""The synthetic demo corpus (MIMIC-CXR-JPG layout): image renderer, report writer, corpus."""

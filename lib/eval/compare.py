@@ -1,0 +1,387 @@
+"""The comparison of models A–E (stage compare): one results table with intervals, paired
+bootstrap tests of every variant against A, and the published MIMIC-CXR figures beside it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lib.config.variants import DESCRIPTIONS
+from lib.errors import DataError
+from lib.eval.evaluate import QueryRows, row_metrics
+from lib.eval.stats import holm, paired_bootstrap_table
+
+BASELINE = "A"
+# Metrics tested against the baseline (paired bootstrap), with their table names.
+TESTED: tuple[tuple[str, str], ...] = (
+    ("i2t_R@1", "I2T R@1"),
+    ("i2t_R@10", "I2T R@10"),
+    ("t2i_R@1", "T2I R@1"),
+    ("t2i_R@10", "T2I R@10"),
+    ("zero_shot_mean_auc", "zero-shot mean AUC"),
+)
+
+
+@dataclass(frozen=True)
+class Published:
+    model: str
+    year: int
+    t2i_r1: float  # percent
+    t2i_r10: float
+    mean_auc: float
+    reference: str
+
+
+# The seed's "Benchmarking & SOTA Comparison" table: MIMIC-CXR official test split, as
+# published by each paper (not recomputed by this pipeline).
+LITERATURE: tuple[Published, ...] = (
+    Published("ConVIRT", 2020, 23.3, 61.2, 0.770, "Zhang et al. (2020), arXiv:2010.00747"),
+    Published("GLoRIA", 2021, 24.9, 63.8, 0.815, "Huang et al. (2021), arXiv:2104.04687"),
+    Published("BioViL", 2022, 26.1, 66.4, 0.826, "Boecking et al. (2022), arXiv:2204.09817"),
+    Published("MGCA", 2023, 28.9, 70.1, 0.835, "Wang et al. (2023), arXiv:2211.12737"),
+    Published("BioViL-L", 2023, 27.4, 68.2, 0.821, "Boecking et al. (2023), arXiv:2304.05341"),
+    Published("MAIRA-2", 2024, 31.2, 74.5, 0.868, "Hyland et al. (2024), arXiv:2406.04447"),
+)
+
+
+def check_same_rows(rows: Mapping[str, QueryRows]) -> None:
+    """Paired tests need every model evaluated on the same test rows."""
+    names = list(rows)
+    ref = rows[names[0]]
+    for name in names[1:]:
+        r = rows[name]
+        same = (
+            r.n_images == ref.n_images
+            and np.array_equal(r.patient, ref.patient)
+            and np.array_equal(r.labels, ref.labels)
+        )
+        if not same:
+            raise DataError(
+                f"eval@{name} and eval@{names[0]} were computed on different test rows; "
+                "rerun `dvc repro` so every model is evaluated on the current master file"
+            )
+
+
+def paired_tests(
+    rows: Mapping[str, QueryRows],
+    ks: tuple[int, ...],
+    n_rounds: int,
+    seed: int,
+    level: float,
+    baseline: str = BASELINE,
+) -> dict[str, dict[str, dict[str, float | None]]]:
+    """{variant: {metric: {diff, ci_low, ci_high, p_value, p_holm, rounds}}} against baseline.
+
+    Every variant is compared with the baseline on the same patient resamples (same seed);
+    p_holm adjusts the p-values of all variant × metric tests together (Holm–Bonferroni).
+    """
+    if baseline not in rows:
+        raise DataError(f"no evaluation of the baseline model {baseline}; evaluate it first")
+    check_same_rows(rows)
+    table_a = row_metrics(rows[baseline], ks, probes=False)
+    keys = [k for k, _ in TESTED]
+
+    def only(table):
+        return lambda idx: {k: v for k, v in table(idx).items() if k in keys}
+
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    for name, r in rows.items():
+        if name == baseline:
+            continue
+        tests = paired_bootstrap_table(
+            only(table_a),
+            only(row_metrics(r, ks, probes=False)),
+            rows[baseline].patient,
+            n_rounds,
+            seed,
+            level,
+        )
+        out[name] = {
+            k: {
+                "diff": t.diff,
+                "ci_low": t.low,
+                "ci_high": t.high,
+                "p_value": t.p_value,
+                "rounds": t.n_rounds_used,
+            }
+            for k, t in tests.items()
+        }
+    adjusted = holm({f"{v}|{k}": t["p_value"] for v, ts in out.items() for k, t in ts.items()})
+    for v, ts in out.items():
+        for k, t in ts.items():
+            t["p_holm"] = adjusted[f"{v}|{k}"]
+    return out
+
+
+# ------------------------------------------------------------------ Markdown report
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}"
+
+
+def _num(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def _with_ci(m: Mapping[str, Any], key: str, fmt) -> str:
+    v, lo, hi = m.get(key), m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high")
+    if v is None:
+        return "n/a"
+    if lo is None or hi is None:
+        return fmt(v)
+    return f"{fmt(v)} [{fmt(lo)}, {fmt(hi)}]"
+
+
+def results_markdown(
+    metrics: Mapping[str, Mapping[str, Any]],
+    efficiency: Mapping[str, Mapping[str, Any]],
+    tests: Mapping[str, Mapping[str, Mapping[str, float | None]]],
+    data: Mapping[str, Any],
+    fractions: Sequence[str],
+    ks: Sequence[int],
+    level: float,
+) -> str:
+    """The results report: our table (seed format, with intervals), the probe, the tests
+    against A, efficiency, and the published figures, each labelled with its data."""
+    names = list(metrics)
+    first = metrics[names[0]]
+    ci = f"{100 * level:g} %"
+    lines = [
+        "# Patch-IB-CXR: test-split results",
+        "",
+        "Written by the `compare` stage (`dvc repro`); do not edit by hand.",
+        "",
+        f"- **Data**: {data['description']}",
+        f"- **Test split**: {first['n_test_images']} images, {first['n_test_report_texts']} "
+        f"distinct report texts, {first['n_test_patients']} patients.",
+        f"- **Intervals**: {ci} percentile intervals from {first['bootstrap_rounds']} "
+        "patient-level bootstrap resamples (a patient's images and reports are drawn together).",
+        f"- **Zero-shot**: {data['zero_shot_mode']}.",
+        "- **Retrieval**: positives by study; identical report texts are one candidate.",
+        "",
+        "## Retrieval and classification (percent for recall)",
+        "",
+    ]
+    head = ["Model"]
+    head += [f"I2T R@{k}" for k in ks] + [f"T2I R@{k}" for k in ks]
+    head += ["Zero-shot mean AUC", "Zero-shot mean AP"]
+    full = fractions[-1]
+    head += [f"Probe {full} mean AUC", f"Probe {full} mean AP"]
+    lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for name in names:
+        m = metrics[name]
+        cells = [f"**{name}** {DESCRIPTIONS.get(name, '')}".strip()]
+        cells += [_with_ci(m, f"i2t_R@{k}", _pct) for k in ks]
+        cells += [_with_ci(m, f"t2i_R@{k}", _pct) for k in ks]
+        cells += [_with_ci(m, "zero_shot_mean_auc", _num), _with_ci(m, "zero_shot_mean_ap", _num)]
+        cells += [
+            _with_ci(m, f"probe_{full}_mean_auc", _num),
+            _with_ci(m, f"probe_{full}_mean_ap", _num),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    chance = ["chance (random ranking)"]
+    chance += [_pct(first[f"chance_i2t_R@{k}"]) for k in ks]
+    chance += [_pct(first[f"chance_t2i_R@{k}"]) for k in ks]
+    chance += ["0.500", "prevalence", "0.500", "prevalence"]
+    lines.append("| " + " | ".join(chance) + " |")
+
+    lines += [
+        "",
+        "## Linear probe by fraction of labelled train images (ConVIRT protocol), mean AUC",
+        "",
+        "| Model | " + " | ".join(fractions) + " |",
+        "|" + " --- |" * (len(fractions) + 1),
+    ]
+    for name in names:
+        m = metrics[name]
+        cells = [_with_ci(m, f"probe_{f}_mean_auc", _num) for f in fractions]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+
+    lines += [
+        "",
+        f"## Paired bootstrap tests against Model {BASELINE}",
+        "",
+        f"Difference (variant − {BASELINE}) with its {ci} interval; two-sided bootstrap "
+        "p-value and the Holm-adjusted p-value over all tests in this table.",
+        "",
+        "| Variant | Metric | Difference | p | p (Holm) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    label = dict(TESTED)
+    for variant, ts in tests.items():
+        for key, t in ts.items():
+            scale = _pct if "R@" in key else _num
+            diff = (
+                "n/a"
+                if t["diff"] is None
+                else (
+                    f"{'+' if t['diff'] >= 0 else ''}{scale(t['diff'])} "
+                    f"[{scale(t['ci_low'])}, {scale(t['ci_high'])}]"
+                )
+            )
+            lines.append(
+                f"| {variant} | {label.get(key, key)} | {diff} | {_num(t['p_value'])} | "
+                f"{_num(t['p_holm'])} |"
+            )
+
+    lines += [
+        "",
+        "## Efficiency (measured by embed@X on this run's machine)",
+        "",
+        "| Model | Inference img/s | Peak memory (MB) | Patch tokens kept (of total) | Device |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name in names:
+        e, m = efficiency[name], metrics[name]
+        peak = e.get("cuda_max_allocated_mb", e.get("process_peak_rss_mb"))
+        kind = "GPU allocated" if "cuda_max_allocated_mb" in e else "process RSS"
+        lines.append(
+            f"| {name} | {e['inference_images_per_second']} | {peak} ({kind}) | "
+            f"{m['mean_patch_tokens_kept']:.1f} of {data['patch_tokens_total']} | {e['device']} |"
+        )
+
+    lines += [
+        "",
+        "## Published results (not computed by this pipeline)",
+        "",
+        "As reported by each paper on the **MIMIC-CXR official test split** (the seed's "
+        "comparison table). They are comparable with ours only when this pipeline runs on "
+        "MIMIC-CXR-JPG with the official split"
+        + (
+            "; the numbers above come from the synthetic demo corpus and are not."
+            if data["is_demo"]
+            else "."
+        ),
+        "",
+        "| Model | Year | T2I R@1 (%) | T2I R@10 (%) | Avg AUC | Reference |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for p in LITERATURE:
+        lines.append(
+            f"| {p.model} | {p.year} | {p.t2i_r1:.1f} | {p.t2i_r10:.1f} | {p.mean_auc:.3f} | "
+            f"{p.reference} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ summary and tables
+
+
+def data_description(
+    root: str, is_demo: bool, details: Mapping[str, Any], grid: Sequence[int]
+) -> dict[str, Any]:
+    """What the numbers were computed on, for the report's header."""
+    if details["zero_shot_mode"] == "prompt pair":
+        mode = (
+            f'P(positive) of the prompt pair "{details["prompt_template"]}" / '
+            f'"{details["negative_prompt_template"]}"'
+        )
+    else:
+        mode = f'cosine similarity to the prompt "{details["prompt_template"]}"'
+    no_finding = details.get("no_finding_prompts") or []
+    if no_finding:
+        mode += f'; No Finding: "{no_finding[0]}"'
+        if details["zero_shot_mode"] == "prompt pair":
+            mode += f' / "{no_finding[1]}"'
+    return {
+        "description": (
+            f"the synthetic demo corpus ({root}), NOT MIMIC-CXR: a pipeline check, not a result"
+            if is_demo
+            else f"MIMIC-CXR-JPG at {root}, official test split"
+        ),
+        "is_demo": is_demo,
+        "zero_shot_mode": mode,
+        "patch_tokens_total": int(np.prod(grid)),
+    }
+
+
+def summary_json(
+    metrics: Mapping[str, Mapping[str, Any]],
+    tests: Mapping[str, Any],
+    fractions: Sequence[str],
+    ks: Sequence[int],
+    is_demo: bool,
+) -> dict[str, Any]:
+    """metrics/summary.json: each model's headline numbers with intervals, and the tests
+    against the baseline (deterministic: timings live in metrics/efficiency)."""
+    names = list(metrics)
+    headline = [f"{d}_R@{k}" for d in ("i2t", "t2i") for k in ks] + [
+        "mean_recall",
+        "zero_shot_mean_auc",
+        "zero_shot_mean_ap",
+        *[f"probe_{f}_mean_auc" for f in fractions],
+        *[f"probe_{f}_mean_ap" for f in fractions],
+    ]
+    models = {
+        n: {
+            k: metrics[n].get(k)
+            for key in headline
+            for k in (key, f"{key}_ci_low", f"{key}_ci_high")
+        }
+        | {"mean_patch_tokens_kept": metrics[n]["mean_patch_tokens_kept"]}
+        for n in names
+    }
+    return {
+        "models": models,
+        f"tests_vs_{names[0]}": dict(tests),
+        "test_images": metrics[names[0]]["n_test_images"],
+        "demo_data": is_demo,
+    }
+
+
+def summary_table(
+    metrics: Mapping[str, Mapping[str, Any]], efficiency: Mapping[str, Mapping[str, Any]]
+) -> pd.DataFrame:
+    """One row per model: every numeric metric and the inference throughput."""
+    return pd.DataFrame(
+        [
+            {
+                "model": n,
+                **{k: v for k, v in m.items() if not isinstance(v, str)},
+                "inference_images_per_second": efficiency[n]["inference_images_per_second"],
+            }
+            for n, m in metrics.items()
+        ]
+    )
+
+
+def tests_table(tests: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> pd.DataFrame:
+    label = dict(TESTED)
+    return pd.DataFrame(
+        [{"variant": v, "metric": label[k], **t} for v, ts in tests.items() for k, t in ts.items()]
+    )
+
+
+def explain_columns(
+    explain: Mapping[str, Mapping[str, np.ndarray]],
+) -> list[tuple[str, list[np.ndarray]]]:
+    """The heatmap columns of the explainability figure, one per model that has a map:
+    its mask z where it masks (E: only the kept tokens), else its finding-word attention."""
+    names = list(explain)
+    ref = explain[names[0]]
+    grid = tuple(int(g) for g in ref["grid"])
+    for n in names[1:]:
+        if not np.array_equal(explain[n]["dicom"], ref["dicom"]):
+            raise DataError(
+                f"explain.npz of {n} and {names[0]} show different test images; rerun "
+                "`dvc repro` so every embed@ stage uses the current master file"
+            )
+    columns = []
+    for n, e in explain.items():
+        if not np.isnan(e["mask"]).all():
+            masks = [
+                np.where(kept, m, np.nan).reshape(grid)
+                for m, kept in zip(e["mask"], e["kept"], strict=True)
+            ]
+            title = f"{n}: mask z" + (" (kept tokens)" if not e["kept"].all() else "")
+            # ("mask" in the title: drawn on the fixed 0–1 scale by explain_figure)
+            columns.append((title, masks))
+        elif not np.isnan(e["attention"]).all():
+            maps = [a.reshape(grid) for a in e["attention"]]
+            columns.append((f"{n}: finding word → patch attention", maps))
+    return columns

@@ -1,0 +1,175 @@
+"""Embeddings of a trained model (stage embed@X): every image of every split, the test
+reports, the Patch-IB token statistics, and the inference efficiency.
+
+Evaluation (lib/eval/evaluate.py) works on these arrays alone, so changing a bootstrap or probe
+setting re-runs seconds of NumPy, not a pass of the model over the data.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_model
+
+from lib.config.variants import Variant
+from lib.data.master import Split, to_model_input
+from lib.device import autocast_and_scaler, resolve_device
+from lib.errors import DataError
+from lib.model.backbone import Backbone, load_backbone
+from lib.model.patch_ib import PatchIBModel, trim_padding
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Trained:
+    """A trained variant, ready for inference (eval mode, on its device)."""
+
+    model: PatchIBModel
+    backbone: Backbone
+    variant: Variant
+    device: torch.device
+
+
+def load_trained(model_dir: Path, device_name: str = "auto") -> Trained:
+    """The best checkpoint written by train@X (model.safetensors + config.json)."""
+    config, weights = model_dir / "config.json", model_dir / "model.safetensors"
+    for path in (config, weights):
+        if not path.is_file():
+            raise DataError(f"{path}: not found; run `dvc repro train@{model_dir.name}` first")
+    variant = Variant.from_dict(json.loads(config.read_text(encoding="utf-8")), str(config))
+    device = resolve_device(device_name, "eval.device")
+    backbone = load_backbone(variant.model.backbone, device=device)
+    model = PatchIBModel(backbone, variant.model)
+    missing, unexpected = load_model(model, str(weights), strict=False)
+    if missing or unexpected:
+        raise DataError(
+            f"{weights}: does not fit model {variant.name} built from {config} (missing "
+            f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}); retrain with "
+            f"`dvc repro -f train@{variant.name}`"
+        )
+    return Trained(model.to(device).eval(), backbone, variant, device)
+
+
+@dataclass
+class ImageEmbeddings:
+    emb: np.ndarray  # (N, d) float32, L2-normalised global embeddings
+    tokens_kept: np.ndarray  # (N,) patch tokens the image path kept (all N without masking)
+    mask_mass: np.ndarray  # (N,) sum of the mask z over the patches (NaN without masking)
+    seconds: float  # model time after the first (warm-up) batch
+    images_timed: int
+
+
+@torch.no_grad()
+def embed_images(trained: Trained, pixels: torch.Tensor, batch_size: int) -> ImageEmbeddings:
+    """Global embeddings of uint8 (N, S, S) images, batch by batch.
+
+    Tokens kept per image: E (drop) keeps exactly K tokens past its drop layer; C and D
+    weight patches by a soft mask z, and count as kept the patches with z >= 0.5; A and B
+    use every patch.
+    """
+    model, bb, device = trained.model, trained.backbone, trained.device
+    autocast, _ = autocast_and_scaler(device, trained.variant.train.use_amp)
+    n = len(pixels)
+    embs, kept, mass = [], [], []
+    seconds, timed = 0.0, 0
+    for b, start in enumerate(range(0, n, batch_size)):
+        batch = pixels[start : start + batch_size]
+        _sync(device)
+        t0 = time.perf_counter()
+        x = to_model_input(batch.to(device, non_blocking=True), bb.mean, bb.std)
+        with autocast():
+            out = model.encode_image(x)
+        emb = out.global_emb.float()
+        _sync(device)
+        if b > 0:  # the first batch pays for allocation and kernel selection
+            seconds += time.perf_counter() - t0
+            timed += len(batch)
+        embs.append(emb.cpu())
+        if out.kept_index is not None:
+            kept.append(torch.full((len(batch),), out.kept_index.shape[1], dtype=torch.float32))
+        elif out.mask is not None:
+            kept.append((out.mask >= 0.5).sum(dim=1).float().cpu())
+        else:
+            kept.append(torch.full((len(batch),), float(_n_patches(model)), dtype=torch.float32))
+        if out.mask is not None:
+            mass.append(out.mask.float().sum(dim=1).cpu())
+        else:
+            mass.append(torch.full((len(batch),), float("nan")))
+    if not embs:
+        raise DataError("no images to embed: the split is empty")
+    return ImageEmbeddings(
+        emb=torch.cat(embs).numpy(),
+        tokens_kept=torch.cat(kept).numpy(),
+        mask_mass=torch.cat(mass).numpy(),
+        seconds=seconds,
+        images_timed=timed,
+    )
+
+
+@torch.no_grad()
+def embed_texts(trained: Trained, texts: list[str], batch_size: int) -> np.ndarray:
+    """(T, d) float32 L2-normalised text embeddings, in the order of ``texts``."""
+    model, bb, device = trained.model, trained.backbone, trained.device
+    autocast, _ = autocast_and_scaler(device, trained.variant.train.use_amp)
+    out = []
+    for start in range(0, len(texts), batch_size):
+        tok = trim_padding(bb.tokenizer(texts[start : start + batch_size]), bb.pad_id)
+        with autocast():
+            out.append(model.encode_text(tok.to(device)).global_emb.float().cpu())
+    if not out:
+        raise DataError("no texts to embed")
+    return torch.cat(out).numpy()
+
+
+def study_reports(split: Split) -> tuple[np.ndarray, list[str]]:
+    """One report per study, in order of first appearance: (study ids, texts)."""
+    first: dict[int, int] = {}
+    for i, s in enumerate(split.study.tolist()):
+        first.setdefault(s, i)
+    rows = list(first.values())
+    return split.study[rows], [split.texts[i] for i in rows]
+
+
+def efficiency(trained: Trained, images: int, seconds: float) -> dict[str, float | str]:
+    """Inference throughput (model only, decoded images in memory) and peak memory."""
+    device = trained.device
+    if device.type == "cuda":
+        peak, kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated_mb"
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        kind = "process_peak_rss_mb"
+    return {
+        "inference_images_per_second": round(images / max(seconds, 1e-9), 1),
+        "inference_images_timed": images,
+        kind: round(peak, 1),
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def check_aligned(dicom: Iterable[str], expected: list[str], what: str) -> None:
+    """Embeddings must be row-aligned with the master file they were computed from."""
+    got = list(dicom)
+    if got != expected:
+        raise DataError(
+            f"{what}: its rows ({len(got)} images) do not match the master file's "
+            f"({len(expected)}); the embeddings are stale, rerun `dvc repro` (embed stage)"
+        )
+
+
+def _n_patches(model: PatchIBModel) -> int:
+    trunk = model.clip.visual.trunk
+    return int(np.prod(trunk.patch_embed.grid_size))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,1 @@
+"""Backbone loading, the Patch-IB model and its losses."""

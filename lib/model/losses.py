@@ -1,0 +1,338 @@
+"""Training losses of the Patch-IB-CXR variants, as pure functions of tensors.
+
+- ``clip_loss``: the global image–report InfoNCE every variant trains with (Model A and up).
+- ``local_alignment_loss``: GLoRIA-style word→patch attention, contrastive over the batch.
+- ``sparsity_loss`` / ``consistency_loss``: the information-bottleneck terms of the masked
+  variants — keep about ``keep_ratio`` of the patches, and keep what they say about the report.
+- ``compute_losses``: the terms a variant's ``ModelParams`` switch on, unweighted, plus the
+  weighted ``total`` that is back-propagated.
+
+Shapes: B images / reports per batch, d the joint embedding size, N patches, L word slots,
+Dl the local (word/patch) feature size. Batches never hold two images of one study (the
+sampler guarantees it), so image i's only positive is report i: plain diagonal targets.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from lib.config.params import ModelParams
+
+# CLIP clamps the inverse temperature at 100: beyond it the logits saturate and training
+# becomes unstable.
+MAX_LOGIT_SCALE = 100.0
+# Elements of one (images-chunk × B × L × N) attention tensor in local_alignment_loss: 2**24
+# float32 values = 64 MiB each, a few of which are alive at once (see there).
+LOCAL_CHUNK_ELEMENTS = 2**24
+
+Aggregate = Literal["lse", "mean"]
+
+
+def inverse_temperature(logit_scale: Tensor) -> Tensor:
+    """exp(logit_scale) clamped at 100, as CLIP does (scalar tensor; no gradient above 100)."""
+    return logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+
+
+def clip_loss(
+    image_emb: Tensor,
+    text_emb: Tensor,
+    logit_scale: Tensor,
+    w_i2t: float = 0.5,
+    w_t2i: float = 0.5,
+) -> Tensor:
+    """InfoNCE between L2-normalised image and text embeddings, both directions.
+
+    image_emb, text_emb: (B, d), row i of each is a positive pair. logit_scale: scalar, the
+    log of the inverse temperature. Returns w_i2t·CE(image→text) + w_t2i·CE(text→image); at
+    0.5/0.5 this is exactly ``open_clip.loss.ClipLoss()(image_emb, text_emb, scale)`` with
+    scale = exp(logit_scale) as long as that stays below the clamp at 100.
+    """
+    _check_pair(image_emb, text_emb, "image_emb", "text_emb")
+    _check_weights(w_i2t, w_t2i)
+    logits = inverse_temperature(logit_scale) * image_emb @ text_emb.T  # (B_img, B_txt)
+    return _infonce(logits, w_i2t, w_t2i)
+
+
+def local_alignment_loss(
+    word_emb: Tensor,
+    word_mask: Tensor | None,
+    patch_emb: Tensor,
+    patch_weight: Tensor | None,
+    temperature: float | Tensor,
+    *,
+    aggregate: Aggregate = "lse",
+    gamma: float = 5.0,
+    pair_scale: float = 10.0,
+    w_i2t: float = 0.5,
+    w_t2i: float = 0.5,
+    max_chunk_elements: int = LOCAL_CHUNK_ELEMENTS,
+) -> Tensor:
+    """GLoRIA-style local alignment, contrastive over every (image i, report j) pair.
+
+    word_emb (B, L, Dl), word_mask (B, L) bool (True = real word; None = all real),
+    patch_emb (B, N, Dl), patch_weight (B, N) in [0, 1] (None = all ones).
+
+    For each pair (i, j) the words of report j attend over the patches of image i:
+    attention softmax(cos(word, patch) / temperature) over patches, multiplied by
+    patch_weight and renormalised, so a patch of weight 0 contributes nothing (an image whose
+    weights are all 0 gives zero context vectors, cosine 0). Word and patch features are
+    L2-normalised first, so ``temperature`` means the same whatever the feature scale. Each
+    word gets a context vector; cos(word, context) per word is pooled over the real words of j:
+
+    - "lse": (1/γ)·log mean_l exp(γ·cos) — GLoRIA's γ2 = 5 soft maximum, minus log(#words)
+      and divided by γ so that it stays in [-1, 1] and long reports get no bonus of
+      log(#words) over short ones in the image→text direction (GLoRIA omits both);
+    - "mean": the plain mean.
+
+    This gives a (B, B) similarity matrix; InfoNCE over the batch in both directions at
+    ``pair_scale`` (GLoRIA's γ3 = 10) makes it contrastive: a collapsed model, where every
+    word and patch is the same vector, scores every pair alike and pays log(B), the loss of
+    guessing.
+
+    Memory: the attention has B·B·L·N entries (64·64·256·196 floats = 822 MB at the largest
+    batch), so it is built for a chunk of images at a time, chunk·B·L·N ≤ max_chunk_elements
+    (default 2**24, 64 MiB in float32); about four such tensors are alive per chunk (scores,
+    exponentials, attention, and their gradient in backward) plus a chunk·B·L·Dl context.
+    When more than one chunk is needed and gradients are on, each chunk is checkpointed
+    (recomputed in backward) so autograd keeps only its (chunk, B) output, not its
+    attention: peak memory stays at one chunk's, for about one extra forward of this loss.
+    Measured on CPU at B=64, L=256, N=196, Dl=128: forward + backward add ~0.65 GB to the
+    process's peak (without chunking the saved attention alone would be several GB).
+    """
+    _check_weights(w_i2t, w_t2i)
+    if word_emb.ndim != 3 or patch_emb.ndim != 3:
+        raise ValueError(
+            f"word_emb {tuple(word_emb.shape)} and patch_emb {tuple(patch_emb.shape)} must be "
+            "(B, L, Dl) and (B, N, Dl)"
+        )
+    b, n_words, dim = word_emb.shape
+    if patch_emb.shape[0] != b or patch_emb.shape[2] != dim:
+        raise ValueError(
+            f"patch_emb {tuple(patch_emb.shape)} does not match word_emb "
+            f"{tuple(word_emb.shape)}: need the same batch size B and feature size Dl"
+        )
+    n_patches = patch_emb.shape[1]
+    if word_mask is None:
+        word_mask = torch.ones(b, n_words, dtype=torch.bool, device=word_emb.device)
+    if word_mask.shape != (b, n_words):
+        raise ValueError(
+            f"word_mask {tuple(word_mask.shape)} must be (B, L) = {(b, n_words)}, like word_emb"
+        )
+    word_mask = word_mask.bool()
+    empty = (~word_mask.any(dim=1)).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(
+            f"reports {empty[:10]} of the batch have no real word in word_mask; every report "
+            "needs at least one token (check the tokenizer's mask and the empty-text QC)"
+        )
+    if patch_weight is not None and patch_weight.shape != (b, n_patches):
+        raise ValueError(
+            f"patch_weight {tuple(patch_weight.shape)} must be (B, N) = {(b, n_patches)}, "
+            "like patch_emb, or None for all ones"
+        )
+    if aggregate not in ("lse", "mean"):
+        raise ValueError(f"aggregate = {aggregate!r}: use 'lse' or 'mean'")
+    if gamma <= 0 or pair_scale <= 0:
+        raise ValueError(f"gamma = {gamma} and pair_scale = {pair_scale} must both be > 0")
+    if isinstance(temperature, int | float) and temperature <= 0:
+        raise ValueError(f"temperature = {temperature} must be > 0 (e.g. 0.1)")
+
+    words = F.normalize(word_emb, dim=-1).reshape(b * n_words, dim)  # (B·L, Dl)
+    patches = F.normalize(patch_emb, dim=-1)  # (B, N, Dl)
+    if patch_weight is None:
+        log_w = torch.zeros(b, n_patches, dtype=patches.dtype, device=patches.device)
+    else:
+        # log of the weights, with weight 0 as exactly -inf; the clamp keeps log()'s
+        # gradient finite in the branch torch.where does not take.
+        tiny = torch.finfo(patch_weight.dtype).tiny
+        log_w = torch.where(
+            patch_weight > 0,
+            patch_weight.clamp_min(tiny).log(),
+            torch.full_like(patch_weight, -math.inf),
+        )
+
+    pair_sim = functools.partial(
+        _local_pair_similarity,
+        word_mask=word_mask,
+        temperature=temperature,
+        aggregate=aggregate,
+        gamma=gamma,
+    )
+    chunk = max(1, max_chunk_elements // max(1, b * n_words * n_patches))
+    if chunk >= b:
+        sim = pair_sim(words, patches, log_w)
+    else:
+        recompute = torch.is_grad_enabled()
+        parts = []
+        for start in range(0, b, chunk):
+            args = (words, patches[start : start + chunk], log_w[start : start + chunk])
+            if recompute:
+                parts.append(checkpoint(pair_sim, *args, use_reentrant=False))
+            else:
+                parts.append(pair_sim(*args))
+        sim = torch.cat(parts)  # (B_img, B_txt)
+    return _infonce(pair_scale * sim, w_i2t, w_t2i)
+
+
+def _local_pair_similarity(
+    words: Tensor,
+    patches: Tensor,
+    log_w: Tensor,
+    *,
+    word_mask: Tensor,
+    temperature: float | Tensor,
+    aggregate: Aggregate,
+    gamma: float,
+) -> Tensor:
+    """Similarity of a chunk of c images to all B reports: (c, B).
+
+    words (B·L, Dl) unit rows; patches (c, N, Dl) unit rows; log_w (c, N) log patch weights.
+    """
+    c = patches.shape[0]
+    b, n_words = word_mask.shape
+    cos_wp = words @ patches.transpose(1, 2)  # (c, B·L, N): cos(word of j, patch of i)
+    logits = cos_wp / temperature + log_w[:, None, :]
+    # Shift by the row maximum (a constant per row, so no gradient needed); rows whose
+    # weights are all 0 have maximum -inf, shifted by 0 instead so exp() gives zeros.
+    shift = logits.detach().amax(dim=-1, keepdim=True)
+    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    expd = (logits - shift).exp()
+    # softmax(cos/τ)·w / Σ(softmax(cos/τ)·w) == exp(cos/τ + log w) / Σ exp(cos/τ + log w).
+    # After the shift a row sums to >= 1, or to 0 when all its weights are 0: dividing
+    # those by 1 keeps them 0 with finite gradients (a tiny clamp would overflow in backward).
+    denom = expd.sum(dim=-1, keepdim=True)
+    denom = torch.where(denom > 0, denom, torch.ones_like(denom))
+    attn = expd / denom  # (c, B·L, N)
+    context = attn @ patches  # (c, B·L, Dl)
+    # cos(word, context); words are unit vectors. A zero context (all weights 0) gives 0;
+    # clamping the squared norm, not the norm, keeps its gradient at 0 finite.
+    norm = context.square().sum(-1).clamp_min(1e-16).sqrt()  # (c, B·L)
+    cos = (context * words).sum(-1) / norm
+    cos = cos.reshape(c, b, n_words)
+    real = word_mask[None]  # (1, B, L)
+    n_real = real.sum(-1).to(cos.dtype)  # (1, B)
+    if aggregate == "mean":
+        return (cos * real).sum(-1) / n_real
+    pooled = torch.logsumexp((gamma * cos).masked_fill(~real, -math.inf), dim=-1)
+    return (pooled - n_real.log()) / gamma
+
+
+def sparsity_loss(mask: Tensor, keep_ratio: float) -> Tensor:
+    """(mean_j z_ij − keep_ratio)² averaged over images; mask (B, N) of z in [0, 1].
+
+    Penalises the fraction of patches kept per image, not each z, so the model is free to
+    choose which patches to keep.
+    """
+    if mask.ndim != 2:
+        raise ValueError(f"mask {tuple(mask.shape)} must be (B, N): one weight per patch")
+    if not 0 < keep_ratio <= 1:
+        raise ValueError(f"keep_ratio = {keep_ratio} must be in (0, 1] (model.keep_ratio)")
+    return ((mask.mean(dim=1) - keep_ratio) ** 2).mean()
+
+
+def consistency_loss(
+    masked_emb: Tensor,
+    full_emb: Tensor,
+    text_emb: Tensor,
+    logit_scale: Tensor,
+) -> Tensor:
+    """Keep the masked image embedding's behaviour close to the full image's.
+
+    masked_emb, full_emb, text_emb: (B, d) L2-normalised; logit_scale: scalar (log).
+
+    KL(p_full ‖ p_masked) over the image→text rows, with p = softmax(image·textᵀ·s) and
+    p_full detached (the full image is the teacher: the mask should learn to preserve what
+    the full embedding says, not drag it towards the masked one), averaged over images;
+
+    plus the symmetric InfoNCE of the masked embedding against the texts (0.5/0.5). Why both:
+    the KL alone only copies the teacher, which early in training is near uniform and
+    rewards any mask; the InfoNCE term asks the kept patches to identify their own report,
+    which is the bottleneck's aim (keep what predicts the text). The two are summed with
+    equal weight; ``cons_weight`` scales the sum.
+    """
+    _check_pair(masked_emb, text_emb, "masked_emb", "text_emb")
+    _check_pair(full_emb, text_emb, "full_emb", "text_emb")
+    scale = inverse_temperature(logit_scale)
+    teacher = F.log_softmax(scale * full_emb @ text_emb.T, dim=1).detach()  # (B, B)
+    student = F.log_softmax(scale * masked_emb @ text_emb.T, dim=1)
+    kl = F.kl_div(student, teacher, reduction="batchmean", log_target=True)
+    nce = _infonce(scale * masked_emb @ text_emb.T, 0.5, 0.5)
+    return kl + nce
+
+
+def compute_losses(
+    img: Any, txt: Any, logit_scale: Tensor, params: ModelParams
+) -> dict[str, Tensor]:
+    """The loss terms a variant uses, unweighted, plus their weighted sum "total".
+
+    img: has global_emb, and (as the variant needs) patch_emb, patch_weight, mask,
+    masked_emb (the model's ImageOutput); txt: global_emb, word_emb, word_mask (TextOutput).
+    Keys: "clip" always; "local" with params.use_local_alignment; "sparse" and "cons" with
+    params.use_masking; "total" = clip + local_weight·local + sparse_weight·sparse +
+    cons_weight·cons. The local InfoNCE uses the same direction weights as the global one.
+    """
+    w_i2t, w_t2i = params.contrastive_weight_i2t, params.contrastive_weight_t2i
+    out = {"clip": clip_loss(img.global_emb, txt.global_emb, logit_scale, w_i2t, w_t2i)}
+    total = out["clip"]
+    if params.use_local_alignment:
+        word_emb = _need(txt, "word_emb", "use_local_alignment")
+        patch_emb = _need(img, "patch_emb", "use_local_alignment")
+        out["local"] = local_alignment_loss(
+            word_emb,
+            getattr(txt, "word_mask", None),
+            patch_emb,
+            getattr(img, "patch_weight", None),
+            params.local_temperature,
+            w_i2t=w_i2t,
+            w_t2i=w_t2i,
+        )
+        total = total + params.local_weight * out["local"]
+    if params.use_masking:
+        mask = _need(img, "mask", "use_masking")
+        masked_emb = _need(img, "masked_emb", "use_masking")
+        out["sparse"] = sparsity_loss(mask, params.keep_ratio)
+        out["cons"] = consistency_loss(masked_emb, img.global_emb, txt.global_emb, logit_scale)
+        total = total + params.sparse_weight * out["sparse"] + params.cons_weight * out["cons"]
+    out["total"] = total
+    return out
+
+
+def _infonce(logits: Tensor, w_i2t: float, w_t2i: float) -> Tensor:
+    """Weighted two-way cross-entropy of a (B, B) logit matrix with positives on the diagonal."""
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return w_i2t * F.cross_entropy(logits, target) + w_t2i * F.cross_entropy(logits.T, target)
+
+
+def _check_pair(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
+    if a.ndim != 2 or a.shape != b.shape:
+        raise ValueError(
+            f"{name_a} {tuple(a.shape)} and {name_b} {tuple(b.shape)} must both be (B, d) "
+            "with row i of each a positive pair"
+        )
+    if a.shape[0] == 0:
+        raise ValueError(f"{name_a} and {name_b} are empty (batch size 0); skip empty batches")
+
+
+def _check_weights(w_i2t: float, w_t2i: float) -> None:
+    if w_i2t < 0 or w_t2i < 0 or w_i2t + w_t2i == 0:
+        raise ValueError(
+            f"direction weights w_i2t = {w_i2t}, w_t2i = {w_t2i} must be >= 0 and not both 0 "
+            "(model.contrastive_weight_i2t / _t2i; CLIP uses 0.5 / 0.5)"
+        )
+
+
+def _need(out: Any, attr: str, flag: str) -> Tensor:
+    value = getattr(out, attr, None)
+    if value is None:
+        raise ValueError(
+            f"model.{flag} is on but the model output {type(out).__name__} has {attr} = None; "
+            f"build the model with the same ModelParams (or set {flag}: false)"
+        )
+    return value

@@ -1,0 +1,270 @@
+"""Patch-IB-CXR: the open_clip backbone plus a patch saliency mask and local-alignment heads.
+
+One class covers the five variants through ``ModelParams``:
+- A: global contrastive only (open_clip's own image and text embeddings);
+- B: + local alignment (patch and word features projected to ``local_dim``);
+- C: + soft mask, ``z = sigmoid(w·v + b)`` per final patch token, and an image embedding from
+  the z-weighted mean of the patches (``mask_mode: soft``);
+- D: the mask sharpened toward exactly K = round(keep_ratio·N) patches by a soft top-K of
+  temperature ``topk_temperature`` (``mask_mode: topk``);
+- E: the mask sits after ViT block ``drop_layer``; only the top-K patches (and the prefix
+  tokens) continue through the remaining blocks, so the sequence really shortens
+  (``mask_mode: drop``).
+
+The open_clip model is kept whole as ``self.clip`` so its parameter names stay intact
+(``clip.visual.trunk.blocks.{i}``, ``clip.text.transformer.encoder.layer.{i}``); new modules are
+named ``*_head`` / ``*_proj``. No loss is computed here (see lib/model/losses.py).
+Shapes: B batch, P prefix tokens (CLS, registers), N patches, K kept patches, W vision width,
+L text length, d joint embedding size, l = local_dim.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lib.config.params import ModelParams
+from lib.errors import ParamsError
+from lib.model.backbone import Backbone
+
+
+@dataclass(frozen=True)
+class ImageOutput:
+    global_emb: Tensor  # (B, d) L2-normalised: open_clip's visual head on the trunk output
+    patch_emb: Tensor | None  # (B, N', l) patches in the local space; N' = N, or K (drop)
+    patch_weight: Tensor | None  # (B, N') z of those patches; None without masking
+    mask: Tensor | None  # (B, N) patch saliency z in (0, 1) over all N patches
+    masked_emb: Tensor | None  # (B, d) L2-normalised embedding of the z-weighted patch mean
+    kept_index: Tensor | None  # (B, K) patch indices that continued past drop_layer (E)
+
+
+@dataclass(frozen=True)
+class TextOutput:
+    global_emb: Tensor  # (B, d) L2-normalised: open_clip's text tower (pooler + proj)
+    word_emb: Tensor | None  # (B, L, l) projected last-hidden-state tokens (local alignment)
+    word_mask: Tensor | None  # (B, L) bool: real word tokens (not [PAD], [CLS], [SEP])
+
+
+class MaskHead(nn.Module):
+    """Per-patch saliency logit ``w·v + b``: (B, N, W) -> (B, N).
+
+    With ``normalize`` (mode E) a LayerNorm comes first: tokens taken from the middle of the
+    ViT are the raw residual stream, whose scale grows with depth; final tokens are already
+    normalised by the trunk.
+    """
+
+    def __init__(self, width: int, normalize: bool) -> None:
+        super().__init__()
+        self.norm: nn.Module = nn.LayerNorm(width) if normalize else nn.Identity()
+        self.linear = nn.Linear(width, 1)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.linear(self.norm(tokens)).squeeze(-1)
+
+
+def num_kept(n_patches: int, keep_ratio: float) -> int:
+    """K = round(keep_ratio · N), at least 1 and at most N."""
+    return min(n_patches, max(1, round(keep_ratio * n_patches)))
+
+
+def soft_topk(logits: Tensor, k: int, temperature: float) -> Tensor:
+    """Differentiable top-K mask (B, N) -> (B, N) in (0, 1).
+
+    ``sigmoid((s - t_K) / temperature)`` with t_K midway between the K-th and (K+1)-th largest
+    logit of each row (detached, so gradients move the logits, not the threshold): as the
+    temperature falls, exactly the K largest tend to 1 and the rest to 0. With K = N every
+    patch is kept: t sits one logit unit below the smallest.
+    """
+    n = logits.shape[-1]
+    top = logits.detach().topk(min(k + 1, n), dim=-1).values
+    threshold = (top[..., k - 1] + top[..., k]) / 2 if k < n else top[..., n - 1] - 1.0
+    return torch.sigmoid((logits - threshold.unsqueeze(-1)) / temperature)
+
+
+def weighted_mean(tokens: Tensor, weights: Tensor, eps: float = 1e-6) -> Tensor:
+    """(B, N, W) tokens, (B, N) weights -> (B, W) weighted mean."""
+    total = weights.sum(dim=-1, keepdim=True).clamp_min(eps)
+    return torch.einsum("bn,bnw->bw", weights, tokens) / total
+
+
+class PatchIBModel(nn.Module):
+    """One Patch-IB-CXR variant (A–E by ``params``) on a loaded backbone.
+
+    Takes ownership of ``backbone.clip``: it becomes ``self.clip`` and its ``logit_scale`` is
+    replaced by this model's, so build one PatchIBModel per loaded backbone.
+    """
+
+    def __init__(self, backbone: Backbone, params: ModelParams) -> None:
+        super().__init__()
+        params.validate()
+        self.params = params
+        self.clip = backbone.clip
+        trunk = self.clip.visual.trunk
+        _check_towers(self.clip, params.backbone)
+        self.num_prefix = int(trunk.num_prefix_tokens)
+        depth = len(trunk.blocks)
+        if params.use_masking and params.mask_mode == "drop" and params.drop_layer >= depth:
+            raise ParamsError(
+                f"model.drop_layer = {params.drop_layer} must be < the depth of the backbone's "
+                f"ViT ({depth} blocks in {params.backbone}); use 1..{depth - 1}, e.g. "
+                f"{max(1, depth // 2)}"
+            )
+        vision_width = int(trunk.num_features)
+        text_width = int(self.clip.text.config.hidden_size)
+
+        # Replaces open_clip's; shared with self.clip so clip.get_logits agrees. Listed once,
+        # as "logit_scale", by named_parameters().
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / params.temperature)))
+        self.clip.logit_scale = self.logit_scale
+        self.register_buffer(
+            "special_ids", torch.tensor(backbone.special_ids, dtype=torch.long), persistent=False
+        )
+
+        self.mask_head: MaskHead | None = None
+        self.masked_proj: nn.Module | None = None
+        self.local_image_proj: nn.Linear | None = None
+        self.local_text_proj: nn.Linear | None = None
+        if params.use_masking:
+            self.mask_head = MaskHead(vision_width, normalize=params.mask_mode == "drop")
+            # A copy of open_clip's visual head: the masked embedding starts from the same
+            # projection into the joint space as the global one, not from a random one.
+            self.masked_proj = copy.deepcopy(self.clip.visual.head)
+        if params.use_local_alignment or params.use_masking:
+            self.local_image_proj = nn.Linear(vision_width, params.local_dim)
+        if params.use_local_alignment:
+            self.local_text_proj = nn.Linear(text_width, params.local_dim)
+
+    # --- image ----------------------------------------------------------------------------
+
+    def encode_image(self, images: Tensor) -> ImageOutput:
+        """(B, 3, H, W) normalised images -> ImageOutput."""
+        if self.params.use_masking and self.params.mask_mode == "drop":
+            return self._encode_image_drop(images)
+        trunk = self.clip.visual.trunk
+        tokens = trunk.forward_features(images)  # (B, P + N, W), after the final norm
+        global_emb = self._global(tokens)
+        patches = tokens[:, self.num_prefix :]  # (B, N, W)
+        patch_emb = self.local_image_proj(patches) if self.local_image_proj is not None else None
+        if self.mask_head is None:
+            return ImageOutput(global_emb, patch_emb, None, None, None, None)
+        logits = self.mask_head(patches)  # (B, N)
+        if self.params.mask_mode == "topk":
+            k = num_kept(patches.shape[1], self.params.keep_ratio)
+            z = soft_topk(logits, k, self.params.topk_temperature)
+        else:
+            z = torch.sigmoid(logits)
+        masked_emb = self._masked(patches, z)
+        return ImageOutput(global_emb, patch_emb, z, z, masked_emb, None)
+
+    def _encode_image_drop(self, images: Tensor) -> ImageOutput:
+        """Mode E: score patches after block ``drop_layer``, keep the top K, run on with those.
+
+        The kept tokens are multiplied by ``1 + z - z.detach()``: their values are unchanged
+        (the pretrained blocks see what they were trained on) while the gradient reaching z is
+        the token's contribution to the loss (straight-through), so the mask head learns.
+        """
+        trunk = self.clip.visual.trunk
+        p, layer = self.num_prefix, self.params.drop_layer
+        x = trunk.patch_embed(images)
+        x = trunk._pos_embed(x)  # prepends the prefix tokens, adds position embeddings
+        x = trunk.norm_pre(trunk.patch_drop(x))
+        x = _run_blocks(trunk, trunk.blocks[:layer], x)  # (B, P + N, W)
+        prefix, patches = x[:, :p], x[:, p:]
+        z = torch.sigmoid(self.mask_head(patches))  # (B, N)
+        k = num_kept(patches.shape[1], self.params.keep_ratio)
+        kept_index = z.detach().topk(k, dim=1).indices.sort(dim=1).values  # (B, K), in order
+        z_kept = z.gather(1, kept_index)  # (B, K)
+        kept = patches.gather(1, kept_index.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+        kept = kept * (1 + z_kept - z_kept.detach()).unsqueeze(-1)
+        x = _run_blocks(trunk, trunk.blocks[layer:], torch.cat([prefix, kept], dim=1))
+        tokens = trunk.norm(x)  # (B, P + K, W)
+        global_emb = self._global(tokens)
+        kept_tokens = tokens[:, p:]  # (B, K, W)
+        patch_emb = self.local_image_proj(kept_tokens)
+        masked_emb = self._masked(kept_tokens, z_kept)
+        return ImageOutput(global_emb, patch_emb, z_kept, z, masked_emb, kept_index)
+
+    def _global(self, tokens: Tensor) -> Tensor:
+        """open_clip's visual path from final tokens: timm pooling (+ fc_norm), then its head."""
+        pooled = self.clip.visual.trunk.forward_head(tokens)  # (B, W)
+        return F.normalize(self.clip.visual.head(pooled), dim=-1)
+
+    def _masked(self, patches: Tensor, z: Tensor) -> Tensor:
+        """(B, N, W), (B, N) -> (B, d): z-weighted patch mean through masked_proj."""
+        pooled = self.clip.visual.trunk.fc_norm(weighted_mean(patches, z))
+        return F.normalize(self.masked_proj(pooled), dim=-1)
+
+    # --- text -----------------------------------------------------------------------------
+
+    def encode_text(self, token_ids: Tensor) -> TextOutput:
+        """(B, L) long token ids, padded with the tokenizer's pad id -> TextOutput."""
+        text = self.clip.text
+        attention = (token_ids != text.config.pad_token_id).long()  # as open_clip's tower
+        out = text.transformer(input_ids=token_ids, attention_mask=attention)
+        global_emb = F.normalize(text.proj(text.pooler(out, attention)), dim=-1)
+        if self.local_text_proj is None:
+            return TextOutput(global_emb, None, None)
+        word_emb = self.local_text_proj(out.last_hidden_state)  # (B, L, l)
+        word_mask = attention.bool() & ~torch.isin(token_ids, self.special_ids)
+        return TextOutput(global_emb, word_emb, word_mask)
+
+    def forward(self, images: Tensor, token_ids: Tensor) -> tuple[ImageOutput, TextOutput]:
+        return self.encode_image(images), self.encode_text(token_ids)
+
+    # --- staged training ------------------------------------------------------------------
+
+    def set_backbone_frozen(self, frozen: bool) -> None:
+        """Freeze (phase 1) or unfreeze the ViT trunk and the BERT transformer.
+
+        open_clip's projections (visual head, text proj), the new heads and logit_scale stay
+        trainable. Only requires_grad changes: dropout and train/eval mode are the caller's.
+        """
+        for module in (self.clip.visual.trunk, self.clip.text.transformer):
+            for param in module.parameters():
+                param.requires_grad_(not frozen)
+
+
+def _run_blocks(trunk: nn.Module, blocks: nn.Sequential, x: Tensor) -> Tensor:
+    """Run a slice of the ViT's blocks, with activation checkpointing if the trunk uses it."""
+    if getattr(trunk, "grad_checkpointing", False) and torch.is_grad_enabled():
+        from timm.models import checkpoint_seq
+
+        return checkpoint_seq(blocks, x)
+    return blocks(x)
+
+
+def _check_towers(clip: nn.Module, spec: str) -> None:
+    """The model reaches into timm's ViT and open_clip's HF text tower; fail early otherwise."""
+    trunk = getattr(getattr(clip, "visual", None), "trunk", None)
+    needed = ("patch_embed", "_pos_embed", "blocks", "norm", "fc_norm", "forward_head")
+    if trunk is None or not all(hasattr(trunk, a) for a in needed):
+        raise ParamsError(
+            f"model.backbone = {spec!r}: the vision tower must be a timm VisionTransformer "
+            "(open_clip vision_cfg.timm_model_name, as BiomedCLIP); choose such a backbone"
+        )
+    if getattr(trunk, "cls_token", None) is None:
+        raise ParamsError(
+            f"model.backbone = {spec!r}: the ViT has no CLS token; use a ViT with class token"
+        )
+    text = getattr(clip, "text", None)
+    if not all(hasattr(text, a) for a in ("transformer", "pooler", "proj", "config")):
+        raise ParamsError(
+            f"model.backbone = {spec!r}: the text tower must be a Hugging Face model "
+            "(open_clip text_cfg.hf_model_name, as BiomedCLIP); choose such a backbone"
+        )
+
+
+def trim_padding(tokens: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Drop the trailing columns that are padding in every row of the batch.
+
+    Exact (padding is masked and position embeddings are absolute) and it makes the text
+    tower and the word-patch alignment cost scale with the batch's longest report, not
+    with the context length.
+    """
+    used = (tokens != pad_id).any(dim=0).nonzero()
+    return tokens[:, : int(used.max()) + 1] if len(used) else tokens[:, :1]

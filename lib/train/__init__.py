@@ -1,0 +1,1 @@
+"""Training: the loop, optimiser groups and schedule, distributed helpers, curves."""

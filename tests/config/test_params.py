@@ -1,0 +1,96 @@
+import pytest
+import yaml
+
+from lib.config.params import DataParams, Params, load_params, parse_params
+from lib.errors import ParamsError
+
+
+def test_repo_params_yaml_is_valid():
+    params = load_params("params.yaml")
+    assert isinstance(params, Params)
+    assert params.data.views == ("PA", "AP")
+    assert params.data.label_policy == "positive_only"
+
+
+def test_defaults_when_sections_absent():
+    assert parse_params({}) == Params()
+
+
+def test_unknown_key_is_rejected_with_valid_keys():
+    with pytest.raises(ParamsError, match=r"data\.view'\].*valid keys"):
+        parse_params({"data": {"view": ["PA"]}})
+
+
+def test_unknown_section_is_rejected():
+    with pytest.raises(ParamsError, match="unknown section"):
+        parse_params({"dataa": {}})
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "match"),
+    [
+        ("data", "label_policy", "u_twos", "not one of"),
+        ("data", "views", "PA", "not a valid list of str"),
+        ("data", "min_report_chars", "30", "not a valid int"),
+        ("data", "min_report_chars", True, "not a valid int"),
+        ("data", "sections", ["findings", "history"], "not one of"),
+        ("data", "views", [], "data.views is empty"),
+        ("data", "sections", ["findings", "findings"], "repeats"),
+        ("qc", "max_missing_image_fraction", 1.5, "fraction"),
+        ("qc", "image_check", "decode", "not one of"),
+        ("demo", "image_size", 8, "too small"),
+        ("demo", "n_patients", 0, "must be > 0"),
+        ("demo", "test_fraction", 0.95, "must be < 1"),
+        ("eval", "prompt_template", "A chest x-ray", "needs a"),
+        ("eval", "negative_prompt_template", "no finding", "needs a"),
+        ("eval", "probe_fractions", [0.01, 1.5], r"in \(0, 1\]"),
+        ("eval", "probe_fractions", [0.1, 0.1], "repeats"),
+        ("eval", "recall_ks", [0, 5], "K >= 1"),
+        ("eval", "recall_curve_max_k", 5, "recall_curve_max_k"),
+        ("eval", "bootstrap", 0, "must be > 0"),
+        ("eval", "ci_level", 95, r"in \(0, 1\)"),
+        ("eval", "device", "gpu", "use auto"),
+        ("eval", "no_finding_prompts", ["normal"], r"\[positive prompt, negative prompt\]"),
+        ("train", "val_no_finding_prompts", ["a", " "], "both non-empty"),
+        ("train", "nproc_per_node", 3, "divide"),
+        ("pack", "workers", -1, "0 = every core"),
+        ("pack", "max_failed_fraction", 2.0, "fraction"),
+        ("pack", "decoder", "cuda", "'pillow'.*'nvjpeg'"),
+        ("pack", "gpu_batch_size", 0, "must be > 0"),
+        ("data", "image_size", 8, "too small"),
+    ],
+)
+def test_bad_values_name_key_and_value(section, key, value, match):
+    with pytest.raises(ParamsError, match=match) as err:
+        parse_params({section: {key: value}})
+    assert f"{section}." in str(err.value)
+
+
+def test_int_is_accepted_for_float_and_null_for_optional():
+    p = parse_params({"qc": {"max_missing_image_fraction": 0, "image_listing": None}})
+    assert p.qc.max_missing_image_fraction == 0.0 and p.qc.image_listing is None
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_load_roundtrip(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"data": {"views": ["PA"], "label_policy": "u_ignore"}}))
+    p = load_params(path)
+    assert p.data == DataParams(views=("PA",), label_policy="u_ignore")
+
+
+def test_eval_section_defaults_and_single_prompt():
+    p = parse_params({"eval": {"negative_prompt_template": "", "probe_fractions": [1]}})
+    assert p.eval.negative_prompt_template == "" and p.eval.probe_fractions == (1.0,)
+    assert load_params("params.yaml").eval.recall_ks == (1, 5, 10)
+
+
+def test_demo_backbone_and_pack_sizes_must_agree():
+    with pytest.raises(ParamsError, match="set both to the same size"):
+        parse_params({"data": {"image_size": 224}})
+    p = parse_params({"data": {"image_size": 224}, "backbone": {"image_size": 224}})
+    assert p.data.image_size == 224

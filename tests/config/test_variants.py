@@ -1,0 +1,44 @@
+import pytest
+
+from lib.config.params import load_params, parse_params
+from lib.config.variants import VARIANTS, Variant, resolve_all, resolve_variant
+from lib.errors import ParamsError
+
+
+def test_repo_variants_follow_the_seed_table():
+    v = resolve_all(load_params("params.yaml"))
+    assert tuple(v) == VARIANTS
+    assert not v["A"].model.use_local_alignment and not v["A"].model.use_masking
+    assert v["B"].model.use_local_alignment and not v["B"].model.use_masking
+    assert v["C"].model.use_masking and v["C"].model.mask_mode == "soft"
+    assert v["D"].model.mask_mode == "topk" and v["E"].model.mask_mode == "drop"
+    # Model A's early stopping (seed: 0.6 recall + 0.4 AUC, patience 10); others 0.7 / 7
+    assert (v["A"].train.recall_weight, v["A"].train.patience) == (0.6, 10)
+    assert (v["C"].train.recall_weight, v["C"].train.patience) == (0.7, 7)
+
+
+def test_shared_change_reaches_only_variants_that_do_not_override_it():
+    base = {"models": {"A": {}, "C": {"use_masking": True}}}
+    before = resolve_all(parse_params(base))
+    after = resolve_all(parse_params({**base, "model": {"use_masking": True}}))
+    assert before["A"] != after["A"]
+    assert before["C"] == after["C"]
+
+
+def test_roundtrip_through_json_dict():
+    v = resolve_variant(load_params("params.yaml"), "D")
+    assert Variant.from_dict(v.to_dict(), "x.json") == v
+
+
+@pytest.mark.parametrize(
+    ("models", "match"),
+    [
+        ({"B": {"use_local_alignmnt": True}}, r"models\.B\.use_local_alignmnt"),
+        ({"B": {"train": {"lr": "fast"}}}, r"models\.B\.train\.lr"),
+        ({"B": {"mask_mode": "drop"}}, "needs model.use_masking"),
+        ({"B": ["x"]}, "mapping"),
+    ],
+)
+def test_bad_overrides_are_reported(models, match):
+    with pytest.raises(ParamsError, match=match):
+        parse_params({"models": models})

@@ -1,0 +1,177 @@
+"""The image pack (lib/data/pack.py, stage pack_images): bit-identical to the direct path,
+resumable, and loud about unreadable images."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from lib.data.master import load_image, load_images, read_master
+from lib.errors import DataError
+from lib.data.pack import Pack, PackedPixels, pack_images
+from tests.test_stages import assert_clean_error, run_stage
+
+SIZE = 48
+
+
+@pytest.fixture(scope="module")
+def corpus(small_master):
+    master, root = small_master
+    splits = read_master(master)
+    images = [p for s in ("train", "val", "test") for p in splits[s].images]
+    dicom = [d for s in ("train", "val", "test") for d in splits[s].dicom]
+    return master, root, splits, images, dicom
+
+
+def finish(state: Path, out: Path) -> Pack:
+    (state / "run.json").unlink()
+    shutil.move(state, out)
+    return Pack.open(out)
+
+
+def test_pack_is_bit_identical_to_the_direct_path(corpus, tmp_path):
+    _, root, splits, images, dicom = corpus
+    res = pack_images(root, images, dicom, SIZE, tmp_path / "s", "run", workers=2, chunk_size=64)
+    assert res.n_images == len(images) and res.failed == [] and res.chunks_resumed == 0
+    pack = finish(tmp_path / "s", tmp_path / "p")
+    for name, split in splits.items():
+        pixels = pack.pixels(split, SIZE)
+        direct = load_images(root, split.images, SIZE, threads=2)
+        assert torch.equal(pixels[torch.arange(len(split))], direct), name
+    # Unsorted, repeated indices come back in the order asked.
+    test = pack.pixels(splits["test"], SIZE)
+    idx = torch.tensor([5, 0, 5, 3])
+    expect = np.stack([load_image(root / splits["test"].images[i], SIZE) for i in idx.tolist()])
+    assert torch.equal(test[idx], torch.from_numpy(expect))
+    assert isinstance(test, PackedPixels) and len(test) == len(splits["test"])
+    assert test[2:4].shape == (2, SIZE, SIZE)
+
+
+def test_killed_run_resumes_where_it_stopped(corpus, tmp_path):
+    _, root, _, images, dicom = corpus
+    images, dicom = images[:300], dicom[:300]
+    done = []
+
+    def kill_after_two_chunks(n):
+        done.append(n)
+        if len(done) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pack_images(root, images, dicom, SIZE, tmp_path / "s", "run", 2, 64, kill_after_two_chunks)
+    res = pack_images(root, images, dicom, SIZE, tmp_path / "s", "run", 2, 64)
+    assert res.chunks_resumed == 2
+    ref = pack_images(root, images, dicom, SIZE, tmp_path / "r", "run", 2, 64)
+    assert ref.chunks_resumed == 0
+    a, b = np.load(tmp_path / "s/images.npy"), np.load(tmp_path / "r/images.npy")
+    assert np.array_equal(a, b) and np.load(tmp_path / "s/ok.npy").all()
+    # Another run id (another master file or size) starts over.
+    again = pack_images(root, images, dicom, SIZE, tmp_path / "s", "other", 2, 64)
+    assert again.chunks_resumed == 0
+
+
+def test_unreadable_images_are_listed_and_left_out(corpus, tmp_path):
+    _, root, splits, _, _ = corpus
+    bad_root = tmp_path / "root"
+    test = splits["test"]
+    for rel in test.images[:6]:
+        (bad_root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / rel, bad_root / rel)
+    data = (bad_root / test.images[1]).read_bytes()
+    (bad_root / test.images[1]).write_bytes(data[: len(data) // 2])  # truncated
+    (bad_root / test.images[2]).write_bytes(b"not a jpeg at all")
+    (bad_root / test.images[3]).unlink()  # vanished after QC
+    res = pack_images(bad_root, test.images[:6], test.dicom[:6], SIZE, tmp_path / "s", "r", 1)
+    assert sorted(f["image"] for f in res.failed) == sorted(test.images[1:4])
+    assert all(f["error"] for f in res.failed)
+    pack = finish(tmp_path / "s", tmp_path / "p")
+    assert pack.ok.tolist() == [True, False, False, False, True, True]
+    assert not pack.images[1].any()
+    sub = test.subset(np.arange(6))
+    usable = pack.usable(sub)
+    assert usable.dicom == [sub.dicom[i] for i in (0, 4, 5)]
+    with pytest.raises(DataError, match="usable"):
+        pack.pixels(sub, SIZE)
+
+
+def test_pack_errors_name_the_fix(corpus, tmp_path):
+    _, root, splits, images, dicom = corpus
+    pack_images(root, images[:10], dicom[:10], SIZE, tmp_path / "s", "r", 1)
+    pack = finish(tmp_path / "s", tmp_path / "p")
+    with pytest.raises(DataError, match="data.image_size: 96"):
+        pack.pixels(splits["train"].subset(np.arange(3)), 96)
+    with pytest.raises(DataError, match="stale"):
+        pack.rows(splits["test"])
+    with pytest.raises(DataError, match="dvc repro pack_images"):
+        Pack.open(tmp_path / "nowhere")
+
+
+def stage_setup(master: Path, root: Path, tmp_path: Path, **pack: object) -> tuple[dict, list]:
+    """params.yaml at SIZE with ``pack`` overrides, and the stage's arguments."""
+    params = yaml.safe_load((Path(__file__).parents[2] / "params.yaml").read_text())
+    params["data"]["image_size"] = params["backbone"]["image_size"] = SIZE
+    params["pack"].update(pack)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    args = [
+        "--master", str(master), "--root", str(root), "--out", str(tmp_path / "out"),
+        "--metrics", str(tmp_path / "m.json"), "--efficiency", str(tmp_path / "e.json"),
+        "--state-dir", str(tmp_path / "state"), "--params", str(tmp_path / "params.yaml"),
+    ]  # fmt: skip
+    return params, args
+
+
+def test_stage_fails_past_the_threshold_and_lists_images(corpus, tmp_path):
+    master, root, _, _, _ = corpus
+    bad_root = tmp_path / "root"
+    shutil.copytree(root / "files", bad_root / "files")
+    records = [json.loads(x) for x in master.read_text().splitlines()]
+    broken = records[0]["image"]
+    (bad_root / broken).write_bytes(b"garbage")
+    params, args = stage_setup(master, bad_root, tmp_path, max_failed_fraction=0.0)
+    proc = run_stage("pack_images", *args)
+    assert_clean_error(proc, "1 of", "could not be decoded", broken, "pack.max_failed_fraction")
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["failed"] == 1 and metrics["failed_images"][0]["image"] == broken
+    assert not (tmp_path / "out").exists()
+    # Allowed past the threshold: the stage finishes (resuming the decoded chunks).
+    params["pack"]["max_failed_fraction"] = 0.01
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = run_stage("pack_images", *args)
+    assert proc.returncode == 0, proc.stderr
+    pack = Pack.open(tmp_path / "out")
+    assert int((~pack.ok).sum()) == 1 and not (tmp_path / "state").exists()
+
+
+def test_stage_with_the_nvjpeg_decoder(corpus, tmp_path):
+    """Without CUDA: a clean error naming pack.decoder and the fix. With CUDA: a pack made
+    by nvJPEG, recorded in index.json."""
+    master, root, _, images, _ = corpus
+    _, args = stage_setup(master, root, tmp_path, decoder="nvjpeg")
+    proc = run_stage("pack_images", *args)
+    if not torch.cuda.is_available():
+        assert_clean_error(proc, "pack.decoder = nvjpeg", "CUDA", "pack.decoder: pillow")
+        assert not (tmp_path / "out").exists()
+        return
+    assert proc.returncode == 0, proc.stderr
+    index = json.loads((tmp_path / "out/index.json").read_text())
+    assert index["decoder"] == "torchvision-cuda" and index["n_images"] == len(images)
+
+
+def test_benchmark_baseline_is_load_image_without_draft(corpus):
+    """benchmarks/pack_images.py's plain decode differs from load_image only by draft mode:
+    on an image smaller than 8× the size, draft mode cannot scale, and both agree."""
+    import importlib.util
+
+    _, root, splits, _, _ = corpus
+    path = Path(__file__).resolve().parents[2] / "benchmarks/pack_images.py"
+    spec = importlib.util.spec_from_file_location("bench_pack", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    image = root / splits["test"].images[0]  # 64 px: draft mode keeps full scale at 48
+    assert np.array_equal(bench.plain_decode(image, SIZE), load_image(image, SIZE))

@@ -1,0 +1,184 @@
+import gzip
+import hashlib
+import io
+import re
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+
+from lib.config.params import DemoParams
+from lib.data.mimic import (
+    CHEXPERT_COLUMNS,
+    CHEXPERT_FILE,
+    DICOM_ID_PATTERN,
+    LABELS,
+    METADATA_COLUMNS,
+    METADATA_FILE,
+    REPORTS_ZIP,
+    SPLIT_FILE,
+    STUDY_ID_PATTERN,
+    SUBJECT_ID_PATTERN,
+    image_relpath,
+)
+from lib.data.reports import parse_report
+from lib.demo.corpus import build_tables, render_task, write_corpus
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo") / "mimic"
+    write_corpus(DemoParams(n_patients=40, workers=2), root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def big():
+    """Tables (no pixels) of a corpus large enough for proportions."""
+    return build_tables(DemoParams(n_patients=3000))
+
+
+def tree_digest(root):
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_layout_columns_and_id_shapes(corpus):
+    meta = pd.read_csv(corpus / METADATA_FILE, dtype=str, keep_default_na=False)
+    assert tuple(meta.columns) == METADATA_COLUMNS
+    assert meta["subject_id"].str.match(SUBJECT_ID_PATTERN).all()
+    assert meta["study_id"].str.match(STUDY_ID_PATTERN).all()
+    assert meta["dicom_id"].str.match(DICOM_ID_PATTERN).all()
+    assert tuple(pd.read_csv(corpus / SPLIT_FILE).columns) == (
+        "dicom_id",
+        "study_id",
+        "subject_id",
+        "split",
+    )
+    chex = pd.read_csv(corpus / CHEXPERT_FILE)
+    assert tuple(chex.columns) == CHEXPERT_COLUMNS
+    assert set(np.unique(chex[list(LABELS)].fillna(9).to_numpy())) <= {1.0, 0.0, -1.0, 9}
+    for r in meta.head(30).itertuples():
+        img = corpus / image_relpath(int(r.subject_id), int(r.study_id), r.dicom_id)
+        with Image.open(img) as im:
+            assert im.format == "JPEG" and im.mode == "L"
+            assert im.size == (int(r.Columns), int(r.Rows)) and min(im.size) == 256
+    with zipfile.ZipFile(corpus / REPORTS_ZIP) as zf:
+        names = zf.namelist()
+        assert all(re.fullmatch(r"files/p1\d/p1\d{7}/s5\d{7}\.txt", n) for n in names)
+        assert len(names) == meta["study_id"].nunique()
+
+
+def test_split_is_patient_disjoint(corpus):
+    sp = pd.read_csv(corpus / SPLIT_FILE)
+    assert set(sp["split"]) == {"train", "validate", "test"}
+    assert (sp.groupby("subject_id")["split"].nunique() == 1).all()
+
+
+def test_deterministic_and_independent_of_workers(corpus, tmp_path):
+    other = tmp_path / "again"
+    write_corpus(DemoParams(n_patients=40, workers=1), other)
+    assert tree_digest(other) == tree_digest(corpus)
+    with gzip.open(corpus / METADATA_FILE) as fh:
+        assert fh.read()  # readable gzip with a fixed header
+
+
+def test_view_mix_matches_mimic(big):
+    frac = big["metadata"]["ViewPosition"].fillna("").value_counts(normalize=True)
+    for view, target in {"AP": 0.39, "PA": 0.255, "LATERAL": 0.22, "LL": 0.09, "": 0.04}.items():
+        assert frac[view] == pytest.approx(target, abs=0.02), view
+    rare = set(frac.index) - {"AP", "PA", "LATERAL", "LL", ""}
+    assert {"AP AXIAL", "SWIMMERS"} & rare and frac[list(rare)].sum() < 0.01
+    per_study = big["metadata"].groupby("study_id").size()
+    assert per_study.min() == 1 and per_study.max() == 4
+    assert big["metadata"].groupby("subject_id")["study_id"].nunique().mean() > 2
+
+
+def test_report_shapes_and_missing_labels(big):
+    reports = list(big["reports"].values())
+    parsed = [parse_report(t) for t in reports]
+    no_impression = np.mean([p.impression == "" for p in parsed])
+    neither = np.mean([p.impression == "" and p.findings == "" for p in parsed])
+    assert no_impression == pytest.approx(0.12, abs=0.03)
+    assert neither == pytest.approx(0.05, abs=0.02)
+    assert 0 < sum(len(t.strip()) < 30 for t in reports) < 0.02 * len(reports)
+    n_studies = big["metadata"]["study_id"].nunique()
+    assert 0 < n_studies - len(big["chexpert"]) < 0.03 * n_studies
+
+
+SEED_TRAIN_PREVALENCE = {  # the seed's table: positives / 213,364 training images
+    "Atelectasis": 0.202,
+    "Cardiomegaly": 0.196,
+    "Consolidation": 0.047,
+    "Edema": 0.119,
+    "Enlarged Cardiomediastinum": 0.031,
+    "Fracture": 0.019,
+    "Lung Lesion": 0.027,
+    "Lung Opacity": 0.225,
+    "No Finding": 0.334,
+    "Pleural Effusion": 0.238,
+    "Pleural Other": 0.0085,
+    "Pneumonia": 0.071,
+    "Pneumothorax": 0.046,
+    "Support Devices": 0.296,
+}
+
+
+def test_label_prevalence_near_the_seed(big):
+    chex = big["chexpert"]
+    for label, target in SEED_TRAIN_PREVALENCE.items():
+        assert (chex[label] == 1).mean() == pytest.approx(target, abs=0.035), label
+        assert (chex[label] == 1).mean() == pytest.approx(target, rel=0.35), label
+
+
+KEYWORDS = {  # words the CheXpert labeler reads as each finding
+    "Pneumothorax": ("pneumothora",),
+    "Pleural Effusion": ("effusion",),
+    "Edema": ("edema", "congestion"),
+    "Pneumonia": ("pneumonia", "infection", "infectious"),
+    "Fracture": ("fracture", "osseous"),
+}
+
+
+def test_findings_are_in_the_words(big):
+    """What the CheXpert file says is what the report says (keywords, independent of the
+    report writer's templates)."""
+    chex = big["chexpert"].set_index("study_id")
+    text = {int(k.split("/s")[-1][:-4]): parse_report(v) for k, v in big["reports"].items()}
+    for label, words in KEYWORDS.items():
+        for study, value in chex[label].items():
+            p = text[study]
+            body = (p.findings + " " + p.impression + " " + p.last_paragraph).lower()
+            if value in (1.0, 0.0, -1.0):
+                assert any(w in body for w in words), (label, study, value, body)
+
+
+def test_findings_are_in_the_pixels():
+    """A linear model on 32x32 thumbnails of frontal images recovers the labels."""
+    tables = build_tables(DemoParams(n_patients=350, seed=5))
+    chex = tables["chexpert"].set_index("study_id")
+    x, studies = [], []
+    for task in tables["tasks"]:
+        if task.view not in ("PA", "AP"):
+            continue
+        study = int(task.relpath.split("/s")[-1].split("/")[0])
+        if study not in chex.index:
+            continue
+        img = Image.open(io.BytesIO(render_task(task))).resize((32, 32), Image.BILINEAR)
+        x.append(np.asarray(img, dtype=np.float32).ravel() / 255)
+        studies.append(study)
+    x = np.stack(x)
+    half = len(x) // 2
+    for label in ("Cardiomegaly", "Pleural Effusion", "Support Devices"):
+        y = (chex.loc[studies, label] == 1).to_numpy()
+        model = LogisticRegression(C=0.05, max_iter=2000).fit(x[:half], y[:half])
+        auc = roc_auc_score(y[half:], model.decision_function(x[half:]))
+        assert auc > 0.75, (label, auc)

@@ -1,0 +1,194 @@
+"""The cross-model comparison (lib/eval/compare.py) and evaluation figures (lib/eval/plots.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from lib.data.mimic import LABELS
+from lib.errors import DataError
+from lib.eval.compare import (
+    LITERATURE,
+    TESTED,
+    check_same_rows,
+    data_description,
+    paired_tests,
+    results_markdown,
+)
+from lib.eval.evaluate import QueryRows
+from lib.eval.plots import (
+    auc_bars_figure,
+    confusion_figure,
+    efficiency_figure,
+    explain_figure,
+    grouped_bars_figure,
+    recall_curve_figure,
+    roc_figure,
+)
+
+KS = (1, 5, 10)
+
+
+def make_rows(seed: int, quality: float, n_patients=60, per_patient=3, n_texts=150) -> QueryRows:
+    """Synthetic per-query results; higher quality = better ranks and scores."""
+    rng = np.random.default_rng(seed)
+    n = n_patients * per_patient
+    patients = np.repeat(np.arange(n_patients), per_patient)
+    base = np.random.default_rng(0)  # labels and patients shared by every model
+    labels = (base.random((n, len(LABELS))) < 0.3).astype(np.int8)
+    scores = labels * quality + rng.normal(size=labels.shape)
+    return QueryRows(
+        patient=np.concatenate([patients, base.integers(0, n_patients, n_texts)]),
+        n_images=n,
+        i2t_rank=np.maximum(1, rng.geometric(min(0.9, 0.05 + quality / 5), n)),
+        t2i_rank=np.maximum(1, rng.geometric(min(0.9, 0.05 + quality / 5), n_texts)),
+        labels=labels,
+        zero_shot=scores,
+        probe={"100pct": scores + rng.normal(size=labels.shape)},
+    )
+
+
+def test_identical_models_do_not_differ():
+    rows = {"A": make_rows(1, 1.0), "B": make_rows(1, 1.0)}
+    tests = paired_tests(rows, KS, n_rounds=200, seed=0, level=0.95)
+    assert set(tests) == {"B"} and set(tests["B"]) == {k for k, _ in TESTED}
+    for t in tests["B"].values():
+        assert t["diff"] == 0 and t["p_value"] == 1.0 and t["p_holm"] == 1.0
+
+
+def test_a_much_better_model_is_significant_after_holm():
+    rows = {"A": make_rows(1, 0.2), "B": make_rows(2, 3.0), "C": make_rows(3, 0.2)}
+    tests = paired_tests(rows, KS, n_rounds=400, seed=0, level=0.95)
+    auc = tests["B"]["zero_shot_mean_auc"]
+    assert auc["diff"] > 0.2 and auc["ci_low"] > 0 and auc["p_holm"] < 0.05
+    assert auc["p_holm"] >= auc["p_value"]  # adjustment never lowers a p-value
+    assert tests["C"]["zero_shot_mean_auc"]["p_value"] > 0.01
+
+
+def test_models_on_different_rows_are_refused():
+    a = make_rows(1, 1.0)
+    b = dataclasses.replace(make_rows(2, 1.0), patient=a.patient[::-1].copy())
+    with pytest.raises(DataError, match="different test rows"):
+        check_same_rows({"A": a, "B": b})
+    with pytest.raises(DataError, match="baseline"):
+        paired_tests({"B": a}, KS, 10, 0, 0.95)
+
+
+def _metrics(value: float) -> dict:
+    m = {
+        "n_test_images": 180,
+        "n_test_report_texts": 150,
+        "n_test_patients": 60,
+        "bootstrap_rounds": 200,
+        "mean_patch_tokens_kept": 36.0,
+    }
+    for key in [f"{d}_R@{k}" for d in ("i2t", "t2i") for k in KS] + [
+        "zero_shot_mean_auc",
+        "zero_shot_mean_ap",
+        "probe_100pct_mean_auc",
+        "probe_100pct_mean_ap",
+    ]:
+        m.update({key: value, f"{key}_ci_low": value - 0.01, f"{key}_ci_high": value + 0.01})
+    for k in KS:
+        m[f"chance_i2t_R@{k}"] = m[f"chance_t2i_R@{k}"] = k / 150
+    return m
+
+
+def test_results_markdown_labels_data_and_literature():
+    rows = {"A": make_rows(1, 1.0), "B": make_rows(2, 1.5)}
+    tests = paired_tests(rows, KS, 50, 0, 0.95)
+    eff = {
+        n: {"inference_images_per_second": 100.0, "process_peak_rss_mb": 900.0, "device": "cpu"}
+        for n in rows
+    }
+    data = {
+        "description": "the synthetic demo corpus",
+        "is_demo": True,
+        "zero_shot_mode": "prompt pair",
+        "patch_tokens_total": 36,
+    }
+    md = results_markdown(
+        {"A": _metrics(0.2), "B": _metrics(0.3)}, eff, tests, data, ["100pct"], KS, 0.95
+    )
+    assert "| **A** Global CLIP baseline | 20.0 [19.0, 21.0]" in md
+    assert "chance (random ranking)" in md and "not computed by this pipeline" in md
+    assert "synthetic demo corpus" in md and "are not." in md
+    for p in LITERATURE:
+        assert f"| {p.model} | {p.year} | {p.t2i_r1:.1f} | {p.t2i_r10:.1f} | {p.mean_auc:.3f}" in md
+    assert md.count("| B |") == len(TESTED) + 2  # the tests, the probe and efficiency rows
+
+
+def test_data_description_names_the_prompts():
+    details = {
+        "zero_shot_mode": "prompt pair",
+        "prompt_template": "x of {}",
+        "negative_prompt_template": "no {}",
+        "no_finding_prompts": ["normal", "abnormal"],
+    }
+    mode = data_description("data/demo", True, details, (6, 6))["zero_shot_mode"]
+    assert mode == (
+        'P(positive) of the prompt pair "x of {}" / "no {}"; No Finding: "normal" / "abnormal"'
+    )
+    single = {**details, "zero_shot_mode": "single prompt", "no_finding_prompts": []}
+    assert data_description("r", False, single, (6, 6))["zero_shot_mode"] == (
+        'cosine similarity to the prompt "x of {}"'
+    )
+
+
+def test_literature_is_the_seeds_table():
+    assert [(p.model, p.t2i_r1, p.t2i_r10, p.mean_auc) for p in LITERATURE] == [
+        ("ConVIRT", 23.3, 61.2, 0.770),
+        ("GLoRIA", 24.9, 63.8, 0.815),
+        ("BioViL", 26.1, 66.4, 0.826),
+        ("MGCA", 28.9, 70.1, 0.835),
+        ("BioViL-L", 27.4, 68.2, 0.821),
+        ("MAIRA-2", 31.2, 74.5, 0.868),
+    ]
+
+
+def test_figures_draw():
+    rows = make_rows(0, 1.0)
+    labels = rows.labels.copy()
+    labels[:, 3] = 0  # a label without positives: drawn as undefined
+    figs = [roc_figure("A", rows.zero_shot, labels, LABELS)]
+    table = pd.DataFrame(
+        {
+            "label": LABELS,
+            "zero_shot_auc": [0.7] * 13 + [None],
+            "zero_shot_ci_low": [0.6] * 13 + [None],
+            "zero_shot_ci_high": [0.8] * 13 + [None],
+            "probe_auc": [0.75] * 14,
+        }
+    )
+    figs.append(auc_bars_figure("A", table))
+    curve = pd.DataFrame(
+        {
+            "k": [1, 2],
+            "i2t": [0.1, 0.2],
+            "t2i": [0.1, 0.3],
+            "chance_i2t": [0.01, 0.02],
+            "chance_t2i": [0.01, 0.02],
+        }
+    )
+    figs.append(recall_curve_figure("A", curve))
+    conf = {lb: {"tn": 5, "fp": 1, "fn": 2, "tp": 3} for lb in LABELS}
+    conf["Fracture"] = None
+    figs.append(confusion_figure("A", "100pct", conf))
+    summary = pd.DataFrame(
+        [
+            {**_metrics(v), "model": n, "inference_images_per_second": 10 * v}
+            for n, v in (("A", 0.2), ("B", 0.3))
+        ]
+    )
+    figs.append(grouped_bars_figure(summary, [("t2i_R@1", "T2I R@1")]))
+    figs.append(efficiency_figure(summary, "cpu"))
+    img = np.zeros((64, 64), dtype=np.uint8)
+    figs.append(
+        explain_figure([img], ["Edema\n'edema'"], [("B", [np.ones((2, 2))]), ("C", [None])])
+    )
+    figs.append(explain_figure([], [], []))
+    assert all(isinstance(f, Figure) for f in figs)

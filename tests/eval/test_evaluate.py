@@ -1,0 +1,189 @@
+"""Test-split evaluation from embeddings (lib/eval/evaluate.py), checked against independent
+computations: retrieval_metrics, scikit-learn, fit_probe and bootstrap_ci."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from lib.config.params import EvalParams
+from lib.data.master import read_master
+from lib.data.mimic import LABELS
+from lib.errors import DataError
+from lib.eval.embed import study_reports
+from lib.eval.evaluate import QueryRows, evaluate, fraction_key, label_key, row_metrics
+from lib.eval.metrics import retrieval_metrics, zero_shot_scores
+from lib.eval.probe import fit_probe
+from lib.eval.stats import bootstrap_ci
+
+D = 16
+PARAMS = EvalParams(bootstrap=200, probe_fractions=(0.1, 1.0), recall_curve_max_k=20)
+
+
+def fake_embeddings(splits, seed=0, signal=2.0):
+    """Embeddings where an image sits near its study's report and carries its labels."""
+    rng = np.random.default_rng(seed)
+    label_dirs = rng.normal(size=(len(LABELS), D))
+    study_vec: dict[int, np.ndarray] = {}
+
+    def study(s):
+        return study_vec.setdefault(int(s), rng.normal(size=D))
+
+    emb = {}
+    for name, sp in splits.items():
+        x = np.stack([study(s) for s in sp.study]) * signal
+        x += np.clip(sp.labels, 0, 1) @ label_dirs + rng.normal(size=(len(sp), D))
+        emb[f"{name}_image"] = x.astype(np.float32)
+        emb[f"{name}_dicom"] = np.array(sp.dicom)
+    test = splits["test"]
+    report_study, _ = study_reports(test)
+    emb["test_report_study"] = report_study
+    emb["test_report_emb"] = np.stack([study(s) for s in report_study]).astype(np.float32)
+    emb["test_tokens_kept"] = np.full(len(test), 18.0)
+    emb["test_mask_mass"] = np.full(len(test), np.nan)
+    emb["logit_scale"] = np.float32(10.0)
+    prompts = (label_dirs + rng.normal(scale=0.5, size=label_dirs.shape)).astype(np.float32)
+    negatives = (-label_dirs).astype(np.float32)
+    return emb, prompts, negatives
+
+
+@pytest.fixture(scope="module")
+def case(small_master):
+    splits = read_master(small_master[0])
+    emb, pos, neg = fake_embeddings(splits)
+    return splits, emb, pos, neg, evaluate(emb, splits, pos, neg, PARAMS)
+
+
+def test_retrieval_equals_retrieval_metrics(case):
+    splits, emb, _, _, res = case
+    test = splits["test"]
+    study, texts = study_reports(test)
+    ref = retrieval_metrics(emb["test_image"], test.study, emb["test_report_emb"], study, texts)
+    for key in ("i2t_R@1", "i2t_R@10", "t2i_R@5", "mean_recall", "t2i_median_rank"):
+        assert res.metrics[key] == pytest.approx(ref[key], abs=1e-6), key
+    assert res.metrics["i2t_R@10"] > 3 * res.metrics["chance_i2t_R@10"]  # the signal is found
+    assert res.recall_curve["k"][:3] == [1.0, 2.0, 3.0]
+    assert res.recall_curve["i2t"][9] == pytest.approx(ref["i2t_R@10"])
+
+
+def test_zero_shot_auc_equals_sklearn(case):
+    splits, emb, pos, neg, res = case
+    test = splits["test"]
+    scores = zero_shot_scores(emb["test_image"], pos, neg, scale=10.0)
+    defined = []
+    for c, lb in enumerate(LABELS):
+        y = test.labels[:, c]
+        if 0 < y.sum() < len(y):
+            auc = roc_auc_score(y, scores[:, c])
+            assert res.metrics[f"zero_shot_auc_{label_key(lb)}"] == pytest.approx(auc, abs=1e-6)
+            defined.append(auc)
+        else:
+            assert res.metrics[f"zero_shot_auc_{label_key(lb)}"] is None
+    assert res.metrics["zero_shot_mean_auc"] == pytest.approx(np.mean(defined), abs=1e-6)
+    assert res.details["zero_shot_mode"] == "prompt pair"
+    assert res.metrics["zero_shot_mean_auc"] > 0.6
+
+
+def test_single_prompt_mode(case):
+    splits, emb, pos, _, _ = case
+    res = evaluate(emb, splits, pos, None, dataclasses.replace(PARAMS, bootstrap=20))
+    assert res.details["zero_shot_mode"] == "single prompt"
+    assert "zero_shot_single_prompt_mean_auc" not in res.metrics
+
+
+def test_probe_equals_fit_probe(case):
+    splits, emb, _, _, res = case
+    for f in PARAMS.probe_fractions:
+        ref = fit_probe(
+            emb["train_image"],
+            splits["train"].labels,
+            emb["val_image"],
+            splits["val"].labels,
+            emb["test_image"],
+            splits["test"].labels,
+            LABELS,
+            fraction=f,
+            seed=PARAMS.seed,
+        )
+        k = fraction_key(f)
+        assert res.metrics[f"probe_{k}_mean_auc"] == pytest.approx(ref.mean_auc, abs=1e-6)
+        assert res.details["probe"][k]["auc"] == ref.to_dict()["auc"]
+
+
+def test_intervals_match_a_direct_bootstrap(case):
+    _, _, _, _, res = case
+    rows = res.rows
+    table = row_metrics(rows, PARAMS.recall_ks)
+    # The bootstrap of one metric through bootstrap_ci on the same rows and seed.
+    ref = bootstrap_ci(
+        lambda idx: table(idx)["t2i_R@10"], rows.patient, PARAMS.bootstrap, PARAMS.seed
+    )
+    assert res.metrics["t2i_R@10_ci_low"] == pytest.approx(ref.low, abs=1e-6)
+    assert res.metrics["t2i_R@10_ci_high"] == pytest.approx(ref.high, abs=1e-6)
+    for key in ("mean_recall", "zero_shot_mean_auc", "probe_100pct_mean_auc"):
+        m = res.metrics
+        assert m[f"{key}_ci_low"] <= m[key] <= m[f"{key}_ci_high"], key
+    # The table on all rows reproduces the reported point values.
+    full = table(np.arange(len(rows.patient)))
+    assert full["zero_shot_mean_auc"] == pytest.approx(res.metrics["zero_shot_mean_auc"])
+    assert full["i2t_R@1"] == pytest.approx(res.metrics["i2t_R@1"])
+
+
+def test_rows_cover_images_then_reports_by_patient(case):
+    splits, _, _, _, res = case
+    rows, test = res.rows, splits["test"]
+    assert rows.n_images == len(test)
+    assert len(rows.patient) == len(test) + len(rows.t2i_rank)
+    assert set(rows.patient[len(test) :].tolist()) <= set(test.subject.tolist())
+    back = QueryRows.from_arrays(rows.to_arrays())
+    assert np.array_equal(back.patient, rows.patient) and back.probe.keys() == rows.probe.keys()
+
+
+def test_perfect_embeddings_give_perfect_retrieval(small_master):
+    splits = read_master(small_master[0])
+    emb, pos, _neg = fake_embeddings(splits, signal=1.0)
+    test = splits["test"]
+    study, texts = study_reports(test)
+    # Each image is exactly its report's embedding; duplicate texts would tie, so make the
+    # report embeddings one-hot per distinct text.
+    text_id = {t: i for i, t in enumerate(dict.fromkeys(texts))}
+    onehot = np.eye(len(text_id), dtype=np.float32)
+    emb["test_report_emb"] = onehot[[text_id[t] for t in texts]]
+    row_text = dict(zip(study.tolist(), texts, strict=True))
+    emb["test_image"] = onehot[[text_id[row_text[int(s)]] for s in test.study]]
+    rng = np.random.default_rng(0)
+    for name in ("train", "val"):
+        emb[f"{name}_image"] = rng.normal(size=(len(splits[name]), len(text_id)))
+    res = evaluate(
+        emb,
+        splits,
+        pos[:, :1].repeat(len(text_id), 1),
+        None,
+        dataclasses.replace(PARAMS, bootstrap=10, probe_fractions=(1.0,)),
+    )
+    assert res.metrics["i2t_R@1"] == 1.0 and res.metrics["t2i_R@1"] == 1.0
+    assert res.metrics["i2t_median_rank"] == 1.0
+
+
+def test_stale_embeddings_are_refused(case):
+    splits, emb, pos, neg, _ = case
+    bad = {**emb, "test_dicom": emb["test_dicom"][::-1]}
+    with pytest.raises(DataError, match="stale"):
+        evaluate(bad, splits, pos, neg, PARAMS)
+
+
+def test_ignored_labels_are_left_out(small_master):
+    splits = read_master(small_master[0])
+    emb, pos, neg = fake_embeddings(splits)
+    test = splits["test"]
+    labels = test.labels.copy()
+    labels[::3, 0] = -1  # u_ignore: a third of Atelectasis masked
+    splits = {**splits, "test": dataclasses.replace(test, labels=labels)}
+    res = evaluate(emb, splits, pos, neg, dataclasses.replace(PARAMS, bootstrap=20))
+    keep = labels[:, 0] != -1
+    scores = zero_shot_scores(emb["test_image"], pos, neg, scale=10.0)
+    ref = roc_auc_score(labels[keep, 0], scores[keep, 0])
+    assert res.metrics["zero_shot_auc_Atelectasis"] == pytest.approx(ref, abs=1e-6)

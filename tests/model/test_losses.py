@@ -1,0 +1,269 @@
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from open_clip.loss import ClipLoss
+
+from lib.config.params import ModelParams
+from lib.model.losses import (
+    clip_loss,
+    compute_losses,
+    consistency_loss,
+    local_alignment_loss,
+    sparsity_loss,
+)
+
+
+def unit(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(*shape, generator=g), dim=-1)
+
+
+# ---------------------------------------------------------------- clip_loss
+
+
+def test_clip_loss_equals_open_clip():
+    img, txt = unit(16, 32, seed=1), unit(16, 32, seed=2)
+    scale = torch.tensor(math.log(1 / 0.07))
+    ours = clip_loss(img, txt, scale)
+    ref = ClipLoss()(img, txt, scale.exp())
+    torch.testing.assert_close(ours, ref)
+
+
+def test_clip_loss_gradients_equal_open_clip():
+    img, txt = unit(8, 16, seed=3).requires_grad_(), unit(8, 16, seed=4).requires_grad_()
+    scale = torch.tensor(2.5, requires_grad=True)
+    grads = torch.autograd.grad(clip_loss(img, txt, scale), (img, txt, scale))
+    ref = torch.autograd.grad(ClipLoss()(img, txt, scale.exp()), (img, txt, scale))
+    for ours, theirs in zip(grads, ref, strict=True):
+        torch.testing.assert_close(ours, theirs)
+
+
+def test_clip_loss_clamps_scale_at_100():
+    img, txt = unit(8, 16, seed=5), unit(8, 16, seed=6)
+    ours = clip_loss(img, txt, torch.tensor(math.log(1000.0)))
+    torch.testing.assert_close(ours, ClipLoss()(img, txt, torch.tensor(100.0)))
+
+
+def test_clip_loss_direction_weights():
+    img, txt = unit(6, 8, seed=7), unit(6, 8, seed=8)
+    scale = torch.tensor(1.0)
+    logits = scale.exp() * img @ txt.T
+    target = torch.arange(6)
+    i2t, t2i = F.cross_entropy(logits, target), F.cross_entropy(logits.T, target)
+    assert not torch.isclose(i2t, t2i)
+    torch.testing.assert_close(clip_loss(img, txt, scale, 1.0, 0.0), i2t)
+    torch.testing.assert_close(clip_loss(img, txt, scale, 0.2, 0.8), 0.2 * i2t + 0.8 * t2i)
+
+
+def test_clip_loss_rejects_bad_input():
+    with pytest.raises(ValueError, match="must both be"):
+        clip_loss(unit(4, 8), unit(5, 8), torch.tensor(1.0))
+    with pytest.raises(ValueError, match="w_i2t"):
+        clip_loss(unit(4, 8), unit(4, 8), torch.tensor(1.0), 0.0, 0.0)
+
+
+# ---------------------------------------------------------------- local alignment
+
+
+def reference_local(word, mask, patch, weight, tau, gamma=5.0, scale=10.0, agg="lse"):
+    """Pair-by-pair loop, written straight from the definition."""
+    b = word.shape[0]
+    sim = torch.zeros(b, b, dtype=word.dtype)
+    for i in range(b):
+        p = F.normalize(patch[i], dim=-1)
+        for j in range(b):
+            w = F.normalize(word[j][mask[j]], dim=-1)
+            attn = torch.softmax(w @ p.T / tau, dim=1) * weight[i][None]
+            attn = attn / attn.sum(dim=1, keepdim=True)
+            cos = F.cosine_similarity(w, attn @ p, dim=-1)
+            if agg == "lse":
+                sim[i, j] = (torch.logsumexp(gamma * cos, 0) - math.log(len(cos))) / gamma
+            else:
+                sim[i, j] = cos.mean()
+    target = torch.arange(b)
+    return 0.5 * F.cross_entropy(scale * sim, target) + 0.5 * F.cross_entropy(scale * sim.T, target)
+
+
+def local_case(b=5, n_words=7, n_patches=9, dim=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    word = torch.randn(b, n_words, dim, generator=g, dtype=torch.float64)
+    patch = torch.randn(b, n_patches, dim, generator=g, dtype=torch.float64)
+    mask = torch.rand(b, n_words, generator=g) > 0.3
+    mask[:, 0] = True
+    weight = torch.rand(b, n_patches, generator=g, dtype=torch.float64)
+    return word, mask, patch, weight
+
+
+@pytest.mark.parametrize("agg", ["lse", "mean"])
+def test_local_matches_pairwise_reference(agg):
+    word, mask, patch, weight = local_case()
+    ours = local_alignment_loss(word, mask, patch, weight, 0.2, aggregate=agg)
+    torch.testing.assert_close(ours, reference_local(word, mask, patch, weight, 0.2, agg=agg))
+
+
+def test_local_chunked_equals_unchunked_with_gradients():
+    word, mask, patch, weight = local_case(b=6)
+    inputs = [t.clone().requires_grad_() for t in (word, patch, weight)]
+    full = local_alignment_loss(inputs[0], mask, inputs[1], inputs[2], 0.1)
+    g_full = torch.autograd.grad(full, inputs)
+    # one chunk holds 7·9 = 63 attention entries per image-report pair row: 2 images per chunk
+    small = [t.clone().requires_grad_() for t in (word, patch, weight)]
+    chunked = local_alignment_loss(
+        small[0], mask, small[1], small[2], 0.1, max_chunk_elements=2 * 6 * 7 * 9
+    )
+    g_chunked = torch.autograd.grad(chunked, small)
+    torch.testing.assert_close(chunked, full)
+    for a, b in zip(g_chunked, g_full, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_local_collapse_is_not_rewarded():
+    b, dim = 8, 16
+    same = F.normalize(torch.ones(dim), dim=0)
+    words = same.expand(b, 10, dim)
+    patches = same.expand(b, 20, dim)
+    collapsed = local_alignment_loss(words, None, patches, None, 0.1)
+    torch.testing.assert_close(collapsed, torch.tensor(math.log(b)))
+
+    # Aligned: report j's words point along e_j; image i has 5 patches along e_i among 15
+    # background patches shared by all images.
+    basis = torch.eye(dim)
+    words = basis[:b, None, :].expand(b, 10, dim)
+    patches = basis[dim - 1].repeat(b, 20, 1)
+    patches[:, :5] = basis[:b, None, :]
+    aligned = local_alignment_loss(words, None, patches, None, 0.1)
+    assert aligned < 0.01 < math.log(b) - 1
+
+
+def test_local_zero_weight_patches_contribute_nothing():
+    word, mask, patch, weight = local_case(seed=3)
+    base = local_alignment_loss(word, mask, patch, weight, 0.1)
+    junk = torch.randn(5, 4, patch.shape[2], dtype=patch.dtype) * 10
+    padded = local_alignment_loss(
+        word,
+        mask,
+        torch.cat([patch, junk], dim=1),
+        torch.cat([weight, torch.zeros(5, 4, dtype=weight.dtype)], dim=1),
+        0.1,
+    )
+    torch.testing.assert_close(padded, base)
+
+
+def test_local_padding_words_are_ignored():
+    word, mask, patch, weight = local_case(seed=4)
+    base = local_alignment_loss(word, mask, patch, weight, 0.1)
+    noisy = word.clone()
+    noisy[~mask] = torch.randn(int((~mask).sum()), word.shape[2], dtype=word.dtype)
+    torch.testing.assert_close(local_alignment_loss(noisy, mask, patch, weight, 0.1), base)
+
+
+def test_local_all_masked_image_stays_finite():
+    word, mask, patch, weight = local_case(seed=5)
+    weight = weight.clone()
+    weight[2] = 0
+    weight[0, :4] = 0
+    inputs = [t.clone().requires_grad_() for t in (word, patch, weight)]
+    loss = local_alignment_loss(inputs[0], mask, inputs[1], inputs[2], 0.1)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(t.grad).all() for t in inputs)
+    assert inputs[2].grad[1].abs().sum() > 0  # weights get a gradient: the mask learns
+
+
+def test_local_rejects_bad_input():
+    word, mask, patch, weight = local_case()
+    with pytest.raises(ValueError, match="same batch size"):
+        local_alignment_loss(word, mask, patch[:3], weight[:3], 0.1)
+    empty = mask.clone()
+    empty[1] = False
+    with pytest.raises(ValueError, match=r"reports \[1\]"):
+        local_alignment_loss(word, empty, patch, weight, 0.1)
+    with pytest.raises(ValueError, match="aggregate"):
+        local_alignment_loss(word, mask, patch, weight, 0.1, aggregate="max")
+
+
+# ---------------------------------------------------------------- masking terms
+
+
+def test_sparsity_loss_by_hand():
+    mask = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    # image means 0.5 and 1.0 against keep_ratio 0.25: ((0.25)² + (0.75)²) / 2
+    torch.testing.assert_close(sparsity_loss(mask, 0.25), torch.tensor(0.3125))
+    with pytest.raises(ValueError, match="keep_ratio"):
+        sparsity_loss(mask, 0.0)
+
+
+def test_consistency_zero_kl_when_masked_equals_full():
+    img, txt = unit(8, 16, seed=10), unit(8, 16, seed=11)
+    scale = torch.tensor(2.0)
+    torch.testing.assert_close(consistency_loss(img, img, txt, scale), clip_loss(img, txt, scale))
+
+
+def test_consistency_kl_part_and_teacher_detached():
+    full = unit(8, 16, seed=12).requires_grad_()
+    masked = unit(8, 16, seed=13).requires_grad_()
+    txt = unit(8, 16, seed=14)
+    scale = torch.tensor(2.0)
+    loss = consistency_loss(masked, full, txt, scale)
+    p = torch.softmax(scale.exp() * full @ txt.T, 1)
+    q = torch.softmax(scale.exp() * masked @ txt.T, 1)
+    kl = (p * (p.log() - q.log())).sum(1).mean()
+    torch.testing.assert_close(loss, kl + clip_loss(masked, txt, scale))
+    loss.backward()
+    assert full.grad is None  # the full image is the teacher
+    assert masked.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------- compute_losses
+
+
+def outputs(b=4, n=6, n_words=5, d=8, dl=8):
+    img = SimpleNamespace(
+        global_emb=unit(b, d, seed=20),
+        patch_emb=torch.randn(b, n, dl),
+        patch_weight=torch.rand(b, n),
+        mask=torch.rand(b, n),
+        masked_emb=unit(b, d, seed=21),
+    )
+    txt = SimpleNamespace(
+        global_emb=unit(b, d, seed=22),
+        word_emb=torch.randn(b, n_words, dl),
+        word_mask=torch.ones(b, n_words, dtype=torch.bool),
+    )
+    return img, txt
+
+
+def test_compute_losses_terms_and_total():
+    img, txt = outputs()
+    scale = torch.tensor(2.0)
+    params = ModelParams(
+        use_local_alignment=True,
+        use_masking=True,
+        local_weight=2.0,
+        sparse_weight=3.0,
+        cons_weight=0.5,
+    )
+    out = compute_losses(img, txt, scale, params)
+    assert set(out) == {"clip", "local", "sparse", "cons", "total"}
+    torch.testing.assert_close(out["clip"], clip_loss(img.global_emb, txt.global_emb, scale))
+    torch.testing.assert_close(out["sparse"], sparsity_loss(img.mask, 0.5))
+    expected = out["clip"] + 2.0 * out["local"] + 3.0 * out["sparse"] + 0.5 * out["cons"]
+    torch.testing.assert_close(out["total"], expected)
+
+
+def test_compute_losses_model_a_is_clip_only():
+    img, txt = outputs()
+    img.patch_emb = img.mask = img.masked_emb = None
+    out = compute_losses(img, txt, torch.tensor(2.0), ModelParams())
+    assert set(out) == {"clip", "total"}
+    torch.testing.assert_close(out["total"], out["clip"])
+
+
+def test_compute_losses_names_missing_output():
+    img, txt = outputs()
+    img.masked_emb = None
+    with pytest.raises(ValueError, match="masked_emb = None"):
+        compute_losses(img, txt, torch.tensor(2.0), ModelParams(use_masking=True))

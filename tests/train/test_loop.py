@@ -1,0 +1,139 @@
+"""Training mechanics on a tiny backbone: phases, checkpoints, resume, NaN handling."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from lib.config.params import ModelParams, TrainParams
+from lib.config.variants import Variant
+from lib.data.master import read_master
+from lib.model.backbone import load_backbone
+from lib.train.loop import Data, Trainer, TrainingError, fingerprint, phase_of
+
+
+def make_variant(backbone_dir, **train) -> Variant:
+    settings = dict(
+        epochs=3,
+        batch_size=8,
+        gradient_accumulation_steps=2,
+        warmup_epochs=1,
+        warmup_lr=1e-3,
+        lr=1e-3,
+        warmup_steps=2,
+        num_workers=1,
+        eval_batch_size=64,
+        device="cpu",
+    )
+    tp = TrainParams(**{**settings, **train})
+    mp = ModelParams(
+        backbone=f"local-dir:{backbone_dir}",
+        use_local_alignment=True,
+        use_masking=True,
+        mask_mode="drop",
+        drop_layer=1,
+        local_dim=16,
+    )
+    return Variant("E", mp, tp)
+
+
+@pytest.fixture(scope="module")
+def setup(small_master, tiny_backbone):
+    master, root = small_master
+    splits = read_master(master)
+    backbone = load_backbone(f"local-dir:{tiny_backbone}")
+    return (
+        master,
+        Data.build(splits["train"], root, backbone),
+        Data.build(splits["val"], root, backbone),
+        backbone,
+    )
+
+
+def new_trainer(setup, variant, state_dir) -> Trainer:
+    master, train, val, backbone = setup
+    return Trainer(
+        variant, train, val, backbone, state_dir, fingerprint(variant, master), torch.device("cpu")
+    )
+
+
+def test_phases():
+    v = Variant("A", ModelParams(), TrainParams(epochs=4, warmup_epochs=2))
+    assert [phase_of(e, v) for e in range(4)] == [1, 1, 2, 2]
+    v2 = dataclasses.replace(v, train=TrainParams(epochs=4, staged_training=False))
+    assert [phase_of(e, v2) for e in range(4)] == [2, 2, 2, 2]
+
+
+def test_phase_one_freezes_the_backbone(setup, tiny_backbone, tmp_path):
+    trainer = new_trainer(setup, make_variant(tiny_backbone), tmp_path)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    opt, sched = trainer.make_optimizer(1)
+    trainer.train_epoch(0, opt, sched)
+    after = trainer.model.state_dict()
+    trunk = [k for k in before if ".trunk.blocks." in k]
+    heads = [k for k in before if k.startswith(("mask_head", "local_"))]
+    assert trunk and heads
+    assert all(torch.equal(before[k], after[k]) for k in trunk)
+    assert any(not torch.equal(before[k], after[k]) for k in heads)
+
+
+def test_resume_after_interruption_gives_the_same_result(setup, tiny_backbone, tmp_path):
+    variant = make_variant(tiny_backbone)
+    full = new_trainer(setup, variant, tmp_path / "full").run()
+
+    interrupted = new_trainer(setup, variant, tmp_path / "int")
+    original = interrupted.validate
+    calls = {"n": 0}
+
+    def crash_in_epoch_three():
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original()
+
+    interrupted.validate = crash_in_epoch_three
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.run()
+    resumed_trainer = new_trainer(setup, variant, tmp_path / "int")
+    resumed = resumed_trainer.run()
+    assert resumed.epoch == full.epoch == 3
+    assert len(resumed.history) == 3
+    for a, b in zip(full.history, resumed.history, strict=True):
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-7)
+    assert resumed.best_epoch == full.best_epoch
+
+
+def test_checkpoint_of_another_config_is_not_resumed(setup, tiny_backbone, tmp_path):
+    variant = make_variant(tiny_backbone, epochs=2)
+    new_trainer(setup, variant, tmp_path).run()
+    other = make_variant(tiny_backbone, epochs=2, seed=5)
+    trainer = new_trainer(setup, other, tmp_path)
+    assert trainer.try_resume() is None
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(
+    setup, tiny_backbone, tmp_path, monkeypatch
+):
+    variant = make_variant(tiny_backbone, epochs=2, warmup_epochs=0, staged_training=False)
+    trainer = new_trainer(setup, variant, tmp_path)
+    import lib.train.loop as train_mod
+
+    real = train_mod.compute_losses
+    epoch_of = {"n": 0}
+
+    def nan_in_second_epoch(img, txt, scale, params):
+        out = real(img, txt, scale, params)
+        if trainer.state.epoch == 1:
+            out["total"] = out["total"] * math.nan
+        epoch_of["n"] += 1
+        return out
+
+    monkeypatch.setattr(train_mod, "compute_losses", nan_in_second_epoch)
+    with pytest.raises(TrainingError, match=r"loss became nan at epoch 2"):
+        trainer.run()
+    payload = torch.load(trainer.last_path, weights_only=True)
+    assert '"epoch": 1' in payload["state"]
+    assert (tmp_path / "best.safetensors").is_file()
