@@ -22,7 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lib.config.params import BackboneParams, ModelParams, load_params
+from lib.config.loader import load_params
+from lib.config.params import BackboneParams, ModelParams
 from lib.config.variants import resolve_all
 from lib.device import autocast_and_scaler
 from lib.model.backbone import load_backbone, write_demo_backbone

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from lib.cli import run
-from lib.config.params import load_params
+from lib.config.loader import load_params
 from lib.data.master import load_image
 from lib.eval.compare import (
     data_description,

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from lib.cli import run
-from lib.config.params import load_params
+from lib.config.loader import load_params
 from lib.data.master import read_master
 from lib.model.backbone import write_demo_backbone
 

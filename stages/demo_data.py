@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from lib.cli import run
-from lib.config.params import as_dict, load_params
+from lib.config.loader import load_params
+from lib.config.params import as_dict
 from lib.demo.corpus import write_corpus
 from lib.io import atomic_path, write_json
 

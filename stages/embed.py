@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from lib.cli import run
-from lib.config.params import load_params
+from lib.config.loader import load_params
 from lib.data.master import load_images, read_master
 from lib.data.pack import Pack
 from lib.eval.embed import (

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from lib.cli import run
-from lib.config.params import load_params
+from lib.config.loader import load_params
 from lib.data.master import read_master
 from lib.data.pack import Pack
 from lib.eval.embed import embed_texts, load_trained

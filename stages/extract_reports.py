@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from lib.cli import run
-from lib.config.params import load_params
+from lib.config.loader import load_params
 from lib.data.reports import ReportSource, extract_reports
 from lib.io import write_json, write_parquet
 

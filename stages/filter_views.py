@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from lib.cli import run
-from lib.config.params import load_params
+from lib.config.loader import load_params
 from lib.data.mimic import METADATA_COLUMNS
 from lib.data.plots import views_figure
 from lib.data.tables import read_csv_checked

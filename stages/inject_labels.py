@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from lib.cli import run
-from lib.config.params import load_params
+from lib.config.loader import load_params
 from lib.data.labels import inject_labels
 from lib.data.mimic import CHEXPERT_COLUMNS
 from lib.data.tables import read_csv_checked

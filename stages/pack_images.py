@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from lib.cli import run
-from lib.config.params import load_params
+from lib.config.loader import load_params
 from lib.data.master import read_master
 from lib.data.pack import default_workers, pack_images
 from lib.errors import DataError

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from lib.cli import run
-from lib.config.params import load_params
+from lib.config.loader import load_params
 from lib.data.plots import label_distribution_figure, label_distribution_table, text_length_figure
 from lib.data.qc import master_lines, pipeline_drops, read_listing, run_qc, write_jsonl
 from lib.io import atomic_path, save_figure, write_csv, write_json

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from lib.cli import run
-from lib.config.params import load_params
+from lib.config.loader import load_params
 from lib.config.variants import resolve_all
 from lib.io import atomic_path
 

@@ -1,4 +1,5 @@
-"""params.yaml → frozen, validated dataclasses.
+"""params.yaml → frozen, validated dataclasses, one per section (a leaf: read it through
+``lib.config.loader.load_params``, which also resolves the variants and cross-checks).
 
 Every section is a dataclass; unknown keys, wrong types and bad combinations
 are rejected at load time with a message naming the key, the bad value and the
@@ -11,10 +12,7 @@ import dataclasses
 import types
 import typing
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Literal
-
-import yaml
 
 from lib.errors import ParamsError
 
@@ -23,6 +21,8 @@ ReportSection = Literal["findings", "impression"]
 ImageCheck = Literal["exists", "header"]
 
 LABEL_POLICIES: tuple[str, ...] = typing.get_args(LabelPolicy)
+# The backbone that stage demo_backbone writes (dvc.yaml: vars paths.backbone).
+DEMO_BACKBONE = "local-dir:data/backbone/demo"
 # Zero-shot prompts of "No Finding" (positive, negative): the impression of a normal study.
 NO_FINDING_PROMPTS: tuple[str, ...] = (
     "A chest x-ray showing no acute cardiopulmonary process",
@@ -172,7 +172,7 @@ class ModelParams:
     differences of the others)."""
 
     # open_clip model: "local-dir:<path>" or "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-..."
-    backbone: str = "local-dir:data/backbone/demo"
+    backbone: str = DEMO_BACKBONE
     use_local_alignment: bool = False
     use_masking: bool = False
     mask_mode: MaskMode = "soft"  # soft (C) | topk: soft top-K (D) | drop: hard token drop (E)
@@ -398,19 +398,9 @@ _SECTION_TYPES: dict[str, type] = {
 }
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml (every section, so typos anywhere fail early)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ParamsError(f"{path}: params file not found; run from the repository root")
-    with path.open(encoding="utf-8") as fh:
-        raw = yaml.safe_load(fh) or {}
-    if not isinstance(raw, Mapping):
-        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
-    return parse_params(raw, source=str(path))
-
-
-def parse_params(raw: Mapping[str, Any], source: str = "params.yaml") -> Params:
+def parse_sections(raw: Mapping[str, Any], source: str = "params.yaml") -> Params:
+    """Every section of params.yaml as its dataclass; ``models`` is kept raw here (the
+    variants are resolved and cross-checked by ``lib.config.loader``, above this module)."""
     unknown = sorted(set(raw) - set(_SECTION_TYPES) - {"models"})
     if unknown:
         raise ParamsError(
@@ -423,18 +413,7 @@ def parse_params(raw: Mapping[str, Any], source: str = "params.yaml") -> Params:
     models = raw.get("models") or {}
     if not isinstance(models, Mapping):
         raise ParamsError(f"{source}: 'models' must map variant names to overrides")
-    params = Params(**sections, models=dict(models))
-    from lib.config.variants import resolve_all  # validates every variant's overrides
-
-    resolve_all(params, source)
-    demo = "local-dir:data/backbone/demo"
-    if params.model.backbone == demo and params.backbone.image_size != params.data.image_size:
-        raise ParamsError(
-            f"{source}: backbone.image_size = {params.backbone.image_size} but data.image_size "
-            f"= {params.data.image_size}; the demo backbone takes the packed images as they "
-            "are, so set both to the same size"
-        )
-    return params
+    return Params(**sections, models=dict(models))
 
 
 def build_section(cls: type, raw: Any, name: str, source: str = "params.yaml") -> Any:

@@ -1,7 +1,8 @@
 import pytest
 import yaml
 
-from lib.config.params import DataParams, Params, load_params, parse_params
+from lib.config.loader import load_params, parse_params
+from lib.config.params import DataParams, Params
 from lib.errors import ParamsError
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from lib.config.params import load_params, parse_params
+from lib.config.loader import load_params, parse_params
 from lib.config.variants import VARIANTS, Variant, resolve_all, resolve_variant
 from lib.errors import ParamsError
 
