@@ -9,7 +9,7 @@ the demo's renderer, JPEG quality chosen for ~1.5 MB per file, like MIMIC-CXR-JP
    decodes at 1/8 scale, then the same resize and crop);
 2. ``pack_images`` on every core against plain decoding on every core, in threads and in
    processes (images per second, and per core). Processes are what PyTorch DataLoader
-   workers (the seed's input pipeline) are; there glibc's main heap gives the 7.8 MB decode
+   workers (the spec's input pipeline) are; there glibc's main heap gives the 7.8 MB decode
    buffer back to the OS after each image and faults it in again for the next, which makes
    plain decoding ~20 % slower than in threads (equal with MALLOC_TRIM_THRESHOLD_ raised);
 3. with ``--decoder nvjpeg`` (needs CUDA): ``pack_images`` decoding batches with nvJPEG,
@@ -41,7 +41,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lib.data.master import load_image, resize_shape
+from lib.data.images import load_image, resize_shape
 from lib.data.pack import PackedPixels, pack_images
 from lib.demo.synth_images import render_cxr
 

@@ -1,4 +1,5 @@
-"""What every stage script shares: argument parsing helpers and error reporting."""
+"""What every stage script shares: ``run(main)``, which turns a PipelineError into a
+readable message and exit code 1."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import resource
 from collections.abc import Callable
 
 import torch
@@ -32,3 +33,13 @@ def autocast_and_scaler(
     if torch.cuda.is_bf16_supported():
         return lambda: torch.autocast("cuda", dtype=torch.bfloat16), None
     return lambda: torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """This process's peak memory in MiB, keyed by what was measured: the CUDA allocator's
+    peak on a GPU, else the peak resident set of the process."""
+    if device.type == "cuda":
+        return {"cuda_max_allocated_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}
+    return {
+        "process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    }

@@ -14,6 +14,7 @@ from lib.config.loader import load_params
 from lib.data.master import read_master
 from lib.data.pack import Pack
 from lib.eval.embed import embed_texts, load_trained
+from lib.eval.embeddings import Embeddings
 from lib.eval.evaluate import evaluate, fraction_key
 from lib.eval.metrics import label_prompts
 from lib.eval.plots import save_model_plots
@@ -43,8 +44,7 @@ def main() -> None:
     neg_emb = None if negatives is None else embed_texts(trained, negatives, p.batch_size)
     del trained
 
-    with np.load(args.embeddings / "embeddings.npz") as npz:
-        emb = {k: npz[k] for k in npz.files}
+    emb = Embeddings.load(args.embeddings)
     splits = read_master(args.master)
     if args.pack:  # the rows embed@ embedded: without the images the pack could not decode
         pack = Pack.open(args.pack)
@@ -53,7 +53,7 @@ def main() -> None:
 
     with atomic_path(args.out) as tmp:
         tmp.mkdir()
-        np.savez(tmp / "rows.npz", **result.rows.to_arrays())
+        result.rows.save(tmp)
         no_negative = np.zeros((0, prompt_emb.shape[1]), np.float32)
         negative = neg_emb if neg_emb is not None else no_negative
         np.savez(tmp / "prompts.npz", positive=prompt_emb, negative=negative)

@@ -1,4 +1,5 @@
-"""End-to-end: the DVC data pipeline on the demo corpus, in a temporary git copy of the repo."""
+"""End-to-end: the whole DVC pipeline (data, training, evaluation) on the demo corpus, in a
+temporary git copy of the repo."""
 
 from __future__ import annotations
 
@@ -127,7 +128,7 @@ def test_evaluation_writes_the_report_metrics_and_plots(repo):
         assert m["n_test_images"] > 200 and m["zero_shot_undefined_labels"] == 0
         for png in ("roc", "auc_per_label", "recall_at_k", "probe_confusion"):
             assert (repo / f"plots/eval/{name}/{png}.png").stat().st_size > 10_000
-        eff = json.loads((repo / f"metrics/efficiency/eval_{name}.json").read_text())
+        eff = json.loads((repo / f"metrics/efficiency/eval/{name}.json").read_text())
         assert eff["inference_images_per_second"] > 0
     kept = {
         n: json.loads((repo / f"metrics/eval/{n}.json").read_text())["mean_patch_tokens_kept"]

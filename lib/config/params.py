@@ -208,7 +208,7 @@ class ModelParams:
 
 @dataclasses.dataclass(frozen=True)
 class TrainParams:
-    """The training schedule (the seed's "Training Strategy"); demo values in params.yaml."""
+    """The training schedule (the spec's "Training Strategy"); demo values in params.yaml."""
 
     seed: int = 0
     epochs: int = 40
@@ -224,7 +224,7 @@ class TrainParams:
     recall_weight: float = 0.7  # combined metric = w * mean recall + (1 - w) * mean AUC
     patience: int = 7
     use_amp: bool = True  # on CUDA only (bf16 where supported, else fp16 with a scaler)
-    # Threads that decode the split's images once before training (the seed: 4 loader workers).
+    # Threads that decode the split's images once before training (the spec: 4 loader workers).
     num_workers: int = 4
     eval_batch_size: int = 128
     val_prompt_template: str = "A chest x-ray showing {}"

@@ -1,6 +1,6 @@
 """Batched JPEG decoding with torchvision (nvJPEG on CUDA), preprocessed like ``load_image``.
 
-``lib.data.master.load_image`` (the CPU path, and the direct path without a pack) decodes in JPEG
+``lib.data.images.load_image`` (the CPU path, and the direct path without a pack) decodes in JPEG
 draft mode: libjpeg scales the inverse DCT by 1/a, with a ∈ {8, 4, 2, 1} the largest that
 keeps both sides ≥ ``size``; then Pillow resizes the shorter side to ``size`` (bicubic,
 antialiased) and crops the centre. nvJPEG has no DCT scaling, so this path does:
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lib.data.master import resize_shape
+from lib.data.images import resize_shape
 
 DRAFT_SCALES = (8, 4, 2, 1)
 JPEG_MAGIC = b"\xff\xd8"

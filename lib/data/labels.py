@@ -17,7 +17,7 @@ VALID_VALUES = (1.0, 0.0, -1.0)
 
 # policy → (value for uncertain -1, value for blank); 1 stays 1 and 0 stays 0 everywhere.
 POLICIES: dict[str, tuple[int, int]] = {
-    "positive_only": (0, 0),  # the seed: only a stated positive counts
+    "positive_only": (0, 0),  # the spec: only a stated positive counts
     "u_ones": (1, 0),
     "u_zeros": (0, 0),
     "u_ignore": (IGNORE, 0),

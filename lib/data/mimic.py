@@ -46,6 +46,9 @@ LABELS: tuple[str, ...] = (
     "Pneumothorax",
     "Support Devices",
 )
+NO_FINDING = "No Finding"
+# The 13 findings: every label but No Finding (which says there is none).
+FINDINGS: tuple[str, ...] = tuple(lb for lb in LABELS if lb != NO_FINDING)
 CHEXPERT_COLUMNS: tuple[str, ...] = ("subject_id", "study_id", *LABELS)
 
 # Id shapes: subject 8 digits starting with 1, study 8 digits starting with 5,

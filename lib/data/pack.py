@@ -1,8 +1,8 @@
 """Pack every image of the master file once into a memory-mapped uint8 array.
 
 MIMIC-CXR-JPG images are ~2,500 × 3,000 px JPEGs of ~1.5 MB; a model sees them at 224 px.
-Decoding them on every epoch of every model starves the GPU (the seed's 72 img/s), so the
-``pack_images`` stage decodes each image once, with ``lib.data.master.load_image`` (JPEG draft mode,
+Decoding them on every epoch of every model starves the GPU (the spec's 72 img/s), so the
+``pack_images`` stage decodes each image once, with ``lib.data.images.load_image`` (JPEG draft mode,
 the same preprocessing as the direct path, bit for bit), into ``images.npy``: (N, S, S)
 uint8 in master-file order, read through ``np.load(mmap_mode="r")``. Training and evaluation
 then gather batches from the page cache. On a GPU, ``pack.decoder: nvjpeg`` decodes batches
@@ -16,6 +16,7 @@ rows are zeros and flagged not ``ok``, and readers leave them out.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -30,8 +31,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lib.data.master import Split, load_image
+from lib.data.master import Split
+from lib.data.images import load_image
 from lib.errors import DataError
+from lib.io import atomic_path, write_json, write_npy
 
 IMAGES = "images.npy"
 INDEX = "index.json"
@@ -88,9 +91,9 @@ def pack_images(
         np.lib.format.open_memmap(
             state_dir / IMAGES, mode="w+", dtype=np.uint8, shape=(n, size, size)
         ).flush()
-        _save_npy(state_dir / OK, np.zeros(n, dtype=bool))
+        write_npy(state_dir / OK, np.zeros(n, dtype=bool))
         meta = {"run_id": run_id, "chunks_done": [], "failed": []}
-        _write_json(meta_path, meta)
+        write_json(meta_path, meta)
     out = np.load(state_dir / IMAGES, mmap_mode="r+")
     ok = np.load(state_dir / OK)
     done = set(meta["chunks_done"])
@@ -153,15 +156,15 @@ def pack_images(
                     out[i] = pixels
                     ok[i] = True
             out.flush()
-            _save_npy(state_dir / OK, ok)  # before the chunk is marked done
+            write_npy(state_dir / OK, ok)  # before the chunk is marked done
             meta["chunks_done"].append(c)
             meta["failed"] = failed
-            _write_json(meta_path, meta)
+            write_json(meta_path, meta)
             if progress:
                 progress(hi - lo)
     del out
-    _save_npy(state_dir / DICOM, np.asarray(dicom, dtype=np.bytes_))  # ASCII ids, 1 byte/char
-    _write_json(
+    write_npy(state_dir / DICOM, np.asarray(dicom, dtype=np.bytes_))  # ASCII ids, 1 byte/char
+    write_json(
         state_dir / INDEX,
         {
             "n_images": n,
@@ -236,7 +239,7 @@ class Pack:
 class PackedPixels:
     """``pixels[idx]`` → (B, S, S) uint8 tensor, gathered from the memmap in one copy.
 
-    Stands in for the in-memory (N, S, S) tensor of ``lib.data.master.load_images``.
+    Stands in for the in-memory (N, S, S) tensor of ``lib.data.images.load_images``.
     """
 
     def __init__(self, images: np.ndarray, rows: np.ndarray) -> None:
@@ -257,20 +260,57 @@ class PackedPixels:
         return torch.from_numpy(out)
 
 
+def pack_run_id(master: Path, root: Path, size: int, decoder: str) -> str:
+    """Identifies a pack_images run: its state is resumed only by the same run."""
+    st = master.stat()
+    blob = f"{master.resolve()}|{st.st_size}|{st.st_mtime_ns}|{root.resolve()}|{size}|{decoder}"
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def decode_device(decoder: str, params_file: Path) -> torch.device | None:
+    """The GPU for ``pack.decoder: nvjpeg``; None for the CPU decoder."""
+    if decoder != "nvjpeg":
+        return None
+    if not torch.cuda.is_available():
+        raise DataError(
+            f"pack.decoder = nvjpeg needs a CUDA GPU and none is visible; set "
+            f"pack.decoder: pillow in {params_file} (it decodes on the CPU cores)"
+        )
+    return torch.device("cuda")
+
+
+def pack_metrics(result: PackResult) -> dict[str, Any]:
+    return {
+        "images": result.n_images,
+        "image_size": result.image_size,
+        "failed": len(result.failed),
+        "failed_fraction": round(len(result.failed) / result.n_images, 6),
+        "failed_images": result.failed,
+    }
+
+
+def check_failed(result: PackResult, max_fraction: float, root: Path, listed_in: Path) -> None:
+    """Too many unreadable images stop the stage (all of them are listed in ``listed_in``)."""
+    fraction = len(result.failed) / result.n_images
+    if fraction > max_fraction:
+        examples = "; ".join(f"{f['image']}: {f['error']}" for f in result.failed[:5])
+        raise DataError(
+            f"{len(result.failed)} of {result.n_images} images under {root} could not be "
+            f"decoded ({fraction:.2%} > pack.max_failed_fraction = {max_fraction}), "
+            f"e.g. {examples}. Replace the damaged files (all are listed in {listed_in}) "
+            "and run `dvc repro -f pack_images`, or raise pack.max_failed_fraction to leave "
+            "them out"
+        )
+
+
+def publish(state_dir: Path, out: Path) -> None:
+    """Move the finished state directory to ``out`` (a rename on one file system: no copy
+    of the pack), without its resume record."""
+    (state_dir / "run.json").unlink()
+    with atomic_path(out) as tmp:
+        shutil.move(state_dir, tmp)
+
+
 def default_workers(workers: int) -> int:
     """pack.workers: 0 means every core."""
     return workers if workers > 0 else (os.cpu_count() or 1)
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    """np.save through a temporary file: a kill mid-write leaves the previous file whole."""
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("wb") as fh:
-        np.save(fh, array)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)

@@ -177,7 +177,7 @@ def readiness_warnings(df: pd.DataFrame, min_positives: int = 10) -> list[str]:
 
 
 def distribution(df: pd.DataFrame) -> dict[str, Any]:
-    """The seed's distribution table (positives per label and split), views and text lengths."""
+    """The spec's distribution table (positives per label and split), views and text lengths."""
     table: dict[str, Any] = {}
     for split in SPLITS:
         part = df[df["split"] == split]

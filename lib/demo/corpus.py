@@ -26,6 +26,7 @@ from lib.config.params import DemoParams
 from lib.data.mimic import (
     CHEXPERT_COLUMNS,
     CHEXPERT_FILE,
+    FINDINGS,
     LABELS,
     METADATA_COLUMNS,
     METADATA_FILE,
@@ -37,13 +38,11 @@ from lib.data.mimic import (
 from lib.demo.synth_images import render_cxr
 from lib.demo.synth_reports import compose_report
 
-PATHOLOGIES: tuple[str, ...] = tuple(lb for lb in LABELS if lb != "No Finding")
-
 # Probability that a study is free of any pathology (CheXpert "No Finding"): MIMIC's
 # training split has 71,202 / 213,364 = 33 % No Finding among frontal images.
 P_NORMAL = 0.33
 # (positive, uncertain, negated) rate of each label over all studies. Positive rates
-# follow the seed's training-split table (rare labels a little lower, since an abnormal
+# follow the spec's training-split table (rare labels a little lower, since an abnormal
 # study with nothing drawn gets one random finding); uncertain and negated mentions follow the
 # shape of the real CheXpert file (pneumonia is often hedged, pneumothorax often negated).
 LABEL_RATES: dict[str, tuple[float, float, float]] = {
@@ -117,7 +116,7 @@ def draw_states(rng: np.random.Generator, portable: bool) -> dict[str, str | Non
     """Finding states of one study: 'pos', 'unc', 'neg' or None (not mentioned)."""
     normal = rng.random() < P_NORMAL
     states: dict[str, str | None] = {}
-    for label in PATHOLOGIES:
+    for label in FINDINGS:
         p_pos, p_unc, p_neg = LABEL_RATES[label]
         if label == "Support Devices":
             # Portable (AP) studies are mostly ICU patients with lines and tubes.
@@ -135,8 +134,8 @@ def draw_states(rng: np.random.Generator, portable: bool) -> dict[str, str | Non
             states[label] = "neg"
         else:
             states[label] = None
-    if not normal and not any(states[lb] in ("pos", "unc") for lb in PATHOLOGIES[:-1]):
-        states[PATHOLOGIES[int(rng.integers(len(PATHOLOGIES) - 1))]] = "pos"
+    if not normal and not any(states[lb] in ("pos", "unc") for lb in FINDINGS[:-1]):
+        states[FINDINGS[int(rng.integers(len(FINDINGS) - 1))]] = "pos"
     if any(states[c] == "pos" for c in OPACITY_CHILDREN) and rng.random() < 0.4:
         states["Lung Opacity"] = "pos"
     return states
@@ -145,10 +144,8 @@ def draw_states(rng: np.random.Generator, portable: bool) -> dict[str, str | Non
 def chexpert_row(states: dict[str, str | None]) -> dict[str, float]:
     """CheXpert values for what a report states (blank = NaN); No Finding as the labeler sets it."""
     code = {"pos": 1.0, "unc": -1.0, "neg": 0.0, None: np.nan}
-    row = {label: code[states.get(label)] for label in PATHOLOGIES}
-    abnormal = any(
-        states.get(lb) in ("pos", "unc") for lb in PATHOLOGIES if lb != "Support Devices"
-    )
+    row = {label: code[states.get(label)] for label in FINDINGS}
+    abnormal = any(states.get(lb) in ("pos", "unc") for lb in FINDINGS if lb != "Support Devices")
     row["No Finding"] = np.nan if abnormal else 1.0
     return row
 

@@ -12,6 +12,11 @@ Shapes are filled polygons and polylines drawn with PIL into a few 8-bit layers,
 once; numpy combines the layers into an attenuation map and maps that to grey levels. Layers
 that are blurred heavily anyway (body thickness, haze, fluid) are drawn at a quarter of the
 resolution, which keeps one image at a few milliseconds.
+
+Why one module of ~1,200 lines: it is a single renderer whose parts are private to it (the
+frontal and lateral geometries share ``_Geometry``, ``_Layers`` and ``_Scene`` with the
+finding drawer ``_draw_findings``); only ``render_cxr`` is its interface, and it belongs to
+the demo corpus alone (nothing outside ``lib/demo`` imports it).
 """
 
 from __future__ import annotations
@@ -23,13 +28,12 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-from lib.data.mimic import LABELS
+from lib.data.mimic import FINDINGS, LABELS
 
 # View positions that show the chest from the side; every other value is drawn frontal.
 LATERAL_VIEWS: frozenset[str] = frozenset({"LATERAL", "LL", "XTABLE LATERAL"})
 
 # "No Finding" is the absence of everything else, so it draws nothing.
-FINDINGS: tuple[str, ...] = tuple(label for label in LABELS if label != "No Finding")
 
 # Weights of the layers in the attenuation map (1.0 ~ the densest soft tissue shown white).
 _K_TISSUE = 0.80

@@ -21,6 +21,10 @@ lobe, ...) across the FINDINGS and IMPRESSION sections.
 
 A few reports take the irregular shapes real parsers have to cope with
 (`SHAPE_PROBS`), and a few carry an addendum on top (`P_ADDENDUM`).
+
+Why one module of ~1,050 lines: most of them are the phrase tables above (data, one
+entry a line), which the composer below must keep consistent with (a table entry names the
+states it needs); only ``compose_report`` is its interface, for the demo corpus alone.
 """
 
 from __future__ import annotations
@@ -32,13 +36,12 @@ from typing import Literal
 
 import numpy as np
 
-from lib.data.mimic import LABELS
+from lib.data.mimic import FINDINGS
 
 State = Literal["pos", "neg", "unc"] | None
 
 STATES: tuple[str, ...] = ("pos", "neg", "unc")
 # The labels a report states; "No Finding" is derived, never stated.
-FINDING_LABELS: tuple[str, ...] = tuple(lab for lab in LABELS if lab != "No Finding")
 
 # --- file shapes --------------------------------------------------------------------------
 P_PLACEHOLDER = 0.005  # the whole file is a short placeholder (" Report to follow.")
@@ -799,13 +802,13 @@ del _lab, _by_state, _t, _req, _ts
 
 
 def validate_states(states: Mapping[str, State]) -> dict[str, str | None]:
-    """The states in `FINDING_LABELS` order (missing labels are None); ValueError if bad."""
+    """The states in `FINDINGS` order (missing labels are None); ValueError if bad."""
     for key, value in states.items():
         if key not in _ORDER:
-            raise ValueError(f"unknown finding label {key!r} (expected one of {FINDING_LABELS})")
+            raise ValueError(f"unknown finding label {key!r} (expected one of {FINDINGS})")
         if value is not None and value not in STATES:
             raise ValueError(f"bad state {value!r} for {key!r} (expected pos/neg/unc/None)")
-    return {lab: states.get(lab) for lab in FINDING_LABELS}
+    return {lab: states.get(lab) for lab in FINDINGS}
 
 
 class _Writer:
@@ -815,7 +818,7 @@ class _Writer:
     def __init__(self, r: random.Random, order: dict[str, int]):
         self.r = r
         self.order = order
-        self.ctx: dict[str, dict[str, str]] = {lab: {} for lab in FINDING_LABELS}
+        self.ctx: dict[str, dict[str, str]] = {lab: {} for lab in FINDINGS}
 
     def pick(self, templates: Sequence[str], labels: Sequence[str]) -> str | None:
         """A template of the same kind and at the same location as earlier statements of

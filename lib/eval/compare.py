@@ -12,6 +12,7 @@ import pandas as pd
 
 from lib.config.variants import DESCRIPTIONS
 from lib.errors import DataError
+from lib.eval.embeddings import ExplainMaps
 from lib.eval.evaluate import QueryRows, row_metrics
 from lib.eval.stats import holm, paired_bootstrap_table
 
@@ -36,7 +37,7 @@ class Published:
     reference: str
 
 
-# The seed's "Benchmarking & SOTA Comparison" table: MIMIC-CXR official test split, as
+# The spec's "Benchmarking & SOTA Comparison" table: MIMIC-CXR official test split, as
 # published by each paper (not recomputed by this pipeline).
 LITERATURE: tuple[Published, ...] = (
     Published("ConVIRT", 2020, 23.3, 61.2, 0.770, "Zhang et al. (2020), arXiv:2010.00747"),
@@ -358,30 +359,30 @@ def tests_table(tests: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> pd.Data
 
 
 def explain_columns(
-    explain: Mapping[str, Mapping[str, np.ndarray]],
+    explain: Mapping[str, ExplainMaps],
 ) -> list[tuple[str, list[np.ndarray]]]:
     """The heatmap columns of the explainability figure, one per model that has a map:
     its mask z where it masks (E: only the kept tokens), else its finding-word attention."""
     names = list(explain)
     ref = explain[names[0]]
-    grid = tuple(int(g) for g in ref["grid"])
+    grid = tuple(int(g) for g in ref.grid)
     for n in names[1:]:
-        if not np.array_equal(explain[n]["dicom"], ref["dicom"]):
+        if not np.array_equal(explain[n].dicom, ref.dicom):
             raise DataError(
                 f"explain.npz of {n} and {names[0]} show different test images; rerun "
                 "`dvc repro` so every embed@ stage uses the current master file"
             )
     columns = []
     for n, e in explain.items():
-        if not np.isnan(e["mask"]).all():
+        if not np.isnan(e.mask).all():
             masks = [
                 np.where(kept, m, np.nan).reshape(grid)
-                for m, kept in zip(e["mask"], e["kept"], strict=True)
+                for m, kept in zip(e.mask, e.kept, strict=True)
             ]
-            title = f"{n}: mask z" + (" (kept tokens)" if not e["kept"].all() else "")
+            title = f"{n}: mask z" + (" (kept tokens)" if not e.kept.all() else "")
             # ("mask" in the title: drawn on the fixed 0–1 scale by explain_figure)
             columns.append((title, masks))
-        elif not np.isnan(e["attention"]).all():
-            maps = [a.reshape(grid) for a in e["attention"]]
+        elif not np.isnan(e.attention).all():
+            maps = [a.reshape(grid) for a in e.attention]
             columns.append((f"{n}: finding word → patch attention", maps))
     return columns

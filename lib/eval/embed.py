@@ -1,16 +1,16 @@
 """Embeddings of a trained model (stage embed@X): every image of every split, the test
 reports, the Patch-IB token statistics, and the inference efficiency.
 
-Evaluation (lib/eval/evaluate.py) works on these arrays alone, so changing a bootstrap or probe
-setting re-runs seconds of NumPy, not a pass of the model over the data.
+Evaluation (lib/eval/evaluate.py) works on the saved arrays alone (lib/eval/embeddings.py),
+so changing a bootstrap or probe setting re-runs seconds of NumPy, not a pass of the model
+over the data.
 """
 
 from __future__ import annotations
 
 import json
-import resource
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,13 +19,15 @@ import torch
 from safetensors.torch import load_model
 
 from lib.config.variants import Variant
-from lib.data.master import Split, to_model_input
-from lib.device import autocast_and_scaler, resolve_device
+from lib.data.images import to_model_input
+from lib.data.master import Split
+from lib.data.pack import PackedPixels
+from lib.data.splits import SPLITS
+from lib.device import autocast_and_scaler, peak_memory, resolve_device
 from lib.errors import DataError
+from lib.eval.embeddings import Embeddings, study_reports
 from lib.model.backbone import Backbone, load_backbone
 from lib.model.patch_ib import PatchIBModel, trim_padding
-
-SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -129,40 +131,50 @@ def embed_texts(trained: Trained, texts: list[str], batch_size: int) -> np.ndarr
     return torch.cat(out).numpy()
 
 
-def study_reports(split: Split) -> tuple[np.ndarray, list[str]]:
-    """One report per study, in order of first appearance: (study ids, texts)."""
-    first: dict[int, int] = {}
-    for i, s in enumerate(split.study.tolist()):
-        first.setdefault(s, i)
-    rows = list(first.values())
-    return split.study[rows], [split.texts[i] for i in rows]
-
-
 def efficiency(trained: Trained, images: int, seconds: float) -> dict[str, float | str]:
     """Inference throughput (model only, decoded images in memory) and peak memory."""
-    device = trained.device
-    if device.type == "cuda":
-        peak, kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated_mb"
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        kind = "process_peak_rss_mb"
     return {
         "inference_images_per_second": round(images / max(seconds, 1e-9), 1),
         "inference_images_timed": images,
-        kind: round(peak, 1),
-        "device": str(device),
+        **peak_memory(trained.device),
+        "device": str(trained.device),
         "torch_threads": torch.get_num_threads(),
     }
 
 
-def check_aligned(dicom: Iterable[str], expected: list[str], what: str) -> None:
-    """Embeddings must be row-aligned with the master file they were computed from."""
-    got = list(dicom)
-    if got != expected:
-        raise DataError(
-            f"{what}: its rows ({len(got)} images) do not match the master file's "
-            f"({len(expected)}); the embeddings are stale, rerun `dvc repro` (embed stage)"
-        )
+@dataclass
+class EmbedRun:
+    embeddings: Embeddings
+    test_pixels: torch.Tensor | PackedPixels  # for the explain maps
+    efficiency: dict[str, float | str]
+
+
+def embed_splits(
+    trained: Trained,
+    splits: Mapping[str, Split],
+    pixels_of: Callable[[Split], torch.Tensor | PackedPixels],
+    batch_size: int,
+) -> EmbedRun:
+    """Every split's images (``pixels_of`` reads a split's uint8 images) and the test
+    reports, one per study."""
+    images, dicom = {}, {}
+    seconds, timed = 0.0, 0
+    for name in SPLITS:
+        pixels = pixels_of(splits[name])
+        emb = embed_images(trained, pixels, batch_size)
+        images[name], dicom[name] = emb.emb, np.array(splits[name].dicom)
+        seconds, timed = seconds + emb.seconds, timed + emb.images_timed
+    study, texts = study_reports(splits["test"])
+    embeddings = Embeddings(
+        images=images,
+        dicom=dicom,
+        test_tokens_kept=emb.tokens_kept,  # "test" is the last of SPLITS
+        test_mask_mass=emb.mask_mass,
+        report_study=study,
+        report_emb=embed_texts(trained, texts, batch_size),
+        inverse_temperature=trained.model.logit_scale.exp().item(),
+    )
+    return EmbedRun(embeddings, pixels, efficiency(trained, timed, seconds))
 
 
 def _n_patches(model: PatchIBModel) -> int:

@@ -2,13 +2,14 @@
 
 Retrieval (Recall@K both ways, ranks), zero-shot classification from prompts, the
 ConVIRT data-fraction linear probe, and patient-level bootstrap intervals of all headline
-numbers. Pure NumPy on the arrays written by embed@X plus the prompt embeddings.
+numbers. NumPy only (no torch), on the embeddings of embed@X plus the prompt embeddings.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,8 +17,7 @@ import numpy as np
 from lib.config.params import EvalParams
 from lib.data.master import Split
 from lib.data.mimic import LABELS
-from lib.errors import DataError
-from lib.eval.embed import check_aligned, study_reports
+from lib.eval.embeddings import Embeddings, study_reports
 from lib.eval.metrics import (
     IGNORE_LABEL,
     auc_ap_columns,
@@ -68,6 +68,16 @@ class QueryRows:
         }
         out.update({f"probe_{k}": v for k, v in self.probe.items()})
         return out
+
+    FILE = "rows.npz"
+
+    def save(self, folder: Path) -> None:
+        np.savez(folder / self.FILE, **self.to_arrays())
+
+    @classmethod
+    def load(cls, folder: Path) -> QueryRows:
+        with np.load(folder / cls.FILE) as npz:
+            return cls.from_arrays({k: npz[k] for k in npz.files})
 
     @classmethod
     def from_arrays(cls, a: Mapping[str, np.ndarray]) -> QueryRows:
@@ -126,27 +136,21 @@ class EvalResult:
 
 
 def evaluate(
-    emb: Mapping[str, np.ndarray],
+    emb: Embeddings,
     splits: Mapping[str, Split],
     prompt_emb: np.ndarray,
     neg_prompt_emb: np.ndarray | None,
     params: EvalParams,
 ) -> EvalResult:
     """Every test metric of one model from its embeddings (see the module docstring)."""
-    for name in ("train", "val", "test"):
-        check_aligned(emb[f"{name}_dicom"].tolist(), splits[name].dicom, f"{name}_image")
+    emb.check_aligned(splits)
     test = splits["test"]
     report_study, report_texts = study_reports(test)
-    if not np.array_equal(emb["test_report_study"], report_study):
-        raise DataError(
-            "test_report_emb: its studies do not match the master file's test split; the "
-            "embeddings are stale, rerun `dvc repro` (embed stage)"
-        )
-    x_test = emb["test_image"]
+    x_test = emb.images["test"]
     ks = tuple(params.recall_ks)
 
     # Retrieval.
-    ranks = retrieval_ranks(x_test, test.study, emb["test_report_emb"], report_study, report_texts)
+    ranks = retrieval_ranks(x_test, test.study, emb.report_emb, report_study, report_texts)
     retrieval = summarize_ranks(ranks, ks)
     n_img, n_txt = len(ranks.i2t), len(ranks.t2i)
     curve_k = list(range(1, params.recall_curve_max_k + 1))
@@ -159,7 +163,7 @@ def evaluate(
     }
 
     # Zero-shot classification.
-    scale = float(emb["logit_scale"])
+    scale = emb.inverse_temperature
     zs = zero_shot_scores(x_test, prompt_emb, neg_prompt_emb, scale=scale)
     zs_table = auc_per_label(zs, test.labels, LABELS)
     single = None
@@ -169,9 +173,9 @@ def evaluate(
     # Linear probe at each data fraction.
     probes = {
         fraction_key(f): fit_probe(
-            emb["train_image"],
+            emb.images["train"],
             splits["train"].labels,
-            emb["val_image"],
+            emb.images["val"],
             splits["val"].labels,
             x_test,
             test.labels,
@@ -222,8 +226,8 @@ def evaluate(
         m[f"probe_{k}_labels_scored"] = (
             len(LABELS) - len(r.undefined_labels) - len(r.untrainable_labels)
         )
-    m["mean_patch_tokens_kept"] = float(np.mean(emb["test_tokens_kept"]))
-    mass = emb["test_mask_mass"]
+    m["mean_patch_tokens_kept"] = float(np.mean(emb.test_tokens_kept))
+    mass = emb.test_mask_mass
     m["mean_mask_mass"] = None if np.isnan(mass).all() else float(np.mean(mass))
     m["n_test_images"] = n_img
     m["n_test_report_texts"] = n_txt

@@ -18,9 +18,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lib.data.master import Split, to_model_input
+from lib.data.images import to_model_input
+from lib.data.master import Split
 from lib.data.mimic import LABELS
+from lib.data.pack import PackedPixels
 from lib.eval.embed import Trained
+from lib.eval.embeddings import ExplainMaps
 
 # Words that name each finding in a report. Labels in the order they are picked: findings
 # with a place on the image first.
@@ -162,3 +165,23 @@ def explain(trained: Trained, pixels: torch.Tensor, split: Split, examples: list
         full[cols.to(att.device)] = att.mean(dim=0)
         attention[i] = full.cpu().numpy()
     return Maps(mask, kept, attention, (gh, gw))
+
+
+def explain_maps(
+    trained: Trained, pixels: torch.Tensor | PackedPixels, split: Split, n: int
+) -> ExplainMaps:
+    """The explainability figure's data for one model: up to ``n`` examples of ``split``
+    (``select_examples``) with their maps."""
+    examples = select_examples(split, n)
+    maps = explain(trained, pixels, split, examples)
+    return ExplainMaps(
+        row=np.array([e.row for e in examples], dtype=np.int64),
+        dicom=np.array([split.dicom[e.row] for e in examples]),
+        image=np.array([split.images[e.row] for e in examples]),
+        label=np.array([e.label for e in examples]),
+        keyword=np.array([e.keyword for e in examples]),
+        mask=maps.mask,
+        kept=maps.kept,
+        attention=maps.attention,
+        grid=np.array(maps.grid),
+    )

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from lib.data.mimic import LABELS
 
-ArrayLike = np.ndarray | torch.Tensor
+ArrayLike = Any  # np.ndarray or torch.Tensor (duck-typed: this module never imports torch)
 # Label value that means "not annotated / uncertain": left out of AUC and AP
 # (lib.data.labels.IGNORE, the u_ignore policy).
 IGNORE_LABEL = -1
@@ -311,8 +310,8 @@ def auc_per_label(scores: ArrayLike, labels: ArrayLike, names: Sequence[str]) ->
     return {
         "auc": auc,
         "ap": ap,
-        "mean_auc": _mean_defined(auc),
-        "mean_ap": _mean_defined(ap),
+        "mean_auc": mean_defined(auc),
+        "mean_ap": mean_defined(ap),
         "undefined_labels": undefined,
         "n_positive": n_pos,
         "n_negative": n_neg,
@@ -429,13 +428,14 @@ def combined_metric(
     return float(recall_weight * mean_recall + (1 - recall_weight) * mean_auc)
 
 
-def _mean_defined(values: dict[str, float | None]) -> float | None:
+def mean_defined(values: dict[str, float | None]) -> float | None:
+    """Mean of the values that are defined (not None); None if none is."""
     defined = [v for v in values.values() if v is not None]
     return float(np.mean(defined)) if defined else None
 
 
 def _as_numpy(x: ArrayLike | Sequence[Any]) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
+    if hasattr(x, "detach"):  # a torch tensor, on any device
         x = x.detach().cpu()
         return (x.float() if x.is_floating_point() else x).numpy()
     return np.asarray(x)

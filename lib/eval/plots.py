@@ -285,3 +285,27 @@ def save_model_plots(
     write_csv(out / "probe_fractions.csv", fractions)
     confusion = result.details["probe"][full]["confusion"]
     save_figure(out / "probe_confusion.png", confusion_figure(name, f"{full} of train", confusion))
+
+
+def save_compare_plots(
+    out: Path,
+    table: pd.DataFrame,
+    tests: pd.DataFrame,
+    ks: Sequence[int],
+    device: str,
+    images: Sequence[np.ndarray],
+    captions: Sequence[str],
+    columns: Sequence[tuple[str, Sequence[np.ndarray | None]]],
+) -> None:
+    """Write the cross-model plots of compare and their data: the summary and paired-test
+    tables, grouped bars with CIs, efficiency, and the Patch-IB maps (``columns``: one
+    heatmap column per model, over ``images``)."""
+    from lib.io import save_figure, write_csv
+
+    write_csv(out / "summary.csv", table)
+    write_csv(out / "paired_tests.csv", tests)
+    bars = [(f"{d}_R@{k}", f"{d.upper()} R@{k}") for d in ("i2t", "t2i") for k in ks]
+    bars.append(("zero_shot_mean_auc", "zero-shot mean AUC"))
+    save_figure(out / "grouped_bars.png", grouped_bars_figure(table, bars))
+    save_figure(out / "efficiency.png", efficiency_figure(table, device))
+    save_figure(out / "explain.png", explain_figure(images, captions, columns))

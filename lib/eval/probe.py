@@ -21,7 +21,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from threadpoolctl import threadpool_limits
 
-from lib.eval.metrics import IGNORE_LABEL
+from lib.eval.metrics import IGNORE_LABEL, mean_defined
 
 MAX_ITER = 1000
 # Features with a smaller train standard deviation are constant: divided by 1, not by ~0.
@@ -233,8 +233,8 @@ def fit_probe(
         confusion=confusion,
         n_train=n_train,
         n_train_positive=n_train_pos,
-        mean_auc=_mean_defined(auc),
-        mean_ap=_mean_defined(ap),
+        mean_auc=mean_defined(auc),
+        mean_ap=mean_defined(ap),
         undefined_labels=tuple(undefined),
         untrainable_labels=tuple(untrainable),
         not_converged_labels=tuple(not_converged),
@@ -263,11 +263,6 @@ def _youden_threshold(target: np.ndarray, score: np.ndarray) -> float | None:
 def _sigmoid(z: float) -> float:
     # 0.5·(1 + tanh(z/2)) never overflows, and gives 1.0 for +inf.
     return float(0.5 * (1.0 + math.tanh(0.5 * z))) if math.isfinite(z) else float(z > 0)
-
-
-def _mean_defined(values: dict[str, float | None]) -> float | None:
-    defined = [v for v in values.values() if v is not None]
-    return float(np.mean(defined)) if defined else None
 
 
 def _check_emb(x: np.ndarray, name: str) -> np.ndarray:

@@ -25,9 +25,12 @@ from torch.utils.checkpoint import checkpoint
 
 from lib.config.params import ModelParams
 
-# CLIP clamps the inverse temperature at 100: beyond it the logits saturate and training
-# becomes unstable.
-MAX_LOGIT_SCALE = 100.0
+# CLIP clamps the inverse temperature exp(logit_scale) at 100 (temperature >= 0.01):
+# beyond it the logits saturate and training becomes unstable. The parameter itself is the
+# log, so the optimizer step clamps it at log(100) (lib/train/loop.py): past that its
+# gradient here would be zero and it could never come back.
+MAX_INVERSE_TEMPERATURE = 100.0
+MAX_LOGIT_SCALE = math.log(MAX_INVERSE_TEMPERATURE)
 # Elements of one (images-chunk × B × L × N) attention tensor in local_alignment_loss: 2**24
 # float32 values = 64 MiB each, a few of which are alive at once (see there).
 LOCAL_CHUNK_ELEMENTS = 2**24
@@ -37,7 +40,7 @@ Aggregate = Literal["lse", "mean"]
 
 def inverse_temperature(logit_scale: Tensor) -> Tensor:
     """exp(logit_scale) clamped at 100, as CLIP does (scalar tensor; no gradient above 100)."""
-    return logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+    return logit_scale.exp().clamp(max=MAX_INVERSE_TEMPERATURE)
 
 
 def clip_loss(

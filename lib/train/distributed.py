@@ -3,7 +3,8 @@
 One optimizer step on W ranks (processes, one GPU each) and a global batch of B = W·b images:
 
 1. every rank computes the same global study-aware batches from (seed, epoch) with
-   ``lib.data.master.study_aware_batches``; ``shard_batch`` gives rank r the rows r·b … (r+1)·b − 1;
+   ``lib.train.batches.study_aware_batches``; ``shard_batch`` gives rank r the rows
+   r·b … (r+1)·b − 1;
 2. the DDP-wrapped model encodes the rank's shard (b rows);
 3. ``gather_outputs`` all-gathers the outputs in rank order, so every rank holds the global
    batch's outputs, rows in the order a single process would have them;

@@ -1,4 +1,4 @@
-"""Staged training of one variant (the seed's "Training Strategy").
+"""Staged training of one variant (the spec's "Training Strategy").
 
 Phase 1 trains heads and ``logit_scale`` with the backbones frozen at ``train.warmup_lr``;
 phase 2 trains everything at ``train.lr`` with layer-wise lr decay and a cosine schedule
@@ -14,9 +14,9 @@ import dataclasses
 import hashlib
 import json
 import math
-import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,10 +27,11 @@ from safetensors.torch import save_model
 from tqdm import tqdm
 
 from lib.config.variants import Variant
-from lib.data.master import Split, load_images, study_aware_batches, to_model_input
+from lib.data.images import load_images, to_model_input
+from lib.data.master import Split, first_per_study
 from lib.data.mimic import LABELS
 from lib.data.pack import Pack, PackedPixels
-from lib.device import autocast_and_scaler, resolve_device
+from lib.device import autocast_and_scaler, peak_memory, resolve_device
 from lib.errors import PipelineError
 from lib.eval.metrics import (
     auc_per_label,
@@ -39,13 +40,14 @@ from lib.eval.metrics import (
     retrieval_metrics,
     zero_shot_scores,
 )
+from lib.io import atomic_path
 from lib.model.backbone import Backbone, load_backbone
-from lib.model.losses import compute_losses
+from lib.model.losses import MAX_LOGIT_SCALE, compute_losses
 from lib.model.patch_ib import PatchIBModel, trim_padding
+from lib.train.batches import study_aware_batches
 from lib.train.distributed import DistInfo, gather_outputs, init_distributed, shard_batch
+from lib.train.live import EpochLog
 from lib.train.optim import param_groups, warmup_cosine_scheduler
-
-MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp: temperature never below 0.01
 
 
 class TrainingError(PipelineError):
@@ -185,6 +187,10 @@ class Trainer:
     def last_path(self) -> Path:
         return self.state_dir / "last.pt"
 
+    @property
+    def best_path(self) -> Path:
+        return self.state_dir / "best.safetensors"
+
     def save_checkpoint(self, opt: torch.optim.Optimizer, sched: Any) -> None:
         if not self.dist.is_main:
             return
@@ -196,9 +202,8 @@ class Trainer:
             "scheduler": sched.state_dict(),
             "state": json.dumps(self.state.__dict__),
         }
-        tmp = self.last_path.with_suffix(".tmp")
-        torch.save(payload, tmp)
-        tmp.replace(self.last_path)
+        with atomic_path(self.last_path) as tmp:
+            torch.save(payload, tmp)
 
     def try_resume(self) -> tuple[torch.optim.Optimizer, Any] | None:
         if not self.last_path.is_file():
@@ -219,9 +224,8 @@ class Trainer:
         if not self.dist.is_main:
             return
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_dir / "best.safetensors.tmp"
-        save_model(self.model, str(tmp))
-        tmp.replace(self.state_dir / "best.safetensors")
+        with atomic_path(self.best_path) as tmp:
+            save_model(self.model, str(tmp))
 
     # ----------------------------------------------------------------- loops
     def batches(self, data: Data, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -346,10 +350,7 @@ class Trainer:
                     losses[k] = losses.get(k, 0.0) + float(v) / len(batches)
         image_emb, text_emb = self.embed(data)
         # One text candidate per study (the study's report).
-        first = {}
-        for i, s in enumerate(data.split.study.tolist()):
-            first.setdefault(s, i)
-        rows = list(first.values())
+        rows = first_per_study(data.split.study)
         study_text = text_emb[data.text_of[rows]]
         retrieval = retrieval_metrics(
             image_emb,
@@ -387,10 +388,14 @@ class Trainer:
         torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
 
-    def run(self) -> TrainState:
+    def run(self, on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainState:
+        """Train to the end (or early stop); ``on_epoch`` sees each epoch's history row, the
+        rows of a resumed run's earlier epochs first."""
         resumed = self.try_resume()
         opt, sched = resumed if resumed else self.make_optimizer(phase_of(0, self.v))
         t = self.tp
+        for row in self.state.history if on_epoch else ():
+            on_epoch(row)
         if resumed and self.dist.is_main:
             print(
                 f"train@{self.v.name}: resuming after epoch {self.state.epoch} of {t.epochs} "
@@ -425,19 +430,15 @@ class Trainer:
                 self.state.bad_epochs += 1
                 self.state.stopped_early = self.state.bad_epochs >= t.patience
             self.save_checkpoint(opt, sched)
+            if on_epoch:
+                on_epoch(row)
             epochs.set_postfix(combined=f"{row['val_combined']:.3f}", best=self.state.best_epoch)
         return self.state
 
-    def efficiency(self) -> dict[str, float]:
-        if self.device.type == "cuda":
-            peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
-            kind = "cuda_max_allocated_mb"
-        else:
-            peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            kind = "process_peak_rss_mb"
+    def efficiency(self) -> dict[str, float | str]:
         return {
             "train_images_per_second": round(self.images_seen / max(self.train_seconds, 1e-9), 1),
-            kind: round(peak_mb, 1),
+            **peak_memory(self.device),
             "device": str(self.device),
         }
 
@@ -450,9 +451,11 @@ def train_variant(
     state_dir: Path,
     progress: bool = False,
     pack: Pack | None = None,
+    live_dir: Path | None = None,
 ) -> tuple[Trainer, TrainState]:
     """Load the backbone and the data (from the pack when given), then train (resuming if
-    possible). Images the pack could not decode are left out."""
+    possible). Images the pack could not decode are left out. With ``live_dir``, rank 0
+    logs every epoch there through DVCLive (lib/train/live.py)."""
     device = resolve_device(variant.train.device)
     info = init_distributed(device.type)  # rank 0 of 1 unless launched by torchrun
     if info.distributed and device.type == "cuda":
@@ -474,4 +477,7 @@ def train_variant(
         progress and info.is_main,
         info,
     )
-    return trainer, trainer.run()
+    if live_dir is None or not info.is_main:
+        return trainer, trainer.run()
+    with EpochLog(live_dir) as log:
+        return trainer, trainer.run(on_epoch=log.log)

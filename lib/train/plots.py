@@ -1,4 +1,4 @@
-"""The seed's five training plots per model (loss, combined metric, mean recall, mean AUC,
+"""The spec's five training plots per model (loss, combined metric, mean recall, mean AUC,
 learning rate); each function returns a Figure, the stage saves it."""
 
 from __future__ import annotations

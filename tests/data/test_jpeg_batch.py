@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lib.data.master import load_image, resize_shape
+from lib.data.images import load_image, resize_shape
 from lib.data.jpeg_batch import decode_batch, draft_factor, preprocess
 from lib.data.pack import pack_images
 from lib.demo.synth_images import render_cxr

@@ -12,7 +12,8 @@ import pytest
 import torch
 import yaml
 
-from lib.data.master import load_image, load_images, read_master
+from lib.data.images import load_image, load_images
+from lib.data.master import read_master
 from lib.errors import DataError
 from lib.data.pack import Pack, PackedPixels, pack_images
 from tests.test_stages import assert_clean_error, run_stage

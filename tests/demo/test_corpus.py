@@ -114,7 +114,7 @@ def test_report_shapes_and_missing_labels(big):
     assert 0 < n_studies - len(big["chexpert"]) < 0.03 * n_studies
 
 
-SEED_TRAIN_PREVALENCE = {  # the seed's table: positives / 213,364 training images
+SEED_TRAIN_PREVALENCE = {  # the spec's table: positives / 213,364 training images
     "Atelectasis": 0.202,
     "Cardiomegaly": 0.196,
     "Consolidation": 0.047,

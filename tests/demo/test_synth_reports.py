@@ -11,10 +11,9 @@ from functools import cache
 import numpy as np
 import pytest
 
-from lib.data.mimic import LABELS
+from lib.data.mimic import FINDINGS
 from lib.demo import synth_reports as sr
 
-FINDINGS = [lab for lab in LABELS if lab != "No Finding"]
 STATE_CHOICES = ("pos", "neg", "unc", None)
 BODY_SECTIONS = ("FINDINGS", "IMPRESSION", "CONCLUSION", "FINDINGS AND IMPRESSION", "_final")
 HEADER_RE = re.compile(r"^ ([A-Z][A-Z ]*[A-Z]):(?: |  (\S.*))$")

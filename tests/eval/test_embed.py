@@ -11,9 +11,11 @@ from safetensors.torch import save_model
 
 from lib.config.params import ModelParams, TrainParams
 from lib.config.variants import Variant
-from lib.data.master import load_images, read_master, to_model_input
+from lib.data.images import load_images, to_model_input
+from lib.data.master import read_master
 from lib.errors import DataError
-from lib.eval.embed import check_aligned, embed_images, embed_texts, load_trained, study_reports
+from lib.eval.embed import embed_images, embed_texts, load_trained
+from lib.eval.embeddings import check_aligned, study_reports
 from lib.eval.explain import explain, find_mention, select_examples
 from lib.model.backbone import load_backbone
 from lib.model.patch_ib import PatchIBModel, num_kept

@@ -13,7 +13,7 @@ from lib.config.params import EvalParams
 from lib.data.master import read_master
 from lib.data.mimic import LABELS
 from lib.errors import DataError
-from lib.eval.embed import study_reports
+from lib.eval.embeddings import Embeddings, study_reports
 from lib.eval.evaluate import QueryRows, evaluate, fraction_key, label_key, row_metrics
 from lib.eval.metrics import retrieval_metrics, zero_shot_scores
 from lib.eval.probe import fit_probe
@@ -44,7 +44,7 @@ def fake_embeddings(splits, seed=0, signal=2.0):
     emb["test_report_emb"] = np.stack([study(s) for s in report_study]).astype(np.float32)
     emb["test_tokens_kept"] = np.full(len(test), 18.0)
     emb["test_mask_mass"] = np.full(len(test), np.nan)
-    emb["logit_scale"] = np.float32(10.0)
+    emb["inverse_temperature"] = np.float32(10.0)
     prompts = (label_dirs + rng.normal(scale=0.5, size=label_dirs.shape)).astype(np.float32)
     negatives = (-label_dirs).astype(np.float32)
     return emb, prompts, negatives
@@ -54,7 +54,7 @@ def fake_embeddings(splits, seed=0, signal=2.0):
 def case(small_master):
     splits = read_master(small_master[0])
     emb, pos, neg = fake_embeddings(splits)
-    return splits, emb, pos, neg, evaluate(emb, splits, pos, neg, PARAMS)
+    return splits, emb, pos, neg, evaluate(Embeddings.from_arrays(emb), splits, pos, neg, PARAMS)
 
 
 def test_retrieval_equals_retrieval_metrics(case):
@@ -89,7 +89,9 @@ def test_zero_shot_auc_equals_sklearn(case):
 
 def test_single_prompt_mode(case):
     splits, emb, pos, _, _ = case
-    res = evaluate(emb, splits, pos, None, dataclasses.replace(PARAMS, bootstrap=20))
+    res = evaluate(
+        Embeddings.from_arrays(emb), splits, pos, None, dataclasses.replace(PARAMS, bootstrap=20)
+    )
     assert res.details["zero_shot_mode"] == "single prompt"
     assert "zero_shot_single_prompt_mean_auc" not in res.metrics
 
@@ -158,7 +160,7 @@ def test_perfect_embeddings_give_perfect_retrieval(small_master):
     for name in ("train", "val"):
         emb[f"{name}_image"] = rng.normal(size=(len(splits[name]), len(text_id)))
     res = evaluate(
-        emb,
+        Embeddings.from_arrays(emb),
         splits,
         pos[:, :1].repeat(len(text_id), 1),
         None,
@@ -172,7 +174,7 @@ def test_stale_embeddings_are_refused(case):
     splits, emb, pos, neg, _ = case
     bad = {**emb, "test_dicom": emb["test_dicom"][::-1]}
     with pytest.raises(DataError, match="stale"):
-        evaluate(bad, splits, pos, neg, PARAMS)
+        evaluate(Embeddings.from_arrays(bad), splits, pos, neg, PARAMS)
 
 
 def test_ignored_labels_are_left_out(small_master):
@@ -182,7 +184,9 @@ def test_ignored_labels_are_left_out(small_master):
     labels = test.labels.copy()
     labels[::3, 0] = -1  # u_ignore: a third of Atelectasis masked
     splits = {**splits, "test": dataclasses.replace(test, labels=labels)}
-    res = evaluate(emb, splits, pos, neg, dataclasses.replace(PARAMS, bootstrap=20))
+    res = evaluate(
+        Embeddings.from_arrays(emb), splits, pos, neg, dataclasses.replace(PARAMS, bootstrap=20)
+    )
     keep = labels[:, 0] != -1
     scores = zero_shot_scores(emb["test_image"], pos, neg, scale=10.0)
     ref = roc_auc_score(labels[keep, 0], scores[keep, 0])

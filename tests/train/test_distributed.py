@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from lib.config.params import ModelParams
-from lib.model.backbone import Backbone, load_backbone, write_demo_backbone
+from lib.model.backbone import Backbone, load_backbone
 from lib.model.losses import compute_losses
 from lib.model.patch_ib import ImageOutput, PatchIBModel, TextOutput
 from lib.train.distributed import (
@@ -35,10 +35,8 @@ from lib.train.distributed import (
     init_distributed,
     shard_batch,
 )
-from tests.conftest import TINY_BACKBONE
 
-# conftest's tiny backbone (32-px images, 16-px patches: N = 4), without its demo corpus.
-BACKBONE = dataclasses.replace(TINY_BACKBONE, seed=5)
+# conftest's tiny backbone: 32-px images, 16-px patches (N = 4).
 WORLD = 2
 # Global batch of 8: rank 0's shard holds the short reports, rank 1's the long ones, so the
 # two ranks trim their tokens to different lengths and word_emb / word_mask need padding.
@@ -185,10 +183,8 @@ def run_ranks(backbone_dir: Path, out_dir: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def backbone_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("dist") / "backbone"
-    write_demo_backbone(out, TEXTS * 3, BACKBONE)
-    return out
+def backbone_dir(tiny_backbone: Path) -> Path:
+    return tiny_backbone
 
 
 # --- two ranks against one process --------------------------------------------------------
@@ -335,6 +331,7 @@ def _write_config(out: Path, model: ModelParams, **train: object) -> Path:
     return config
 
 
+@pytest.mark.slow  # torchrun: about a minute
 def test_train_stage_under_torchrun_matches_one_process(small_master, tiny_backbone, tmp_path):
     """train.nproc_per_node = 2 relaunches the stage under torchrun (2 Gloo ranks on CPU).
 
@@ -391,6 +388,7 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
+@pytest.mark.slow  # torchrun, killed and rerun: about two minutes
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_killed_torchrun_run_resumes_to_the_same_result(small_master, tiny_backbone, tmp_path):
     """SIGKILL to the stage's launcher (torchrun) after epoch 2's checkpoint: both ranks
