@@ -12,7 +12,6 @@ the model and the optimizer step, not the input pipeline. AMP on CUDA as in trai
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lib.config.loader import load_params
 from lib.config.params import BackboneParams, ModelParams
 from lib.config.variants import resolve_all
-from lib.device import autocast_and_scaler
+from lib.device import autocast_and_scaler, peak_memory
 from lib.model.backbone import load_backbone, write_demo_backbone
 from lib.model.losses import compute_losses
 from lib.model.patch_ib import PatchIBModel
@@ -110,9 +109,7 @@ def measure(
         opt.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device) / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    (peak,) = peak_memory(device).values()  # MiB: CUDA allocator's peak, else peak RSS
     return steps * len(x) / (time.perf_counter() - start), peak
 
 

@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import json
 import os
@@ -29,6 +30,7 @@ from lib.model.backbone import (
     train_wordpiece_vocab,
     write_demo_backbone,
 )
+from tests.conftest import TINY_BACKBONE
 
 # Nothing here may reach the network (the loader never asks; this makes the libraries agree).
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -47,20 +49,11 @@ TEXTS = [
     for b in FINDINGS[i:]
 ] + ["The lungs are clear.", "Heart size is normal. No pleural effusion or pneumothorax."]
 
-PARAMS = BackboneParams(
-    seed=7,
-    image_size=64,
-    patch_size=16,
-    vision_width=64,
-    vision_depth=3,
-    vision_heads=2,
-    text_width=64,
-    text_layers=2,
-    text_heads=2,
-    vocab_size=400,
-    context_length=32,
-    embed_dim=48,
-)
+# The writer itself under test: conftest's tiny backbone, wider and at 64 px.
+PARAMS = dataclasses.replace(
+    TINY_BACKBONE, seed=7, image_size=64, vision_width=64, vision_depth=3, text_width=64,
+    text_layers=2, context_length=32, embed_dim=48,
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 import os
 
@@ -5,28 +6,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib.config.params import BackboneParams, ModelParams
+from lib.config.params import ModelParams
 from lib.errors import ParamsError
 from lib.model.backbone import load_backbone, write_demo_backbone
 from lib.model.patch_ib import PatchIBModel, num_kept, soft_topk, weighted_mean
+from tests.conftest import TINY_BACKBONE
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing here may reach the network
 
-# N = (64 / 16)² = 16 patches, 1 prefix token (CLS); depth 4 so drop_layer 2 is mid-way.
-PARAMS = BackboneParams(
-    seed=3,
-    image_size=64,
-    patch_size=16,
-    vision_width=32,
-    vision_depth=4,
-    vision_heads=2,
-    text_width=32,
-    text_layers=2,
-    text_heads=2,
-    vocab_size=200,
-    context_length=24,
-    embed_dim=40,
-)
+# conftest's tiny backbone at 64 px: N = (64 / 16)² = 16 patches, 1 prefix token (CLS);
+# depth 4 so drop_layer 2 is mid-way.
+PARAMS = dataclasses.replace(
+    TINY_BACKBONE, seed=3, image_size=64, vision_depth=4, text_layers=2, vocab_size=200,
+    context_length=24, embed_dim=40,
+)  # fmt: skip
 N = 16
 TEXTS = [
     "moderate cardiomegaly. no pleural effusion.",
