@@ -250,7 +250,7 @@ def results_markdown(
         "",
         "## Published results (not computed by this pipeline)",
         "",
-        "As reported by each paper on the **MIMIC-CXR official test split** (the seed's "
+        "As reported by each paper on the **MIMIC-CXR official test split** (the specification's "
         "comparison table). They are comparable with ours only when this pipeline runs on "
         "MIMIC-CXR-JPG with the official split"
         + (
