@@ -120,7 +120,7 @@ MaskMode = Literal["soft", "topk", "drop"]
 
 @dataclasses.dataclass(frozen=True)
 class BackboneParams:
-    """The demo backbone: BiomedCLIP in miniature (timm ViT + Hugging Face BERT), random init."""
+    """The demo backbone: BiomedCLIP in miniature (timm ViT + Hugging Face BERT)."""
 
     seed: int = 0
     image_size: int = 96
@@ -131,9 +131,14 @@ class BackboneParams:
     text_width: int = 128
     text_layers: int = 2
     text_heads: int = 2
-    vocab_size: int = 3000  # WordPiece vocabulary trained on the train-split reports
+    vocab_size: int = 3000  # WordPiece vocabulary trained on the pretraining reports
     context_length: int = 128
     embed_dim: int = 512
+    # Pooling of each tower (BiomedCLIP: the ViT's CLS token, BERT's [CLS]). The mean of the
+    # tokens learns far faster from scratch: CLS-pooled towers pretrained on the demo's budget
+    # end with near rank-1 embeddings (README, "The demo backbone").
+    vision_pool: Literal["token", "avg"] = "avg"
+    text_pool: Literal["cls", "mean"] = "mean"
 
     def validate(self) -> None:
         for key in (
@@ -164,6 +169,37 @@ class BackboneParams:
                     f"backbone.{tower}_width = {width} must be divisible by "
                     f"backbone.{tower}_heads = {heads}"
                 )
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainParams:
+    """CLIP pretraining of the demo backbone (stage demo_backbone) on a synthetic corpus of
+    its own: the demo's stand-in for BiomedCLIP's PMC-15M pretraining. Its patients are
+    disjoint from the demo corpus by construction (other subject and study id ranges)."""
+
+    seed: int = 4321  # corpus and training seed (the demo corpus uses demo.seed)
+    n_patients: int = 2000
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 1.0e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.05
+    temperature: float = 0.07  # initial InfoNCE temperature (learnable; CLIP's 0.07)
+    holdout_fraction: float = 0.05  # of its patients, for choosing the best epoch
+
+    def validate(self) -> None:
+        for key in ("n_patients", "epochs", "lr", "temperature"):
+            _positive(f"pretrain.{key}", getattr(self, key))
+        if self.batch_size < 2:
+            raise ParamsError(
+                f"pretrain.batch_size = {self.batch_size}: contrastive loss needs >= 2"
+            )
+        if self.warmup_steps < 0 or self.weight_decay < 0:
+            raise ParamsError("pretrain.warmup_steps and pretrain.weight_decay must be >= 0")
+        if not 0 < self.holdout_fraction < 0.5:
+            raise ParamsError(
+                f"pretrain.holdout_fraction = {self.holdout_fraction} must be in (0, 0.5)"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -378,6 +414,7 @@ class Params:
     data: DataParams = dataclasses.field(default_factory=DataParams)
     qc: QCParams = dataclasses.field(default_factory=QCParams)
     backbone: BackboneParams = dataclasses.field(default_factory=BackboneParams)
+    pretrain: PretrainParams = dataclasses.field(default_factory=PretrainParams)
     model: ModelParams = dataclasses.field(default_factory=ModelParams)
     train: TrainParams = dataclasses.field(default_factory=TrainParams)
     pack: PackParams = dataclasses.field(default_factory=PackParams)
@@ -391,6 +428,7 @@ _SECTION_TYPES: dict[str, type] = {
     "data": DataParams,
     "qc": QCParams,
     "backbone": BackboneParams,
+    "pretrain": PretrainParams,
     "model": ModelParams,
     "train": TrainParams,
     "pack": PackParams,

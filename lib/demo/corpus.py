@@ -96,6 +96,9 @@ VIEW_CODE_MEANING = {
 GEOMETRIES = ((3056, 2544), (2544, 3056), (3050, 2539), (2539, 3050), (2836, 2336), (3000, 3000))
 
 JPEG_QUALITY = 90
+# Id ranges of the demo corpus, as MIMIC-CXR's: subject_id 1xxxxxxx, study_id 5xxxxxxx.
+DEMO_SUBJECTS = (10_000_000, 20_000_000)
+DEMO_STUDIES = (50_000_000, 60_000_000)
 # ZIP can store no date before 1980; a fixed stamp keeps the archive byte-identical.
 ZIP_DATE = (2019, 9, 1, 0, 0, 0)
 
@@ -173,13 +176,21 @@ def _dicom_id(rng: np.random.Generator) -> str:
     return "-".join(h[i : i + 8] for i in range(0, 40, 8))
 
 
-def build_tables(params: DemoParams) -> dict[str, Any]:
-    """Draw the whole corpus (ids, views, findings, reports) without touching the disk."""
+def build_tables(
+    params: DemoParams,
+    subject_range: tuple[int, int] = DEMO_SUBJECTS,
+    study_range: tuple[int, int] = DEMO_STUDIES,
+) -> dict[str, Any]:
+    """Draw the whole corpus (ids, views, findings, reports) without touching the disk.
+
+    Subject and study ids are drawn from ``[low, high)`` of the given ranges (MIMIC's own by
+    default); corpora drawn from disjoint ranges share no patient.
+    """
     rng = np.random.default_rng(params.seed)
     n_pat = params.n_patients
-    subjects = _unique_ints(rng, n_pat, 10_000_000, 20_000_000)
+    subjects = _unique_ints(rng, n_pat, *subject_range)
     n_studies = rng.geometric(1 / params.studies_per_patient, size=n_pat)
-    study_ids = rng.permutation(_unique_ints(rng, int(n_studies.sum()), 50_000_000, 60_000_000))
+    study_ids = rng.permutation(_unique_ints(rng, int(n_studies.sum()), *study_range))
 
     # Patient-level official split: test first, then validate, the rest train.
     order = rng.permutation(n_pat)

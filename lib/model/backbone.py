@@ -281,8 +281,9 @@ def demo_open_clip_config(params: BackboneParams) -> dict[str, Any]:
             "vision_cfg": {
                 "timm_model_name": timm_model_name(params),
                 "timm_model_pretrained": False,
-                # "" keeps timm's own pooling: the ViT's CLS token, as BiomedCLIP.
-                "timm_pool": "",
+                # "" keeps timm's own pooling (the CLS token, as BiomedCLIP); "avg" the mean
+                # of the patch tokens.
+                "timm_pool": "" if params.vision_pool == "token" else "avg",
                 "timm_proj": "linear",
                 "image_size": params.image_size,
             },
@@ -290,7 +291,9 @@ def demo_open_clip_config(params: BackboneParams) -> dict[str, Any]:
                 "hf_model_name": ".",
                 "hf_tokenizer_name": ".",
                 "hf_proj_type": "mlp",
-                "hf_pooler_type": "cls_last_hidden_state_pooler",
+                "hf_pooler_type": (
+                    "cls_last_hidden_state_pooler" if params.text_pool == "cls" else "mean_pooler"
+                ),
                 "context_length": params.context_length,
             },
         },

@@ -49,6 +49,9 @@ from lib.train.distributed import DistInfo, gather_outputs, init_distributed, sh
 from lib.train.live import EpochLog
 from lib.train.optim import param_groups, warmup_cosine_scheduler
 
+# An epoch whose train InfoNCE is within this fraction of its collapsed value is flagged.
+COLLAPSE_TOLERANCE = 0.01
+
 
 class TrainingError(PipelineError):
     """Training cannot go on (e.g. a NaN loss); the last good checkpoint is kept."""
@@ -104,6 +107,13 @@ class Data:
             pixels = pack.pixels(split, backbone.image_size)
         else:
             pixels = load_images(root, split.images, backbone.image_size, threads)
+        return cls.in_memory(split, pixels, backbone)
+
+    @classmethod
+    def in_memory(
+        cls, split: Split, pixels: torch.Tensor | PackedPixels, backbone: Backbone
+    ) -> Data:
+        """From pixels already at hand, (N, S, S) uint8 aligned with ``split``."""
         unique = sorted(set(split.texts))
         index = {t: i for i, t in enumerate(unique)}
         tokens = backbone.tokenizer(unique) if unique else torch.zeros(0, 1, dtype=torch.long)
@@ -420,6 +430,18 @@ class Trainer:
             row.update(self.train_epoch(epoch, opt, sched))
             row.update(self.validate_on_main())
             row["lr"] = opt.param_groups[0]["lr"]
+            # The first epoch averages over the start and the LR warm-up; from the second on,
+            # an InfoNCE still at its all-alike value means the model learns nothing.
+            row["collapsed"] = float(epoch > 0 and self.is_collapsed(row["train_clip"]))
+            if row["collapsed"] and self.dist.is_main:
+                print(
+                    f"train@{self.v.name}: WARNING epoch {epoch + 1}: train InfoNCE "
+                    f"{row['train_clip']:.4f} is within {COLLAPSE_TOLERANCE:.0%} of "
+                    f"{self.collapse_level():.4f}, its value when all embeddings are alike "
+                    "(collapsed); lower train.lr / train.warmup_lr or check the data",
+                    file=sys.stderr,
+                    flush=True,
+                )
             self.state.history.append(row)
             self.state.epoch = epoch + 1
             if row["val_combined"] > self.state.best_metric:
@@ -434,6 +456,15 @@ class Trainer:
                 on_epoch(row)
             epochs.set_postfix(combined=f"{row['val_combined']:.3f}", best=self.state.best_epoch)
         return self.state
+
+    def collapse_level(self) -> float:
+        """The contrastive loss of a model whose embeddings are all alike: ln(batch) in each
+        direction, weighted as the loss weights them."""
+        m = self.mp
+        return (m.contrastive_weight_i2t + m.contrastive_weight_t2i) * math.log(self.tp.batch_size)
+
+    def is_collapsed(self, train_clip: float) -> bool:
+        return train_clip >= (1 - COLLAPSE_TOLERANCE) * self.collapse_level()
 
     def efficiency(self) -> dict[str, float | str]:
         return {

@@ -43,6 +43,8 @@ def best_metrics(state: TrainState) -> dict[str, Any]:
         "best_epoch": state.best_epoch,
         "epochs_run": state.epoch,
         "stopped_early": state.stopped_early,
+        # Epochs after the first whose train InfoNCE sat at its all-embeddings-alike value.
+        "collapsed_epochs": sum(int(row.get("collapsed", 0)) for row in state.history),
         **{
             k: (round(v, 6) if math.isfinite(v) else None)
             for k, v in best.items()

@@ -1,0 +1,301 @@
+"""CLIP pretraining of the demo backbone: the demo's stand-in for BiomedCLIP's pretraining.
+
+The real experiment fine-tunes BiomedCLIP, which was CLIP-pretrained on PMC-15M before it
+ever saw MIMIC-CXR. The demo does the same in miniature: stage ``demo_backbone`` draws a
+synthetic corpus of its own (the demo's renderer and report writer, ``pretrain.seed``,
+``pretrain.n_patients``) whose patients are disjoint from the demo corpus by construction
+(subject and study ids from ranges MIMIC-CXR does not use), CLIP-trains the miniature
+backbone on it (model A's loss, every parameter trainable), and writes the result as the
+same open_clip ``local-dir:`` folder models A–E load and fine-tune.
+
+Images go through the same path as the demo corpus's: rendered at ``demo.image_size``,
+JPEG-encoded at the demo's quality, decoded and resized by ``lib.data.images.load_image``
+at ``data.image_size``; texts are the ``data.sections`` of each report, as the master file's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import multiprocessing as mp
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lib.config.params import Params
+from lib.config.variants import Variant
+from lib.data.images import load_image
+from lib.data.labels import IGNORE, apply_policy
+from lib.data.master import Split
+from lib.data.mimic import LABELS, report_relpath
+from lib.data.reports import parse_report
+from lib.demo.corpus import ImageTask, build_tables, render_task
+from lib.device import resolve_device
+from lib.errors import DataError
+from lib.io import atomic_path
+from lib.model.backbone import WEIGHTS, Backbone, load_backbone, write_demo_backbone
+from lib.train.live import EpochLog
+from lib.train.loop import Data, Trainer, TrainState
+
+# Ids of the pretraining corpus: outside MIMIC-CXR's (subject 1xxxxxxx, study 5xxxxxxx), so
+# no patient of the demo corpus, nor of MIMIC itself, can be drawn.
+PRETRAIN_SUBJECTS = (20_000_000, 30_000_000)
+PRETRAIN_STUDIES = (60_000_000, 70_000_000)
+RECORD = "pretraining.json"  # written beside the weights: what made them
+
+
+@dataclass(frozen=True)
+class PretrainCorpus:
+    pixels: np.ndarray  # (N, S, S) uint8, frontal images only
+    split: Split  # texts, CheXpert labels (for validation only), study and subject ids
+    dropped: dict[str, int]  # images left out, by reason
+
+
+def _decode(job: tuple[ImageTask, int]) -> np.ndarray:
+    task, size = job
+    return load_image(io.BytesIO(render_task(task)), size)
+
+
+def build_corpus(params: Params, workers: int) -> PretrainCorpus:
+    """The pretraining corpus in memory: frontal images (``data.views``) with their report
+    text (``data.sections``); reports shorter than ``data.min_report_chars`` are dropped,
+    as QC drops them, and counted."""
+    pre, data = params.pretrain, params.data
+    demo = dataclasses.replace(params.demo, seed=pre.seed, n_patients=pre.n_patients)
+    tables = build_tables(demo, PRETRAIN_SUBJECTS, PRETRAIN_STUDIES)
+    meta = tables["metadata"].set_index("dicom_id")
+    labels = tables["chexpert"].set_index("study_id")
+    labels = apply_policy(labels[list(LABELS)], data.label_policy)
+    dropped = {"not_frontal": 0, "short_report": 0}
+    jobs, texts, rows, study, subject = [], [], [], [], []
+    for task in tables["tasks"]:
+        dicom = Path(task.relpath).stem
+        sid, st = int(meta.at[dicom, "subject_id"]), int(meta.at[dicom, "study_id"])
+        if meta.at[dicom, "ViewPosition"] not in data.views:
+            dropped["not_frontal"] += 1
+            continue
+        report = tables["reports"][report_relpath(sid, st)]
+        text, _ = parse_report(report).text(data.sections)
+        if len(text) < data.min_report_chars:
+            dropped["short_report"] += 1
+            continue
+        jobs.append((task, data.image_size))
+        texts.append(text)
+        # A study left out of the CheXpert file has unknown labels: ignored by the metrics.
+        known = st in labels.index
+        rows.append(labels.loc[st].to_numpy() if known else np.full(len(LABELS), IGNORE))
+        study.append(st)
+        subject.append(sid)
+    if not jobs:
+        raise DataError(
+            f"pretrain: no frontal image with a report of >= {data.min_report_chars} "
+            f"characters among {pre.n_patients} patients; raise pretrain.n_patients"
+        )
+    if workers > 1:
+        with mp.get_context("fork").Pool(workers) as pool:
+            pixels = pool.map(_decode, jobs, chunksize=32)
+    else:
+        pixels = [_decode(j) for j in jobs]
+    names = [Path(t.relpath).stem for t, _ in jobs]
+    split = Split(
+        images=[t.relpath for t, _ in jobs],
+        study=np.array(study, dtype=np.int64),
+        subject=np.array(subject, dtype=np.int64),
+        texts=texts,
+        labels=np.stack(rows).astype(np.int8),
+        dicom=names,
+    )
+    return PretrainCorpus(np.stack(pixels), split, dropped)
+
+
+def check_disjoint(corpus: Split, others: dict[str, Split], source: str) -> None:
+    """Fail if any pretraining patient appears in ``others`` (the demo's master file)."""
+    seen = set(corpus.subject.tolist())
+    for name, split in others.items():
+        shared = seen & set(split.subject.tolist())
+        if shared:
+            raise DataError(
+                f"{source}: {len(shared)} subject_id(s) of the {name} split, e.g. "
+                f"{min(shared)}, are also in the pretraining corpus, whose ids lie in "
+                f"{PRETRAIN_SUBJECTS}; the pretraining patients must be disjoint: keep the "
+                f"demo corpus (or the real data) to subject ids outside that range"
+            )
+
+
+def holdout(split: Split, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, held-out rows): ``fraction`` of the patients held out, by a seeded draw."""
+    subjects = np.unique(split.subject)
+    rng = np.random.default_rng(seed)
+    n = max(1, round(fraction * len(subjects)))
+    held = np.isin(split.subject, rng.choice(subjects, n, replace=False))
+    return np.flatnonzero(~held), np.flatnonzero(held)
+
+
+def pretrain_variant(params: Params, spec: str) -> Variant:
+    """Model A's architecture and loss with every parameter trainable from the first step
+    (no staging, no LLRD), on ``pretrain``'s schedule; device and AMP from ``train``."""
+    pre = params.pretrain
+    model = dataclasses.replace(
+        params.model,
+        backbone=spec,
+        use_local_alignment=False,
+        use_masking=False,
+        temperature=pre.temperature,
+    )
+    train = dataclasses.replace(
+        params.train,
+        seed=pre.seed,
+        epochs=pre.epochs,
+        batch_size=pre.batch_size,
+        gradient_accumulation_steps=1,
+        staged_training=False,
+        lr=pre.lr,
+        llrd_factor=1.0,
+        weight_decay=pre.weight_decay,
+        warmup_steps=pre.warmup_steps,
+        patience=pre.epochs,  # no early stop: the best held-out epoch is kept
+        nproc_per_node=1,
+    )
+    return Variant(name="pretrain", model=model, train=train)
+
+
+def run_id(variant: Variant, params: Params) -> str:
+    """Identifies a pretraining run (its checkpoint is resumed only by the same run)."""
+    blob = json.dumps(
+        {
+            "variant": variant.to_dict(),
+            "pretrain": dataclasses.asdict(params.pretrain),
+            "backbone": dataclasses.asdict(params.backbone),
+            "demo": dataclasses.asdict(params.demo),
+            "data": dataclasses.asdict(params.data),
+        },
+        sort_keys=True,
+        default=list,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def make_trainer(
+    params: Params,
+    corpus: PretrainCorpus,
+    init_dir: Path,
+    state_dir: Path,
+    progress: bool = False,
+) -> tuple[Trainer, Backbone]:
+    """The randomly initialised backbone written to ``init_dir`` (its vocabulary learned from
+    the corpus's reports) and a Trainer over the corpus, one held-out part for validation."""
+    write_demo_backbone(init_dir, sorted(set(corpus.split.texts)), params.backbone)
+    variant = pretrain_variant(params, f"local-dir:{init_dir}")
+    backbone = load_backbone(variant.model.backbone)
+    pre = params.pretrain
+    train_rows, held_rows = holdout(corpus.split, pre.holdout_fraction, pre.seed)
+    pixels = torch.from_numpy(corpus.pixels)
+    train = Data.in_memory(corpus.split.subset(train_rows), pixels[train_rows], backbone)
+    val = Data.in_memory(corpus.split.subset(held_rows), pixels[held_rows], backbone)
+    trainer = Trainer(
+        variant,
+        train,
+        val,
+        backbone,
+        state_dir,
+        run_id(variant, params),
+        resolve_device(variant.train.device),
+        progress,
+    )
+    return trainer, backbone
+
+
+def load_best(trainer: Trainer) -> None:
+    """Load the best epoch's weights (by the held-out combined metric) into the trainer."""
+    from safetensors.torch import load_model
+
+    load_model(trainer.model, str(trainer.best_path), device=str(trainer.device))
+
+
+def write_pretrained(out: Path, init_dir: Path, trainer: Trainer, record: dict[str, Any]) -> None:
+    """``out``: the init folder (configs, tokenizer) with the trained weights and a record of
+    how they were made, written atomically."""
+    from safetensors.torch import save_file
+
+    clip = trainer.model.clip
+    state = {k: v.detach().cpu().contiguous() for k, v in clip.state_dict().items()}
+    with atomic_path(out) as tmp:
+        shutil.copytree(init_dir, tmp)
+        save_file(state, tmp / WEIGHTS, metadata={"format": "pt"})
+        (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def summary(state: TrainState) -> dict[str, Any]:
+    """The pretraining curve's ends and the best epoch, for the stage's metrics file."""
+    best = state.history[state.best_epoch - 1]
+    return {
+        "epochs": state.epoch,
+        "best_epoch": state.best_epoch,
+        "train_loss_first_epoch": round(state.history[0]["train_total"], 6),
+        "train_loss_last_epoch": round(state.history[-1]["train_total"], 6),
+        "holdout_loss": round(best["val_total"], 6),
+        "holdout_mean_recall": round(best["val_mean_recall"], 6),
+        "holdout_mean_auc": round(best["val_mean_auc"], 6),
+    }
+
+
+def pretrain_backbone(
+    params: Params,
+    splits: dict[str, Split],
+    demo_val: Callable[[str], Data] | None,
+    out: Path,
+    state_dir: Path,
+    log_dir: Path | None,
+    workers: int,
+    progress: bool = False,
+) -> tuple[dict[str, Any], TrainState]:
+    """Build the corpus, check it is disjoint from ``splits``, CLIP-train, write ``out``.
+
+    Returns the metrics (corpus counts, the curve's ends, and, with ``demo_val``, zero-shot
+    AUC and
+    retrieval there before any fine-tuning) and the training state (the curves).
+    ``demo_val(spec)`` builds that split for the backbone ``spec`` (its tokenizer).
+    """
+    corpus = build_corpus(params, workers)
+    check_disjoint(corpus.split, splits, "pretraining corpus")
+    init_dir = state_dir / "init"
+    trainer, _ = make_trainer(params, corpus, init_dir, state_dir / "train", progress)
+    if log_dir is None:
+        state = trainer.run()
+    else:
+        with EpochLog(log_dir) as log:
+            state = trainer.run(on_epoch=log.log)
+    load_best(trainer)
+    metrics: dict[str, Any] = {
+        "corpus_images": len(corpus.split),
+        "corpus_patients": len(np.unique(corpus.split.subject)),
+        "corpus_reports": len(set(corpus.split.texts)),
+        "dropped": corpus.dropped,
+        "patients_shared_with_master": 0,  # check_disjoint stops the stage otherwise
+        **summary(state),
+    }
+    if demo_val is not None:
+        trainer.val_data = demo_val(trainer.v.model.backbone)
+        scores = trainer.validate()
+        metrics["demo_val_zero_shot_mean_auc"] = round(scores["val_mean_auc"], 6)
+        metrics["demo_val_mean_recall"] = round(scores["val_mean_recall"], 6)
+    record = {"pretrain": dataclasses.asdict(params.pretrain), "metrics": metrics}
+    write_pretrained(out, init_dir, trainer, record)
+    return metrics, state
+
+
+def skip_record(out: Path, backbone: str) -> dict[str, Any]:
+    """Real runs fine-tune ``model.backbone`` itself: ``out`` only records that the demo
+    backbone was not built (DVC still needs the output), and why."""
+    reason = f"model.backbone = {backbone!r} is not the demo backbone"
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        (tmp / RECORD).write_text(json.dumps({"skipped": reason}) + "\n", encoding="utf-8")
+    return {"skipped": reason}

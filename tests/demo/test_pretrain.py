@@ -1,0 +1,144 @@
+"""The demo backbone's pretraining: its corpus (disjoint, deterministic, as the master file's
+texts), and a tiny end-to-end pretraining that writes a loadable, trained, reproducible folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lib.config.params import DataParams, DemoParams, Params, PretrainParams, TrainParams
+from lib.data.master import read_master
+from lib.data.mimic import LABELS
+from lib.demo.pretrain import (
+    PRETRAIN_SUBJECTS,
+    RECORD,
+    build_corpus,
+    check_disjoint,
+    holdout,
+    pretrain_backbone,
+    pretrain_variant,
+    skip_record,
+)
+from lib.errors import DataError, ParamsError
+from lib.model.backbone import WEIGHTS, load_backbone
+from lib.train.loop import Data
+from tests.conftest import TINY_BACKBONE
+
+
+def tiny_params(**pretrain: object) -> Params:
+    return Params(
+        demo=DemoParams(image_size=64, workers=1),
+        data=DataParams(image_size=TINY_BACKBONE.image_size),
+        backbone=TINY_BACKBONE,
+        pretrain=PretrainParams(
+            **{"n_patients": 40, "epochs": 2, "batch_size": 8, "warmup_steps": 2, **pretrain}
+        ),
+        train=TrainParams(device="cpu", eval_batch_size=16),
+    )
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return build_corpus(tiny_params(), workers=1)
+
+
+def test_corpus_is_frontal_images_with_report_sections(corpus):
+    n = len(corpus.split)
+    assert n > 40
+    assert corpus.pixels.shape == (n, 32, 32) and corpus.pixels.dtype == np.uint8
+    assert corpus.pixels.std() > 10  # rendered radiographs, not blanks
+    assert all(len(t) >= 30 for t in corpus.split.texts)
+    assert not any("FINDINGS:" in t or "IMPRESSION:" in t for t in corpus.split.texts)
+    assert corpus.split.labels.shape == (n, len(LABELS))
+    assert corpus.dropped["not_frontal"] > 0  # laterals exist in every corpus drawn
+
+
+def test_corpus_patients_lie_outside_the_demo_and_mimic_ranges(corpus, small_master):
+    low, high = PRETRAIN_SUBJECTS
+    assert ((corpus.split.subject >= low) & (corpus.split.subject < high)).all()
+    demo = read_master(small_master[0])
+    check_disjoint(corpus.split, demo, "test")  # no overlap: passes
+    assert not set(corpus.split.study) & {s for sp in demo.values() for s in sp.study}
+
+
+def test_shared_patient_is_refused(corpus, small_master):
+    demo = read_master(small_master[0])
+    clash = dataclasses.replace(demo["train"], subject=demo["train"].subject.copy())
+    clash.subject[0] = corpus.split.subject[3]
+    with pytest.raises(DataError, match="subject_id.*disjoint"):
+        check_disjoint(corpus.split, {**demo, "train": clash}, "test")
+
+
+def test_corpus_is_deterministic_and_follows_its_seed(corpus):
+    again = build_corpus(tiny_params(), workers=2)  # worker count does not matter
+    assert np.array_equal(again.pixels, corpus.pixels)
+    assert again.split.texts == corpus.split.texts
+    other = build_corpus(tiny_params(seed=5), workers=1)
+    assert other.split.texts != corpus.split.texts
+
+
+def test_holdout_is_patient_disjoint():
+    split = build_corpus(tiny_params(), workers=1).split
+    train, held = holdout(split, 0.2, 0)
+    assert len(train) + len(held) == len(split)
+    assert not set(split.subject[train]) & set(split.subject[held])
+    assert len(held) > 0
+
+
+def test_pretrain_variant_trains_everything_with_a_contrastive_loss_only():
+    v = pretrain_variant(tiny_params(), "local-dir:x")
+    assert not v.train.staged_training and v.train.llrd_factor == 1.0
+    assert not v.model.use_masking and not v.model.use_local_alignment
+    assert v.model.temperature == PretrainParams().temperature
+
+
+def test_params_are_validated():
+    with pytest.raises(ParamsError, match="pretrain.batch_size"):
+        PretrainParams(batch_size=1).validate()
+    with pytest.raises(ParamsError, match="pretrain.holdout_fraction"):
+        PretrainParams(holdout_fraction=0.0).validate()
+
+
+def _pretrain(tmp: Path, small_master) -> tuple[dict, Path]:
+    params = tiny_params()
+    demo = read_master(small_master[0])
+    out = tmp / "backbone"
+
+    def demo_val(spec: str) -> Data:
+        backbone = load_backbone(spec)
+        return Data.build(demo["val"], small_master[1], backbone, threads=2)
+
+    metrics, _ = pretrain_backbone(
+        params, demo, demo_val, out, tmp / "state", tmp / "live", workers=1
+    )
+    return metrics, out
+
+
+def test_pretraining_writes_a_trained_loadable_backbone_reproducibly(tmp_path, small_master):
+    metrics, out = _pretrain(tmp_path / "a", small_master)
+    backbone = load_backbone(f"local-dir:{out}")
+    assert backbone.image_size == 32
+    trained = load_file(out / WEIGHTS)
+    init = load_file(tmp_path / "a" / "state" / "init" / WEIGHTS)
+    moved = [k for k in init if not torch.equal(init[k], trained[k])]
+    assert any("visual.trunk.blocks" in k for k in moved)  # every tower trained, not only heads
+    assert any("text.transformer" in k for k in moved)
+    assert metrics["epochs"] == 2 and metrics["patients_shared_with_master"] == 0
+    assert 0 <= metrics["demo_val_zero_shot_mean_auc"] <= 1
+    assert json.loads((out / RECORD).read_text())["metrics"] == metrics
+    assert (tmp_path / "a" / "live" / "metrics.json").is_file()  # DVCLive curve
+
+    _, again = _pretrain(tmp_path / "b", small_master)
+    assert (again / WEIGHTS).read_bytes() == (out / WEIGHTS).read_bytes()
+
+
+def test_real_runs_skip_pretraining(tmp_path):
+    metrics = skip_record(tmp_path / "out", "hf-hub:microsoft/BiomedCLIP")
+    assert "BiomedCLIP" in metrics["skipped"]
+    assert json.loads((tmp_path / "out" / RECORD).read_text()) == metrics
