@@ -1026,7 +1026,7 @@ def _pick_devices(rng: np.random.Generator, n: int) -> set[str]:
 def _plan_fractures(geo: _Geometry, e: float, r: np.random.Generator) -> None:
     """Break ribs (or, on a quarter of frontal films, a clavicle) and place the calluses.
 
-    Trauma breaks neighbouring ribs along one line: two to four consecutive ribs of one
+    Trauma breaks neighbouring ribs along one line: two to five consecutive ribs of one
     side, each at about the same point of its lateral arc (where a radiologist traces the
     chest wall), the fragments displaced by a step and a callus around each break; the
     number of ribs, the step and the callus grow with the strength. A callus is what keeps
@@ -1039,7 +1039,7 @@ def _plan_fractures(geo: _Geometry, e: float, r: np.random.Generator) -> None:
             return
     n_side = len(geo.ribs) // 2  # right then left (frontal); near then far side (lateral)
     side = int(r.integers(0, 2))
-    n = 2 + int(r.integers(0, 1 + round(2 * e)))
+    n = 2 + int(r.integers(0, 1 + round(3 * e)))
     first = int(r.integers(2, n_side - n + 1))
     shift = int(r.integers(-2, 1))  # at or just behind the rib's most lateral point
     for j in range(n):
@@ -1053,7 +1053,7 @@ def _plan_fractures(geo: _Geometry, e: float, r: np.random.Generator) -> None:
         step = (0.03 + 0.05 * e) * float(r.choice([-1.0, 1.0]))
         geo.fractures[i] = (k, step)
         p, q = geo.ribs[i][k], geo.ribs[i][k + 1]
-        size = (0.03 + 0.03 * e) * r.uniform(0.85, 1.15)
+        size = (0.04 + 0.04 * e) * r.uniform(0.85, 1.15)
         geo.calluses.append((0.5 * (p + q), math.atan2(q[1] - p[1], q[0] - p[0]), size))
 
 
@@ -1208,7 +1208,7 @@ def _draw_findings(
             # Fusiform new bone bridging the break, brighter than the rib itself, with a
             # denser rim where it is most mineralised.
             lump = _ragged(_ellipse(centre[0], centre[1], size, 0.45 * size, ang), r, 0.003)
-            db.polygon(xb.xy(lump), round(100 + 60 * e))
+            db.polygon(xb.xy(lump), round(110 + 70 * e))
             db.polygon(xb.xy(lump), None, round(150 + 60 * e), xb.px(0.008))
 
     if "Support Devices" in strength:
