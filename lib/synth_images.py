@@ -1045,15 +1045,15 @@ def _plan_fractures(geo: _Geometry, e: float, r: np.random.Generator) -> None:
     for j in range(n):
         i = side * n_side + first + j
         rib = geo.ribs[i]
-        if geo.lateral:
-            k = int(r.integers(4, 9))
+        if geo.lateral:  # posterior ribs, near the spine, behind the lung
+            k = int(r.integers(1, 4))
         else:
             k = int(np.argmax(np.abs(rib[:, 0] - rib[0, 0]))) + shift
         k = int(np.clip(k, 1, len(rib) - 3))
         step = (0.03 + 0.05 * e) * float(r.choice([-1.0, 1.0]))
         geo.fractures[i] = (k, step)
         p, q = geo.ribs[i][k], geo.ribs[i][k + 1]
-        size = (0.04 + 0.04 * e) * r.uniform(0.85, 1.15)
+        size = (0.04 + 0.04 * e) * r.uniform(0.85, 1.15) * (0.7 if geo.lateral else 1.0)
         geo.calluses.append((0.5 * (p + q), math.atan2(q[1] - p[1], q[0] - p[0]), size))
 
 
@@ -1196,6 +1196,8 @@ def _draw_findings(
             # rim several centimetres wide, darker than any lung beside it.
             t = np.linspace(0, 1, len(arc))
             gap = (0.06 + 0.2 * e) * r.uniform(0.85, 1.15) * np.sin(math.pi * t) ** 0.6
+            if geo.lateral:  # seen from the side the rim is narrower, over the apex
+                gap *= 0.5
             inner = _toward(arc, centre, gap)
             lay.free_air.append(xb.xy(np.vstack([arc, inner[::-1]])))
             # The visceral pleural line: a thin white edge, the lung's border.
