@@ -46,6 +46,9 @@ _K_DEVICE = 0.75
 # Air layer values: aerated lung, and pure air where a pneumothorax has no lung in it.
 _LUNG_AIR = 200
 _FREE_AIR = 255
+# Extra lucency of a pneumothorax: no lung tissue at all in the beam there, so it is darker
+# than aerated lung by more than the air layer alone can show.
+_K_FREE_AIR = 0.1
 
 # Blur of each layer in canonical units. Low-resolution layers are drawn at 1/_LOW scale.
 _LOW = 4
@@ -279,6 +282,20 @@ class _Layers:
                 img = img.filter(ImageFilter.BoxBlur(radius))
         return np.asarray(img, dtype=np.float32) * np.float32(1 / 255)
 
+    def free_air_mask(self) -> np.ndarray | None:
+        """Where a pneumothorax is, blurred like the air layer, float32 in [0, 1]."""
+        if not self.free_air:
+            return None
+        sc = self.scene
+        img = Image.new("L", (sc.w, sc.h), 0)
+        d = ImageDraw.Draw(img)
+        for poly in self.free_air:
+            d.polygon(poly, 255)
+        radius = _BLUR_FULL["air"] * sc.s
+        if radius >= 0.3:
+            img = img.filter(ImageFilter.BoxBlur(radius))
+        return np.asarray(img, dtype=np.float32) * np.float32(1 / 255)
+
     def _air(self, img: Image.Image) -> Image.Image:
         if "vessel" in self.images:
             img = ImageChops.subtract(img, self.images["vessel"][0])
@@ -347,6 +364,9 @@ class _Geometry:
         self.scene = scene
         self.ribs = np.empty((0, 14, 2))  # posterior rib centre lines, for fractures
         self.fractures: dict[int, tuple[int, float]] = {}  # rib -> (break index, step)
+        # Frontal only: (side, point of the break, step) of a broken clavicle, or None.
+        self.clavicle_fracture: tuple[int, int, float] | None = None
+        self.calluses: list[tuple[np.ndarray, float, float]] = []  # (centre, angle, size)
         self.lungs: list[np.ndarray] = []
         self.zones: list[tuple[float, float, float, float]] = []  # (cu, cv, ru, rv) per lung
         self.hila: list[tuple[float, float]] = []
@@ -370,6 +390,18 @@ class _Geometry:
         z = self.zones[1 if side > 0 and len(self.zones) > 1 else 0]
         return np.array(z[:2])
 
+    def behind_heart(self, p: np.ndarray) -> bool:
+        """Whether the point ``p`` projects onto the cardiac silhouette (frontal only)."""
+        heart = getattr(self, "heart", None)
+        if heart is None or self.lateral:
+            return False
+        # Even-odd ray casting along +u.
+        u, v = heart[:, 0], heart[:, 1]
+        un, vn = np.roll(u, -1), np.roll(v, -1)
+        cross = (v > p[1]) != (vn > p[1])
+        at = u + (p[1] - v) * (un - u) / np.where(vn == v, 1e-12, vn - v)
+        return bool((cross & (at > p[0])).sum() % 2)
+
     def random_point(self, rng: np.random.Generator) -> np.ndarray:
         """A random point well inside a lung."""
         cu, cv, ru, rv = self.zones[int(rng.integers(len(self.zones)))]
@@ -386,8 +418,10 @@ class _Geometry:
             rib = self.ribs[i]
             tang = rib[k + 1] - rib[k]
             normal = np.array([-tang[1], tang[0]]) / (math.hypot(*tang) + 1e-9)
-            parts.append(np.vstack([rib[: k + 1], rib[k] + 0.2 * tang]))
-            parts.append(np.vstack([rib[k] + 0.8 * tang, rib[k + 1 :]]) + normal * step)
+            # A gap where the cortex is interrupted, the distal fragment displaced by
+            # ``step`` across the rib (more than a rib's width when the fracture is severe).
+            parts.append(np.vstack([rib[: k + 1], rib[k] + 0.1 * tang]))
+            parts.append(np.vstack([rib[k] + 0.9 * tang, rib[k + 1 :]]) + normal * step)
         bands = xf.arr(_band(self.ribs[whole], width))
         cortex = xf.arr(self.ribs[whole] + np.array([0.0, 0.4 * width]))
         for j in range(len(whole)):
@@ -653,8 +687,9 @@ class _Frontal(_Geometry):
             cl = np.column_stack([mid * (1 - cl[:, 0]) + sgn * cl[:, 0] * w / 0.73,
                                   va + 0.15 + cl[:, 1]])  # fmt: skip
             cl[:, 1] += self.clav + rng.normal(0, 0.01)
-            d.polygon(xf.xy(_band(cl, 0.04)), 105)
-            d.line(xf.xy(cl + np.array([0.0, 0.012])), 140, xf.px(0.012))
+            for part in self._clavicle_parts(cl, sgn):
+                d.polygon(xf.xy(_band(part, 0.04)), 105)
+                d.line(xf.xy(part + np.array([0.0, 0.012])), 140, xf.px(0.012))
             # Scapula: outside the lungs on PA (arms rotated forward), over them on AP.
             su = (w + 0.05) if not self.ap else w * 0.72
             scap = np.array([(su - 0.12, va + 0.06), (w + 0.2, va + 0.02), (w + 0.14, va + 0.45),
@@ -673,6 +708,24 @@ class _Frontal(_Geometry):
         # Vessels, fanning up, out and down from each hilum.
         ang = np.linspace(-1.4, 1.35, 11)
         self.draw_vessels(lay, [math.pi - ang, ang], 0.45 * w)
+
+    def _clavicle_parts(self, cl: np.ndarray, sgn: int) -> list[np.ndarray]:
+        """The clavicle on side ``sgn`` whole, or in two fragments if it is broken.
+
+        A midshaft fracture, the commonest: the lateral fragment drops (the arm's weight)
+        and overrides the medial one, and a callus forms around the break.
+        """
+        frac = self.clavicle_fracture
+        if frac is None or frac[0] != sgn:
+            return [cl]
+        _, k, step = frac
+        tang = cl[k + 1] - cl[k]
+        at = cl[k] + 0.5 * tang
+        medial = np.vstack([cl[: k + 1], at + 0.1 * tang])
+        lateral = np.vstack([at - 0.25 * tang, cl[k + 1 :]]) + np.array([0.0, step])
+        self.calluses.append((at + np.array([0.0, 0.5 * step]), math.atan2(tang[1], tang[0]),
+                              0.05 + 0.4 * step))  # fmt: skip
+        return [medial, lateral]
 
     def lobe(self, rng: np.random.Generator) -> np.ndarray:
         w, va, h = self.wide, self.va, self.vcp - self.va
@@ -975,11 +1028,37 @@ def _pick_devices(rng: np.random.Generator, n: int) -> set[str]:
 
 
 def _plan_fractures(geo: _Geometry, e: float, r: np.random.Generator) -> None:
-    """Pick one to three ribs to break, with a step growing with the strength."""
-    n = 1 + int(r.integers(0, 1 + round(2 * e)))
-    for i in r.choice(len(geo.ribs), size=n, replace=False):
-        k = int(r.integers(5, 11))
-        geo.fractures[int(i)] = (k, (0.025 + 0.03 * e) * float(r.choice([-1.0, 1.0])))
+    """Break ribs (or, on a quarter of frontal films, a clavicle) and place the calluses.
+
+    Trauma breaks neighbouring ribs along one line: two to five consecutive ribs of one
+    side, each at about the same point of its lateral arc (where a radiologist traces the
+    chest wall), the fragments displaced by a step and a callus around each break; the
+    number of ribs, the step and the callus grow with the strength. A callus is what keeps
+    a break visible once the image is reduced to the model's size.
+    """
+    if not geo.lateral and r.random() < 0.25:
+        side = -1 if r.random() < 0.5 else 1
+        geo.clavicle_fracture = (side, int(r.integers(1, 3)), 0.03 + 0.05 * e)
+        if r.random() < 0.5:  # often with a rib fracture of the same side
+            return
+    n_side = len(geo.ribs) // 2  # right then left (frontal); near then far side (lateral)
+    side = int(r.integers(0, 2))
+    n = 2 + int(r.integers(0, 1 + round(3 * e)))
+    first = int(r.integers(2, n_side - n + 1))
+    shift = int(r.integers(-2, 1))  # at or just behind the rib's most lateral point
+    for j in range(n):
+        i = side * n_side + first + j
+        rib = geo.ribs[i]
+        if geo.lateral:  # posterior ribs, near the spine, behind the lung
+            k = int(r.integers(1, 4))
+        else:
+            k = int(np.argmax(np.abs(rib[:, 0] - rib[0, 0]))) + shift
+        k = int(np.clip(k, 1, len(rib) - 3))
+        step = (0.03 + 0.05 * e) * float(r.choice([-1.0, 1.0]))
+        geo.fractures[i] = (k, step)
+        p, q = geo.ribs[i][k], geo.ribs[i][k + 1]
+        size = (0.04 + 0.04 * e) * r.uniform(0.85, 1.15) * (0.7 if geo.lateral else 1.0)
+        geo.calluses.append((0.5 * (p + q), math.atan2(q[1] - p[1], q[0] - p[0]), size))
 
 
 def _sides(r: np.random.Generator, p_both: float) -> tuple[int, ...]:
@@ -1085,9 +1164,16 @@ def _draw_findings(
         e, r = strength["Lung Lesion"], frng["Lung Lesion"]
         d, xf = lay.ctx("soft")
         p = geo.random_point(r)
-        rad = (0.035 + 0.07 * e) * r.uniform(0.8, 1.2)
-        lob = rad * (1 + 0.06 * np.sin(r.integers(2, 5) * _CIRCLE + r.uniform(0, 6.3)))
+        if geo.behind_heart(p):  # retrocardiac masses exist, but most are seen in clear lung
+            p = geo.random_point(r)
+        # A nodule growing into a mass with the strength (about 2 to 4 cm across on an adult
+        # chest): lobulated, with a few fine spicules, dense enough to hide the lung behind.
+        rad = (0.05 + 0.09 * e) * r.uniform(0.85, 1.15)
+        lob = rad * (1 + 0.08 * np.sin(r.integers(2, 5) * _CIRCLE + r.uniform(0, 6.3)))
         d.polygon(xf.xy(np.column_stack([p[0] + lob * _COS, p[1] + lob * _SIN])), 250)
+        for a in r.uniform(0, 2 * math.pi, int(r.integers(3, 7))):
+            tip = p + (rad * r.uniform(1.3, 1.7)) * np.array([math.cos(a), math.sin(a)])
+            d.line(xf.xy(np.stack([p, tip])), 200, xf.px(0.008))
 
     if "Pleural Other" in strength:
         e, r = strength["Pleural Other"], frng["Pleural Other"]
@@ -1110,20 +1196,26 @@ def _draw_findings(
         for side in _sides(r, 0.1):
             arc, centre = geo.ptx_arc(side, min(1.0, 0.3 + 0.7 * e))
             # The visceral pleura pulls away from the wall, most at the apex, none at the
-            # ends; in the gap there is only air, no lung and no vessels.
+            # ends; in the gap there is only air, no lung and no vessels. A large one is a
+            # rim several centimetres wide, darker than any lung beside it.
             t = np.linspace(0, 1, len(arc))
-            inner = _toward(arc, centre, (0.05 + 0.12 * e) * np.sin(math.pi * t) ** 0.6)
+            gap = (0.06 + 0.2 * e) * r.uniform(0.85, 1.15) * np.sin(math.pi * t) ** 0.6
+            if geo.lateral:  # seen from the side the rim is narrower, over the apex
+                gap *= 0.5
+            inner = _toward(arc, centre, gap)
             lay.free_air.append(xb.xy(np.vstack([arc, inner[::-1]])))
-            db.line(xb.xy(inner), 150, xb.px(0.006))
+            # The visceral pleural line: a thin white edge, the lung's border.
+            db.line(xb.xy(inner[1:-1]), 190, xb.px(0.012))
 
-    if "Fracture" in strength:  # the ribs were drawn broken; add the healing callus
-        r = frng["Fracture"]
+    if "Fracture" in strength:  # the bones were drawn broken; add the healing callus
+        e, r = strength["Fracture"], frng["Fracture"]
         db, xb = lay.ctx("bone")
-        for i, (k, _) in geo.fractures.items():
-            if r.random() < 0.6:
-                p, q = geo.ribs[i][k], geo.ribs[i][k + 1]
-                ang = math.atan2(q[1] - p[1], q[0] - p[0])
-                db.polygon(xb.xy(_ellipse(p[0], p[1], 0.05, 0.03, ang)), 120)
+        for centre, ang, size in geo.calluses:
+            # Fusiform new bone bridging the break, brighter than the rib itself, with a
+            # denser rim where it is most mineralised.
+            lump = _ragged(_ellipse(centre[0], centre[1], size, 0.45 * size, ang), r, 0.003)
+            db.polygon(xb.xy(lump), round(110 + 70 * e))
+            db.polygon(xb.xy(lump), None, round(150 + 60 * e), xb.px(0.008))
 
     if "Support Devices" in strength:
         e, r = strength["Support Devices"], frng["Support Devices"]
@@ -1170,6 +1262,11 @@ def _compose(sc: _Scene, lay: _Layers, rng: np.random.Generator) -> np.ndarray:
     device = lay.array("device")
     if device is not None:
         dens += _K_DEVICE * device
+    free = lay.free_air_mask()
+    if free is not None:
+        free *= 1.0 - 0.85 * medi
+        dens -= _K_FREE_AIR * free
+        lung = lung * (1.0 - free)  # no parenchymal texture in the pleural space
     # Fields at least twice the image size, in 256-pixel steps so that sizes share them.
     side = 256 * -(-2 * max(sc.h, sc.w) // 256)
     tex, grain = _fields(side)

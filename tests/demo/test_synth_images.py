@@ -8,13 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lib.data.images import load_image
 from lib.data.mimic import LABELS
+from lib.demo.corpus import JPEG_QUALITY
 from lib.demo.synth_images import FINDINGS, _Frontal, _Scene, render_cxr
 
 ALL_VIEWS = ("PA", "AP", "LATERAL", "LL", "", "AP AXIAL", "PA LLD", "AP LLD", "SWIMMERS",
              "XTABLE LATERAL", "LAO", "RAO")  # fmt: skip
 FRONTAL_VIEWS = ("PA", "AP", "AP", "PA LLD", "AP AXIAL")
 SEEDS = range(20)
+MODEL_SIZE = 96  # data.image_size of the demo
 
 
 def render(severity: dict[str, float], view: str, seed: int, h: int = 128, w: int = 128):
@@ -242,6 +245,55 @@ def test_other_lung_findings_brighten_the_chest(finding, view):
 def test_fracture_changes_only_bone_detail():
     eff = np.abs(mean_effect("Fracture"))
     assert 0 < eff.mean() < 2
+
+
+# -- visible at the model's input size --------------------------------------------------------
+
+
+def _at_model_size(img: np.ndarray, path) -> np.ndarray:
+    """The image as the pack holds it: JPEG as in the demo corpus, then ``load_image``."""
+    Image.fromarray(img).save(path, format="JPEG", quality=JPEG_QUALITY)
+    return load_image(path, MODEL_SIZE).astype(np.float64)
+
+
+def _box3(img: np.ndarray) -> np.ndarray:
+    """Mean over each pixel's 3x3 neighbourhood: a change of a few pixels, not one."""
+    pad = np.pad(img, 1, mode="edge")
+    h, w = img.shape
+    return sum(pad[i : i + h, j : j + w] for i in range(3) for j in range(3)) / 9
+
+
+# (finding, sign of the change, rows and columns, as fractions of the image, where the
+# strongest change must lie, smallest change in grey levels): a nodule or mass in the lung
+# fields, a pneumothorax's lucent rim at an apex, a callus on the lateral chest wall or on
+# a clavicle.
+VISIBLE = [
+    ("Lung Lesion", 1, [((0.1, 0.85), (0.05, 0.95))], 60.0),
+    ("Pneumothorax", -1, [((0.0, 0.55), (0.0, 0.45)), ((0.0, 0.55), (0.55, 1.0))], 40.0),
+    ("Fracture", 1, [((0.0, 1.0), (0.0, 0.3)), ((0.0, 1.0), (0.7, 1.0)),
+                     ((0.0, 0.35), (0.0, 1.0))], 25.0),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("finding", "sign", "where", "least"), VISIBLE)
+def test_small_findings_survive_reduction_to_the_model_size(tmp_path, finding, sign, where, least):
+    # Before the renderer drew them for 96 px, rib fractures (a faint step in a faint rib),
+    # small nodules and thin pneumothoraces blurred away: a probe on the packed pixels was
+    # at chance on them. Now every seed, at the weakest severity a positive label has, must
+    # show a change of at least ``least`` grey levels over 3x3 pixels of the 96-px image,
+    # in the region a radiologist would look at.
+    for seed in range(12):
+        view = FRONTAL_VIEWS[seed % len(FRONTAL_VIEWS)]
+        size = (256, 307) if seed % 2 else (307, 256)
+        base = render_cxr({}, view, *size, np.random.default_rng(seed))
+        with_it = render_cxr({finding: 0.6}, view, *size, np.random.default_rng(seed))
+        diff = sign * _box3(
+            _at_model_size(with_it, tmp_path / "a.jpg") - _at_model_size(base, tmp_path / "b.jpg")
+        )
+        row, col = np.unravel_index(np.argmax(diff), diff.shape)
+        assert diff[row, col] >= least, (seed, diff[row, col])
+        y, x = row / MODEL_SIZE, col / MODEL_SIZE
+        assert any(r0 <= y <= r1 and c0 <= x <= c1 for (r0, r1), (c0, c1) in where), (seed, y, x)
 
 
 # -- learnability ---------------------------------------------------------------------------
