@@ -150,7 +150,7 @@ def apply_draws(
             out, grid, mode="bilinear", padding_mode="zeros", align_corners=False
         )  # (B, C, H, W)
     if p.blur_sigma[1] > 0:
-        out = gaussian_blur(out, d.sigma)
+        out = gaussian_blur(out, d.sigma, p.blur_sigma[1])
     if p.brightness > 0:
         out = out * d.brightness.to(**scalar).view(b, 1, 1, 1)
     if p.contrast > 0:
@@ -173,12 +173,18 @@ def augment_batch(
     return apply_draws(x, p, draw(p, len(x), generator), value_range)
 
 
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def gaussian_blur(
+    x: torch.Tensor, sigma: torch.Tensor, max_sigma: float | None = None
+) -> torch.Tensor:
     """Blur each image of ``x`` (B, C, H, W) with its own sigma (B,) in pixels; sigma 0
     leaves that image as it is. Separable: one horizontal and one vertical grouped conv,
-    edges replicated, kernel radius 3 × the batch's largest sigma."""
+    edges replicated. The kernel radius is 3 × ``max_sigma`` (default: the batch's largest
+    sigma); ``apply_draws`` passes the params' maximum, so an image's result does not
+    depend on which other images share its batch (or its rank's shard)."""
     b, c, height, width = x.shape
-    radius = math.ceil(3 * float(sigma.max())) if len(sigma) else 0
+    if max_sigma is None:
+        max_sigma = float(sigma.max()) if len(sigma) else 0.0
+    radius = math.ceil(3 * max_sigma)
     if radius == 0:
         return x
     t = torch.arange(-radius, radius + 1, dtype=torch.float64)

@@ -27,6 +27,7 @@ from lib.train.augment import (
     gaussian_blur,
     is_active,
 )
+from lib.train.distributed import DistInfo, shard_batch
 from lib.train.loop import Data, Trainer
 
 # Every op off: each test turns on the ones it checks.
@@ -370,3 +371,15 @@ def test_loop_batch_inputs(setup, tiny_backbone, tmp_path, spy):
     hi = (1 - torch.tensor(backbone.mean)) / torch.tensor(backbone.std)
     assert bool((x >= lo.view(1, 3, 1, 1) - 1e-5).all() and (x <= hi.view(1, 3, 1, 1) + 1e-5).all())
     assert torch.equal(on.batches(train, idx)[0], plain)  # no augment_at: never augmented
+
+
+def test_a_rank_augments_its_shard_as_the_whole_batch_would(setup, tiny_backbone, tmp_path):
+    """Under DDP (rank 1 of 2 here) a rank's images get the global batch's draws."""
+    train, _, _ = setup
+    trainer = trainer_with(setup, tiny_backbone, tmp_path, ALL_ON)
+    idx = np.arange(8)
+    whole, _ = trainer.batches(train, idx, augment_at=(1, 3, 8))
+    trainer.dist, trainer.ddp = DistInfo(rank=1, world_size=2), object()  # only checked for None
+    shard = shard_batch(idx, 1, 2)
+    mine, _ = trainer.batches(train, shard, augment_at=(1, 3, 8))
+    assert torch.allclose(mine, whole[4:], atol=1e-5)
