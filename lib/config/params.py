@@ -9,6 +9,7 @@ fix, so a typo in params.yaml never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -243,6 +244,53 @@ class ModelParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class AugmentParams:
+    """Image augmentation of training batches (``train.augment``; lib/train/augment.py).
+
+    Ranges are ``[min, max]``; a magnitude of 0 (or a range of ``[1, 1]`` / ``[0, 0]``) turns
+    its op off, and ``enabled: false`` or every op off leaves the batch untouched, bit for bit.
+    The defaults are the demo's magnitudes, off; ConVIRT's recipe is crop_scale [0.6, 1],
+    rotation_deg 20, hflip 0.5 and a Gaussian blur.
+    """
+
+    enabled: bool = False
+    # Random resized crop: area fraction of the image and aspect ratio (width / height,
+    # drawn log-uniformly) of the crop, which is then resized back to the full image.
+    crop_scale: tuple[float, ...] = (0.8, 1.0)
+    crop_ratio: tuple[float, ...] = (0.9, 1.1)
+    rotation_deg: float = 5.0  # |angle| <= this, uniform, counter-clockwise positive
+    scale: tuple[float, ...] = (0.95, 1.05)  # zoom: > 1 enlarges the content
+    brightness: float = 0.1  # intensity × U[1 - b, 1 + b]
+    contrast: float = 0.1  # deviation from the image mean × U[1 - c, 1 + c]
+    # Probability of a horizontal flip; 0 because laterality matters in chest X-rays (the
+    # heart is on the left, and reports say "left" and "right").
+    hflip: float = 0.0
+    blur_sigma: tuple[float, ...] = (0.0, 0.0)  # Gaussian blur sigma in pixels; 0 = off
+
+    def validate(self) -> None:
+        k = "train.augment"
+        _range(f"{k}.crop_scale", self.crop_scale, 0, 1, "e.g. [0.8, 1.0]; [1, 1] = no crop", True)
+        _range(f"{k}.crop_ratio", self.crop_ratio, 0, math.inf, "e.g. [0.75, 1.33]", True)
+        if not 0 <= self.rotation_deg <= 180:
+            raise ParamsError(
+                f"{k}.rotation_deg = {self.rotation_deg} must be in [0, 180] (the largest "
+                "|angle| in degrees, e.g. 5; 0 = no rotation)"
+            )
+        _range(f"{k}.scale", self.scale, 0, math.inf, "e.g. [0.95, 1.05]; [1, 1] = no zoom", True)
+        for key in ("brightness", "contrast"):
+            value = getattr(self, key)
+            if not 0 <= value < 1:
+                raise ParamsError(
+                    f"{k}.{key} = {value} must be in [0, 1): the largest relative change, "
+                    "e.g. 0.1 (0 = off)"
+                )
+        _fraction(f"{k}.hflip", self.hflip)
+        _range(
+            f"{k}.blur_sigma", self.blur_sigma, 0, 20, "in pixels, e.g. [0.1, 2.0]; [0, 0] = off"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainParams:
     """The training schedule (the spec's "Training Strategy"); demo values in params.yaml."""
 
@@ -273,6 +321,8 @@ class TrainParams:
     # Processes (GPUs) of one machine: > 1 makes stage train@X launch itself under torchrun
     # with DistributedDataParallel; batch_size stays the global batch.
     nproc_per_node: int = 1
+    # Augmentation of training batches only (never validation or evaluation).
+    augment: AugmentParams = dataclasses.field(default_factory=AugmentParams)
 
     def validate(self) -> None:
         if self.nproc_per_node < 1 or self.batch_size % self.nproc_per_node:
@@ -512,6 +562,8 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
         if not isinstance(value, str):
             raise bad
         return value
+    if dataclasses.is_dataclass(tp):  # a nested section, e.g. train.augment
+        return build_section(tp, value, key, source)
     raise ParamsError(f"{source}: {key}: unsupported parameter type {tp!r}")  # pragma: no cover
 
 
@@ -531,6 +583,19 @@ def _prompt_pair(key: str, value: tuple[str, ...]) -> None:
         raise ParamsError(
             f"{key} = {list(value)} must be [positive prompt, negative prompt], both "
             "non-empty, or [] to use the templates for No Finding too"
+        )
+
+
+def _range(
+    key: str, value: tuple[float, ...], lo: float, hi: float, hint: str, above_lo: bool = False
+) -> None:
+    """A ``[min, max]`` pair with ``lo <= min <= max <= hi`` (``lo < min`` with ``above_lo``,
+    for a scale or a ratio, which cannot be 0)."""
+    ok = len(value) == 2 and lo <= value[0] <= value[1] <= hi
+    if not ok or (above_lo and value[0] == lo):
+        bounds = f"{'(' if above_lo else '['}{lo}, {hi}]"
+        raise ParamsError(
+            f"{key} = {list(value)} must be [min, max] with min <= max, both in {bounds}; {hint}"
         )
 
 

@@ -64,9 +64,21 @@ def resolve_variant(params: Params, name: str, source: str = "params.yaml") -> V
         ModelParams, {**as_dict(params.model), **overrides}, f"models.{name}", source
     )
     train = build_section(
-        TrainParams, {**as_dict(params.train), **train_over}, f"models.{name}.train", source
+        TrainParams, merge(as_dict(params.train), train_over), f"models.{name}.train", source
     )
     return Variant(name=name, model=model, train=train)
+
+
+def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` on top, nested mappings merged key by key: an override of
+    ``train.augment.rotation_deg`` keeps the shared section's other ``augment`` keys."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def resolve_all(params: Params, source: str = "params.yaml") -> dict[str, Variant]:

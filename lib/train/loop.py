@@ -44,6 +44,7 @@ from lib.io import atomic_path
 from lib.model.backbone import Backbone, load_backbone
 from lib.model.losses import MAX_LOGIT_SCALE, compute_losses
 from lib.model.patch_ib import PatchIBModel, trim_padding
+from lib.train.augment import apply_draws, augment_generator, draw, is_active
 from lib.train.batches import study_aware_batches
 from lib.train.distributed import DistInfo, gather_outputs, init_distributed, shard_batch
 from lib.train.live import EpochLog
@@ -238,16 +239,39 @@ class Trainer:
             save_model(self.model, str(tmp))
 
     # ----------------------------------------------------------------- loops
-    def batches(self, data: Data, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def batches(
+        self, data: Data, idx: np.ndarray, augment_at: tuple[int, int, int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model inputs of images ``idx``; ``augment_at`` = (epoch, batch index, global batch
+        size) augments them (``train.augment``): training batches pass it, nothing else does."""
         index = torch.as_tensor(idx)
         pixels = data.pixels[index]  # uint8: 4× fewer bytes to the device than float
         if self.device.type == "cuda":
             pixels = pixels.pin_memory()
-        x = to_model_input(
-            pixels.to(self.device, non_blocking=True), self.backbone.mean, self.backbone.std
-        )
+        pixels = pixels.to(self.device, non_blocking=True)
+        if augment_at is not None and is_active(self.tp.augment):
+            x = self.augment(pixels, *augment_at)
+        else:
+            x = to_model_input(pixels, self.backbone.mean, self.backbone.std)
         tok = trim_padding(data.tokens[data.text_of[index]], self.backbone.pad_id)
         return x, tok.to(self.device, non_blocking=True)
+
+    def augment(self, pixels: torch.Tensor, epoch: int, i: int, n_global: int) -> torch.Tensor:
+        """uint8 (b, S, S) on the device → augmented, normalised float (b, 3, S, S).
+
+        The draws are made for the whole global batch from (seed, epoch, batch) and this
+        rank takes its shard's rows, so every image gets the same augmentation whatever the
+        number of ranks, and a resumed run the same as an uninterrupted one."""
+        draws = draw(self.tp.augment, n_global, augment_generator(self.tp.seed, epoch, i))
+        if self.ddp is not None:
+            start = self.dist.rank * len(pixels)
+            draws = draws.rows(start, start + len(pixels))
+        x = pixels.float().div_(255).unsqueeze(1)  # (b, 1, S, S) in [0, 1]: grey, one channel
+        x = apply_draws(x, self.tp.augment, draws).expand(-1, 3, -1, -1)
+        # As lib.data.images.to_model_input, on the augmented [0, 1] batch.
+        mean = torch.tensor(self.backbone.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.backbone.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
 
     def train_epoch(self, epoch: int, opt: torch.optim.Optimizer, sched: Any) -> dict[str, float]:
         t = self.tp
@@ -269,7 +293,7 @@ class Trainer:
             last = i + 1 == len(batches)
             step = (i + 1) % t.gradient_accumulation_steps == 0 or last
             local = shard_batch(idx, self.dist.rank, self.dist.world_size) if self.ddp else idx
-            x, tok = self.batches(self.train_data, local)
+            x, tok = self.batches(self.train_data, local, augment_at=(epoch, i, len(idx)))
             # Gradients are reduced across ranks only on the micro-batch that steps.
             sync = contextlib.nullcontext() if step or self.ddp is None else self.ddp.no_sync()
             with sync:

@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from lib.config.loader import load_params, parse_params
-from lib.config.params import DataParams, Params
+from lib.config.params import AugmentParams, DataParams, Params
 from lib.errors import ParamsError
 
 
@@ -59,6 +59,9 @@ def test_unknown_section_is_rejected():
         ("pack", "decoder", "cuda", "'pillow'.*'nvjpeg'"),
         ("pack", "gpu_batch_size", 0, "must be > 0"),
         ("data", "image_size", 8, "too small"),
+        ("train", "augment", 5, r"'train\.augment' must be a mapping"),
+        ("train", "augment", {"blur": [1, 2]}, r"train\.augment\.blur'\].*valid keys"),
+        ("train", "augment", {"hflip": 2}, r"train\.augment\.hflip = 2"),
     ],
 )
 def test_bad_values_name_key_and_value(section, key, value, match):
@@ -95,3 +98,22 @@ def test_demo_backbone_and_pack_sizes_must_agree():
         parse_params({"data": {"image_size": 224}})
     p = parse_params({"data": {"image_size": 224}, "backbone": {"image_size": 224}})
     assert p.data.image_size == 224
+
+
+def test_augment_is_a_nested_section_off_in_the_repo():
+    aug = load_params("params.yaml").train.augment
+    # Off, so the committed results stay; demo magnitudes ready; no flip (laterality).
+    assert aug == AugmentParams(
+        enabled=False,
+        crop_scale=(0.8, 1.0),
+        crop_ratio=(0.9, 1.1),
+        rotation_deg=5.0,
+        scale=(0.95, 1.05),
+        brightness=0.1,
+        contrast=0.1,
+        hflip=0.0,
+        blur_sigma=(0.0, 0.0),
+    )
+    p = parse_params({"train": {"augment": {"enabled": True, "rotation_deg": 5}}})
+    assert p.train.augment.enabled and p.train.augment.rotation_deg == 5.0
+    assert p.train.augment.scale == AugmentParams().scale  # keys not given: defaults

@@ -25,6 +25,20 @@ def test_shared_change_reaches_only_variants_that_do_not_override_it():
     assert before["C"] == after["C"]
 
 
+def test_nested_train_override_keeps_the_shared_keys():
+    """models.X.train.augment changes only the keys it names (what `-S` on the shared
+    section and a per-variant recipe both need)."""
+    raw = {
+        "train": {"augment": {"rotation_deg": 7, "brightness": 0.2}},
+        "models": {"A": {}, "B": {"train": {"augment": {"enabled": True, "rotation_deg": 20}}}},
+    }
+    v = resolve_all(parse_params(raw))
+    assert not v["A"].train.augment.enabled and v["A"].train.augment.rotation_deg == 7.0
+    b = v["B"].train.augment
+    assert b.enabled and b.rotation_deg == 20.0 and b.brightness == 0.2
+    assert Variant.from_dict(v["B"].to_dict(), "B.json") == v["B"]
+
+
 def test_roundtrip_through_json_dict():
     v = resolve_variant(load_params("params.yaml"), "D")
     assert Variant.from_dict(v.to_dict(), "x.json") == v
@@ -37,6 +51,8 @@ def test_roundtrip_through_json_dict():
         ({"B": {"train": {"lr": "fast"}}}, r"models\.B\.train\.lr"),
         ({"B": {"mask_mode": "drop"}}, "needs model.use_masking"),
         ({"B": ["x"]}, "mapping"),
+        ({"B": {"train": {"augment": {"rotaton_deg": 5}}}}, r"models\.B\.train\.augment"),
+        ({"B": {"train": {"augment": []}}}, r"models\.B\.train\.augment' must be a mapping"),
     ],
 )
 def test_bad_overrides_are_reported(models, match):
