@@ -72,7 +72,7 @@ def floors_line(
     key = f"probe_{full}_mean_auc"
     verdicts = floor_verdicts(metrics, references, key)
     floors = ", ".join(
-        f"{REFERENCES[r].format(pca_dim=v.get('pca_dim', '?'))} {_num(v.get(key))}"
+        f"{r} = {REFERENCES[r].format(pca_dim=v.get('pca_dim', '?'))}, {_num(v.get(key))}"
         for r, v in references.items()
     )
     word = {True: "beats", False: "does not beat", None: "n/a against"}
@@ -82,7 +82,7 @@ def floors_line(
         for name in metrics
     )
     return (
-        f"**Against the floors** (probe {full} mean AUC, point estimates; floors: {floors}): "
+        f"**Against the floors** (probe {full} mean AUC, point estimates; floors: {floors}) — "
         f"{per_model}."
     )
 
