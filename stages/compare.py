@@ -1,5 +1,6 @@
-"""Stage compare: the results table of models A–E with intervals, paired tests against A,
-the published figures beside them, and the cross-model plots (incl. Patch-IB maps)."""
+"""Stage compare: the results table of models A–E with intervals and the reference rows,
+paired tests against A, the published figures beside them, and the cross-model plots
+(incl. Patch-IB maps)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from lib.cli import run
 from lib.config.loader import load_params
 from lib.data.images import load_image
 from lib.eval.compare import (
+    REFERENCES,
     data_description,
     explain_columns,
     paired_tests,
@@ -44,6 +46,7 @@ def main() -> None:
     p, names = params.eval, list(params.models)  # A, the baseline, first
     ks = tuple(p.recall_ks)
     metrics = {n: read_json(args.eval_metrics / f"{n}.json") for n in names}
+    references = {r: read_json(args.eval_metrics / f"{r}.json") for r in REFERENCES}
     efficiency = {n: read_json(args.efficiency / f"{n}.json") for n in names}
     rows = {n: QueryRows.load(args.evals / n) for n in names}
     explain = {n: ExplainMaps.load(args.embeddings / n) for n in names}
@@ -53,9 +56,11 @@ def main() -> None:
     details = read_json(args.evals / names[0] / "details.json")
     data = data_description(str(args.root), is_demo, details, explain[names[0]].grid)
 
-    write_json(args.summary, summary_json(metrics, tests, fractions, ks, is_demo))
+    write_json(args.summary, summary_json(metrics, tests, fractions, ks, is_demo, references))
     with atomic_path(args.report) as tmp:
-        report = results_markdown(metrics, efficiency, tests, data, fractions, ks, p.ci_level)
+        report = results_markdown(
+            metrics, efficiency, tests, data, fractions, ks, p.ci_level, references
+        )
         tmp.write_text(report, encoding="utf-8")
 
     ref = explain[names[0]]

@@ -137,6 +137,19 @@ def test_evaluation_writes_the_report_metrics_and_plots(repo):
     assert kept["E"] == kept["A"] / 2  # keep_ratio 0.5 of the 6 x 6 grid
     for png in ("grouped_bars", "efficiency", "explain"):
         assert (repo / f"plots/compare/{png}.png").stat().st_size > 10_000
+    # The reference rows: the backbone with no fine-tuning, and the raw-pixel probe.
+    assert set(summary["references"]) == {"pretrained", "pixels"}
+    assert set(summary["probe_100pct_mean_auc_beats"]) == set("ABCDE")
+    for needle in (
+        "| *reference:* pretrained backbone, no fine-tuning |",
+        "| *reference:* raw pixels + PCA(256) probe | — |",
+        "**Against the floors**",
+    ):
+        assert needle in report, needle
+    pixels = json.loads((repo / "metrics/eval/pixels.json").read_text())
+    assert pixels["pca_dim"] == 256 and pixels["probe_100pct_mean_auc"] > 0.6
+    pre = json.loads((repo / "metrics/eval/pretrained.json").read_text())
+    assert pre["n_test_images"] == pixels["n_test_images"] == m["n_test_images"]
     sh(["dvc", "plots", "show", "-o", str(repo.parent / "dvc_plots")], repo)
     assert (repo.parent / "dvc_plots/index.html").stat().st_size > 10_000
 
@@ -214,7 +227,9 @@ def test_changing_eval_params_retrains_and_reembeds_nothing(repo):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         out = sh(["dvc", "repro", "--dry"], repo)
-        assert ran_stages(out) == {f"eval@{n}" for n in "ABCDE"} | {"compare"}
+        # ... and the reference rows' evaluations (the backbone's, the pixels' probe)
+        refs = {"eval_pretrained", "pixel_probe"}
+        assert ran_stages(out) == {f"eval@{n}" for n in "ABCDE"} | {"compare"} | refs
     finally:
         sh(["git", "checkout", "params.yaml"], repo)
 
@@ -224,6 +239,7 @@ def test_use_masking_retrains_exactly_the_variants_it_changes(repo):
     ran = ran_stages(out)
     assert {s for s in ran if s.startswith("train")} == {"train@A", "train@B"}
     assert {s for s in ran if s.startswith("eval")} == {"eval@A", "eval@B"}
+    assert not ran & {"pretrained", "embed_pretrained", "pixel_probe"}  # no model param
     assert "compare" in ran
     diff = sh(["dvc", "metrics", "diff", "--json"], repo)
     changed = {path for path in json.loads(diff)}

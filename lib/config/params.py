@@ -419,6 +419,10 @@ class EvalParams:
     batch_size: int = 128
     num_workers: int = 2  # threads decoding images
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # The raw-pixel floor (stage pixel_probe): PCA to this many components, fitted on at most
+    # this many train images (a seeded subsample; bounds memory and time at MIMIC scale).
+    pixel_pca_dim: int = 256
+    pixel_pca_max_images: int = 20000
 
     def validate(self) -> None:
         if "{}" not in self.prompt_template:
@@ -447,8 +451,14 @@ class EvalParams:
             )
         if len(set(self.probe_fractions)) != len(self.probe_fractions):
             raise ParamsError(f"eval.probe_fractions = {list(self.probe_fractions)} repeats one")
-        for key in ("probe_c", "bootstrap", "batch_size", "num_workers"):
+        for key in ("probe_c", "bootstrap", "batch_size", "num_workers", "pixel_pca_dim"):
             _positive(f"eval.{key}", getattr(self, key))
+        if self.pixel_pca_max_images < self.pixel_pca_dim:
+            raise ParamsError(
+                f"eval.pixel_pca_max_images = {self.pixel_pca_max_images} must be >= "
+                f"eval.pixel_pca_dim = {self.pixel_pca_dim} (PCA needs at least as many images "
+                "as components)"
+            )
         if not 0 < self.ci_level < 1:
             raise ParamsError(f"eval.ci_level = {self.ci_level} must be in (0, 1), e.g. 0.95")
         if self.explain_images < 0:

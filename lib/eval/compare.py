@@ -1,5 +1,11 @@
 """The comparison of models A–E (stage compare): one results table with intervals, paired
-bootstrap tests of every variant against A, and the published MIMIC-CXR figures beside it."""
+bootstrap tests of every variant against A, and the published MIMIC-CXR figures beside it.
+
+Beside A–E the table holds two reference rows, floors that a learned representation must
+beat (``REFERENCES``): the pretrained backbone with no fine-tuning (stage eval_pretrained;
+BiomedCLIP zero-shot on real data) and a linear probe on PCA features of the raw pixels
+(stage pixel_probe; no text side, so no retrieval or zero-shot). They take no part in the
+paired tests, which stay against A."""
 
 from __future__ import annotations
 
@@ -25,6 +31,60 @@ TESTED: tuple[tuple[str, str], ...] = (
     ("t2i_R@10", "T2I R@10"),
     ("zero_shot_mean_auc", "zero-shot mean AUC"),
 )
+
+
+# The reference rows: metrics/eval/<name>.json of the stage that writes each, and the label
+# of its row ("{pca_dim}" filled in from the pixel row's metrics).
+REFERENCES: dict[str, str] = {
+    "pretrained": "pretrained backbone, no fine-tuning",
+    "pixels": "raw pixels + PCA({pca_dim}) probe",
+}
+MISSING = "—"  # a metric a reference row does not have (the pixel row's retrieval)
+
+
+def reference_label(name: str, m: Mapping[str, Any]) -> str:
+    """The table label of reference row ``name``: marked as a reference, not a model."""
+    return f"*reference:* {REFERENCES[name].format(pca_dim=m.get('pca_dim', '?'))}"
+
+
+def floor_verdicts(
+    metrics: Mapping[str, Mapping[str, Any]],
+    references: Mapping[str, Mapping[str, Any]],
+    key: str,
+) -> dict[str, dict[str, bool | None]]:
+    """{model: {reference: model's ``key`` > the reference's}} on the point estimates; None
+    where either is undefined."""
+    out: dict[str, dict[str, bool | None]] = {}
+    for name, m in metrics.items():
+        out[name] = {}
+        for ref, r in references.items():
+            v, floor = m.get(key), r.get(key)
+            out[name][ref] = None if v is None or floor is None else bool(v > floor)
+    return out
+
+
+def floors_line(
+    metrics: Mapping[str, Mapping[str, Any]],
+    references: Mapping[str, Mapping[str, Any]],
+    full: str,
+) -> str:
+    """One line under the table: does each model's probe mean AUC beat each floor?"""
+    key = f"probe_{full}_mean_auc"
+    verdicts = floor_verdicts(metrics, references, key)
+    floors = ", ".join(
+        f"{r} = {REFERENCES[r].format(pca_dim=v.get('pca_dim', '?'))}, {_num(v.get(key))}"
+        for r, v in references.items()
+    )
+    word = {True: "beats", False: "does not beat", None: "n/a against"}
+    per_model = "; ".join(
+        f"{name} ({_num(metrics[name].get(key))}) "
+        + ", ".join(f"{word[ok]} {ref}" for ref, ok in verdicts[name].items())
+        for name in metrics
+    )
+    return (
+        f"**Against the floors** (probe {full} mean AUC, point estimates; floors: {floors}) — "
+        f"{per_model}."
+    )
 
 
 @dataclass(frozen=True)
@@ -130,6 +190,8 @@ def _num(v: float | None, digits: int = 3) -> str:
 
 
 def _with_ci(m: Mapping[str, Any], key: str, fmt) -> str:
+    if key not in m:
+        return MISSING
     v, lo, hi = m.get(key), m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high")
     if v is None:
         return "n/a"
@@ -146,9 +208,12 @@ def results_markdown(
     fractions: Sequence[str],
     ks: Sequence[int],
     level: float,
+    references: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
-    """The results report: our table (seed format, with intervals), the probe, the tests
-    against A, efficiency, and the published figures, each labelled with its data."""
+    """The results report: our table (seed format, with intervals) with the reference rows
+    (``REFERENCES``: name -> its metrics) and whether each model beats them, the probe, the
+    tests against A, efficiency, and the published figures, each labelled with its data."""
+    references = dict(references or {})
     names = list(metrics)
     first = metrics[names[0]]
     ci = f"{100 * level:g} %"
@@ -174,9 +239,10 @@ def results_markdown(
     full = fractions[-1]
     head += [f"Probe {full} mean AUC", f"Probe {full} mean AP"]
     lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for name in names:
-        m = metrics[name]
-        cells = [f"**{name}** {DESCRIPTIONS.get(name, '')}".strip()]
+    rows = [(f"**{n}** {DESCRIPTIONS.get(n, '')}".strip(), metrics[n]) for n in names]
+    rows += [(reference_label(r, m), m) for r, m in references.items()]
+    for title, m in rows:
+        cells = [title]
         cells += [_with_ci(m, f"i2t_R@{k}", _pct) for k in ks]
         cells += [_with_ci(m, f"t2i_R@{k}", _pct) for k in ks]
         cells += [_with_ci(m, "zero_shot_mean_auc", _num), _with_ci(m, "zero_shot_mean_ap", _num)]
@@ -190,6 +256,16 @@ def results_markdown(
     chance += [_pct(first[f"chance_t2i_R@{k}"]) for k in ks]
     chance += ["0.500", "prevalence", "0.500", "prevalence"]
     lines.append("| " + " | ".join(chance) + " |")
+    if references:
+        lines += [
+            "",
+            "The *reference* rows are floors, not models: the backbone as loaded "
+            "(`model.backbone`) with no fine-tuning, scored like A–E; and a linear probe on a "
+            "PCA of the raw pixels (train split), which has no text side (no retrieval or "
+            "zero-shot). A learned representation should beat both.",
+            "",
+            floors_line(metrics, references, full),
+        ]
 
     lines += [
         "",
@@ -198,10 +274,11 @@ def results_markdown(
         "| Model | " + " | ".join(fractions) + " |",
         "|" + " --- |" * (len(fractions) + 1),
     ]
-    for name in names:
-        m = metrics[name]
+    for title, m in [(n, metrics[n]) for n in names] + [
+        (reference_label(r, m), m) for r, m in references.items()
+    ]:
         cells = [_with_ci(m, f"probe_{f}_mean_auc", _num) for f in fractions]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
 
     lines += [
         "",
@@ -307,9 +384,12 @@ def summary_json(
     fractions: Sequence[str],
     ks: Sequence[int],
     is_demo: bool,
+    references: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """metrics/summary.json: each model's headline numbers with intervals, and the tests
-    against the baseline (deterministic: timings live in metrics/efficiency)."""
+    """metrics/summary.json: each model's headline numbers with intervals, the reference
+    rows' (those they have) and which floors each model's full-fraction probe beats, and the
+    tests against the baseline (deterministic: timings live in metrics/efficiency)."""
+    references = dict(references or {})
     names = list(metrics)
     headline = [f"{d}_R@{k}" for d in ("i2t", "t2i") for k in ks] + [
         "mean_recall",
@@ -327,8 +407,15 @@ def summary_json(
         | {"mean_patch_tokens_kept": metrics[n]["mean_patch_tokens_kept"]}
         for n in names
     }
+    refs = {
+        r: {k: m[k] for key in headline for k in (key, f"{key}_ci_low", f"{key}_ci_high") if k in m}
+        for r, m in references.items()
+    }
+    full = f"probe_{fractions[-1]}_mean_auc"
     return {
         "models": models,
+        "references": refs,
+        f"{full}_beats": floor_verdicts(metrics, references, full),
         f"tests_vs_{names[0]}": dict(tests),
         "test_images": metrics[names[0]]["n_test_images"],
         "demo_data": is_demo,

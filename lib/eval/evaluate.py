@@ -126,6 +126,22 @@ def row_metrics(rows: QueryRows, ks: tuple[int, ...], probes: bool = True) -> Ta
     return table
 
 
+def probe_table(scores: Mapping[str, np.ndarray], labels: np.ndarray) -> TableMetric:
+    """The bootstrap's table function of probe scores alone ({fraction key: (N, 14)} on N
+    test images): probe_<key>_mean_auc / _mean_ap, as row_metrics computes them. For a
+    representation with no text side (the raw-pixel floor, lib/eval/pixels.py)."""
+
+    def table(idx: np.ndarray) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for key, s in scores.items():
+            aucs, aps = _per_label(s[idx], labels[idx])
+            out[f"probe_{key}_mean_auc"] = _mean(aucs.values())
+            out[f"probe_{key}_mean_ap"] = _mean(aps.values())
+        return out
+
+    return table
+
+
 @dataclass
 class EvalResult:
     metrics: dict[str, Any]  # flat: metrics/eval/X.json

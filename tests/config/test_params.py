@@ -51,6 +51,8 @@ def test_unknown_section_is_rejected():
         ("eval", "bootstrap", 0, "must be > 0"),
         ("eval", "ci_level", 95, r"in \(0, 1\)"),
         ("eval", "device", "gpu", "use auto"),
+        ("eval", "pixel_pca_dim", 0, "must be > 0"),
+        ("eval", "pixel_pca_max_images", 100, "must be >= eval.pixel_pca_dim"),
         ("eval", "no_finding_prompts", ["normal"], r"\[positive prompt, negative prompt\]"),
         ("train", "val_no_finding_prompts", ["a", " "], "both non-empty"),
         ("train", "nproc_per_node", 3, "divide"),

@@ -16,8 +16,10 @@ from lib.eval.compare import (
     TESTED,
     check_same_rows,
     data_description,
+    floor_verdicts,
     paired_tests,
     results_markdown,
+    summary_json,
 )
 from lib.eval.evaluate import QueryRows
 from lib.eval.plots import (
@@ -120,6 +122,77 @@ def test_results_markdown_labels_data_and_literature():
     for p in LITERATURE:
         assert f"| {p.model} | {p.year} | {p.t2i_r1:.1f} | {p.t2i_r10:.1f} | {p.mean_auc:.3f}" in md
     assert md.count("| B |") == len(TESTED) + 2  # the tests, the probe and efficiency rows
+
+
+def _pixel_metrics(auc: float) -> dict:
+    m = {"pca_dim": 256, "n_test_images": 180}
+    for key, v in (("probe_100pct_mean_auc", auc), ("probe_100pct_mean_ap", 0.4)):
+        m.update({key: v, f"{key}_ci_low": v - 0.02, f"{key}_ci_high": v + 0.02})
+    return m
+
+
+def test_reference_rows_are_rendered_as_floors():
+    rows = {"A": make_rows(1, 1.0), "B": make_rows(2, 1.5)}
+    tests = paired_tests(rows, KS, 50, 0, 0.95)
+    eff = {
+        n: {"inference_images_per_second": 100.0, "process_peak_rss_mb": 900.0, "device": "cpu"}
+        for n in rows
+    }
+    data = {
+        "description": "the synthetic demo corpus",
+        "is_demo": True,
+        "zero_shot_mode": "prompt pair",
+        "patch_tokens_total": 36,
+    }
+    metrics = {"A": _metrics(0.2), "B": _metrics(0.3)}
+    refs = {"pretrained": _metrics(0.1), "pixels": _pixel_metrics(0.25)}
+    md = results_markdown(metrics, eff, tests, data, ["100pct"], KS, 0.95, refs)
+    lines = md.splitlines()
+    pre = next(ln for ln in lines if ln.startswith("| *reference:* pretrained backbone"))
+    assert "no fine-tuning | 10.0 [9.0, 11.0]" in pre  # its retrieval, like A–E's
+    pix = next(ln for ln in lines if ln.startswith("| *reference:* raw pixels + PCA(256)"))
+    cells = [c.strip() for c in pix.strip("|").split("|")]
+    # model, 3 + 3 recalls, zero-shot AUC / AP: none; then the probe
+    assert cells[1:9] == ["—"] * 8
+    assert cells[9:] == ["0.250 [0.230, 0.270]", "0.400 [0.380, 0.420]"]
+    # The rows sit in the main table (before the chance row) and in the probe table.
+    table = lines.index(pre), lines.index(pix)
+    chance = next(i for i, ln in enumerate(lines) if ln.startswith("| chance"))
+    assert max(table) < chance and lines.index(pre) > next(
+        i for i, ln in enumerate(lines) if ln.startswith("| **B**")
+    )
+    assert sum(ln.startswith("| *reference:* raw pixels") for ln in lines) == 2
+    # The floors line: A (0.2) beats the pretrained row (0.1), not the pixels (0.25); B both.
+    floors = next(ln for ln in lines if ln.startswith("**Against the floors**"))
+    assert "pretrained = pretrained backbone, no fine-tuning, 0.100" in floors
+    assert "pixels = raw pixels + PCA(256) probe, 0.250" in floors
+    assert (
+        "A (0.200) beats pretrained, does not beat pixels; B (0.300) beats pretrained, " in floors
+    )
+    assert floors.endswith("beats pixels.")
+    # The paired tests stay against A: no reference in them.
+    assert "| pretrained |" not in md and "| pixels |" not in md
+    # Efficiency lists the models only.
+    assert md.count("| *reference:*") == 4
+
+    verdicts = floor_verdicts(metrics, refs, "probe_100pct_mean_auc")
+    assert verdicts == {
+        "A": {"pretrained": True, "pixels": False},
+        "B": {"pretrained": True, "pixels": True},
+    }
+    summary = summary_json(metrics, tests, ["100pct"], KS, True, refs)
+    assert list(summary["models"]) == ["A", "B"]
+    assert summary["references"]["pixels"] == {
+        k: v for k, v in _pixel_metrics(0.25).items() if k.startswith("probe")
+    }
+    assert summary["references"]["pretrained"]["t2i_R@10"] == 0.1
+    assert summary["probe_100pct_mean_auc_beats"] == verdicts
+
+
+def test_floor_verdict_is_none_when_undefined():
+    m = {"A": {"probe_100pct_mean_auc": None}}
+    refs = {"pixels": {"probe_100pct_mean_auc": 0.7}}
+    assert floor_verdicts(m, refs, "probe_100pct_mean_auc") == {"A": {"pixels": None}}
 
 
 def test_data_description_names_the_prompts():
