@@ -143,7 +143,7 @@ def test_evaluation_writes_the_report_metrics_and_plots(repo):
     for needle in (
         "| *reference:* pretrained backbone, no fine-tuning |",
         "| *reference:* raw pixels + PCA(256) probe | — |",
-        "**Against the floors**",
+        "**Beats the floors?**",
     ):
         assert needle in report, needle
     pixels = json.loads((repo / "metrics/eval/pixels.json").read_text())

@@ -71,18 +71,18 @@ def floors_line(
     """One line under the table: does each model's probe mean AUC beat each floor?"""
     key = f"probe_{full}_mean_auc"
     verdicts = floor_verdicts(metrics, references, key)
-    floors = ", ".join(
-        f"{r} = {REFERENCES[r].format(pca_dim=v.get('pca_dim', '?'))}, {_num(v.get(key))}"
+    floors = " and ".join(
+        f"{REFERENCES[r].format(pca_dim=v.get('pca_dim', '?'))} ({r}, {_num(v.get(key))})"
         for r, v in references.items()
     )
-    word = {True: "beats", False: "does not beat", None: "n/a against"}
+    word = {True: "yes", False: "no", None: "n/a"}
     per_model = "; ".join(
-        f"{name} ({_num(metrics[name].get(key))}) "
-        + ", ".join(f"{word[ok]} {ref}" for ref, ok in verdicts[name].items())
+        f"{name} {_num(metrics[name].get(key))}: "
+        + ", ".join(f"{ref} {word[ok]}" for ref, ok in verdicts[name].items())
         for name in metrics
     )
     return (
-        f"**Against the floors** (probe {full} mean AUC, point estimates; floors: {floors}) — "
+        f"**Beats the floors?** Probe {full} mean AUC (point estimates) against {floors}: "
         f"{per_model}."
     )
 
