@@ -10,6 +10,7 @@ every machine and for any number of workers.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import multiprocessing as mp
 import zipfile
@@ -348,7 +349,19 @@ def write_corpus(params: DemoParams, root: Path, progress: bool = False) -> dict
     else:
         for job in _progress(jobs, len(jobs), progress):
             _write_image(job)
-    return summarize(tables)
+    return {**summarize(tables), "images_sha256": images_digest(root, tables["tasks"])}
+
+
+def images_digest(root: Path, tasks: list[ImageTask]) -> str:
+    """SHA-256 over every image's path and bytes, in path order. It changes whenever the
+    renderer draws other pixels, and it is in ``metrics/demo_data.json``, on which
+    ``pack_images`` depends: DVC never hashes the image tree (CONTRIBUTING), so without it a
+    renderer change would leave the pack holding the old pixels."""
+    digest = hashlib.sha256()
+    for relpath in sorted(t.relpath for t in tasks):
+        digest.update(relpath.encode())
+        digest.update((root / relpath).read_bytes())
+    return digest.hexdigest()
 
 
 def _progress(it: Any, total: int, enabled: bool) -> Any:

@@ -26,7 +26,7 @@ from lib.data.mimic import (
     image_relpath,
 )
 from lib.data.reports import parse_report
-from lib.demo.corpus import build_tables, render_task, write_corpus
+from lib.demo.corpus import build_tables, images_digest, render_task, write_corpus
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +182,17 @@ def test_findings_are_in_the_pixels():
         model = LogisticRegression(C=0.05, max_iter=2000).fit(x[:half], y[:half])
         auc = roc_auc_score(y[half:], model.decision_function(x[half:]))
         assert auc > 0.75, (label, auc)
+
+
+def test_image_digest_follows_the_pixels(corpus):
+    """metrics/demo_data.json's digest (a dep of pack_images) changes with any image."""
+    tasks = build_tables(DemoParams(n_patients=40))["tasks"]
+    before = images_digest(corpus, tasks)
+    assert before == images_digest(corpus, tasks)
+    path = corpus / tasks[0].relpath
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original[:-2] + b"\x00\xd9")
+        assert images_digest(corpus, tasks) != before
+    finally:
+        path.write_bytes(original)
