@@ -155,20 +155,26 @@ def test_evaluation_writes_the_report_metrics_and_plots(repo):
 
 
 def test_trained_models_beat_an_untrained_one(repo, tmp_path):
-    """The untrained model (random heads on the untrained demo backbone) through the same
-    embed and eval stages: every trained model must rank and classify better."""
+    """The untrained model (model A on a randomly initialised demo backbone: neither
+    pretrained nor fine-tuned) through the same embed and eval stages: every trained model
+    must rank and classify better."""
     import torch
     from safetensors.torch import save_model
 
+    from lib.config.loader import load_params
     from lib.config.variants import Variant
-    from lib.model.backbone import load_backbone
+    from lib.data.master import read_master as read_splits
+    from lib.model.backbone import load_backbone, write_demo_backbone
     from lib.model.patch_ib import PatchIBModel
 
     cfg = json.loads((repo / "models/A/config.json").read_text())
+    texts = read_splits(repo / "data/processed/mimic_master_official_split.jsonl")["train"].texts
+    random_backbone = tmp_path / "random_backbone"
+    write_demo_backbone(random_backbone, texts, load_params(repo / "params.yaml").backbone)
+    cfg["model"]["backbone"] = f"local-dir:{random_backbone}"
     variant = Variant.from_dict(cfg, "A")
-    backbone = variant.model.backbone.replace("local-dir:", f"local-dir:{repo}/")
     torch.manual_seed(0)
-    model = PatchIBModel(load_backbone(backbone), variant.model)
+    model = PatchIBModel(load_backbone(variant.model.backbone), variant.model)
     out = tmp_path / "untrained"
     out.mkdir()
     save_model(model, str(out / "model.safetensors"))
