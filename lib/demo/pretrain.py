@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lib.config.params import Params
+from lib.config.params import ModelParams, Params, TrainParams
 from lib.config.variants import Variant
 from lib.data.images import load_image
 from lib.data.labels import IGNORE, apply_policy
@@ -138,19 +138,32 @@ def holdout(split: Split, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
     return np.flatnonzero(~held), np.flatnonzero(held)
 
 
+# The keys of model: and train: that the pretraining reads (listed as its params in
+# dvc.yaml); everything else comes from pretrain: or the dataclasses' defaults, so that
+# `dvc exp run -S model.use_masking=true` (or any other fine-tuning key) does not pretrain again.
+MODEL_KEYS = ("contrastive_weight_i2t", "contrastive_weight_t2i")
+TRAIN_KEYS = (
+    "device",
+    "use_amp",
+    "eval_batch_size",
+    "recall_weight",
+    "val_prompt_template",
+    "val_negative_prompt_template",
+    "val_no_finding_prompts",
+)
+
+
 def pretrain_variant(params: Params, spec: str) -> Variant:
-    """Model A's architecture and loss with every parameter trainable from the first step
-    (no staging, no LLRD), on ``pretrain``'s schedule; device and AMP from ``train``."""
+    """Model A's architecture and loss (no mask, no local alignment) with every parameter
+    trainable from the first step (no staging, no LLRD, no augmentation), on ``pretrain``'s
+    schedule; only ``MODEL_KEYS`` and ``TRAIN_KEYS`` come from ``model:`` / ``train:``."""
     pre = params.pretrain
-    model = dataclasses.replace(
-        params.model,
+    model = ModelParams(
         backbone=spec,
-        use_local_alignment=False,
-        use_masking=False,
         temperature=pre.temperature,
+        **{k: getattr(params.model, k) for k in MODEL_KEYS},
     )
-    train = dataclasses.replace(
-        params.train,
+    train = TrainParams(
         seed=pre.seed,
         epochs=pre.epochs,
         batch_size=pre.batch_size,
@@ -162,7 +175,10 @@ def pretrain_variant(params: Params, spec: str) -> Variant:
         warmup_steps=pre.warmup_steps,
         patience=pre.epochs,  # no early stop: the best held-out epoch is kept
         nproc_per_node=1,
+        **{k: getattr(params.train, k) for k in TRAIN_KEYS},
     )
+    model.validate()
+    train.validate()
     return Variant(name="pretrain", model=model, train=train)
 
 

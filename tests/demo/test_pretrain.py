@@ -142,3 +142,20 @@ def test_real_runs_skip_pretraining(tmp_path):
     metrics = skip_record(tmp_path / "out", "hf-hub:microsoft/BiomedCLIP")
     assert "BiomedCLIP" in metrics["skipped"]
     assert json.loads((tmp_path / "out" / RECORD).read_text()) == metrics
+
+
+def test_fine_tuning_keys_do_not_change_the_pretraining():
+    """Only pretrain: and the keys dvc.yaml lists for demo_backbone shape the pretraining:
+    `dvc exp run -S model.use_masking=true` must not pretrain again."""
+    from lib.config.params import AugmentParams, ModelParams
+
+    base = tiny_params()
+    other = dataclasses.replace(
+        base,
+        model=ModelParams(use_masking=True, use_local_alignment=True, keep_ratio=0.3),
+        train=dataclasses.replace(
+            base.train, lr=0.5, epochs=9, augment=AugmentParams(enabled=True)
+        ),
+    )
+    assert pretrain_variant(other, "local-dir:x") == pretrain_variant(base, "local-dir:x")
+    assert not pretrain_variant(base, "local-dir:x").train.augment.enabled
