@@ -100,12 +100,12 @@ def test_folder_is_an_open_clip_folder_shaped_like_biomedclip(demo_dir: Path):
     assert vision == {
         "timm_model_name": "patchib_vit_p16_i64_w64_d3_h2",
         "timm_model_pretrained": False,
-        "timm_pool": "",
+        "timm_pool": "avg",  # backbone.vision_pool: avg, the demo's default
         "timm_proj": "linear",
         "image_size": 64,
     }
     assert text["hf_proj_type"] == "mlp"
-    assert text["hf_pooler_type"] == "cls_last_hidden_state_pooler"
+    assert text["hf_pooler_type"] == "mean_pooler"  # backbone.text_pool: mean
     assert text["context_length"] == 32
     assert config["model_cfg"]["embed_dim"] == 48
     assert len(config["preprocess_cfg"]["mean"]) == len(config["preprocess_cfg"]["std"]) == 3
@@ -360,3 +360,13 @@ def test_text_tower_path_must_hold_a_bert_config(tmp_path, demo_dir):
 def test_unknown_scheme():
     with pytest.raises(ValueError, match=r"model\.backbone = 'ViT-B-16'.*local-dir"):
         load_backbone("ViT-B-16")
+
+
+def test_pooling_params_select_biomedclips_cls_pooling():
+    """backbone.vision_pool / text_pool = token / cls write BiomedCLIP's own pooling."""
+    from lib.model.backbone import demo_open_clip_config
+
+    cls = dataclasses.replace(PARAMS, vision_pool="token", text_pool="cls")
+    cfg = demo_open_clip_config(cls)["model_cfg"]
+    assert cfg["vision_cfg"]["timm_pool"] == ""  # timm's own: the CLS token
+    assert cfg["text_cfg"]["hf_pooler_type"] == "cls_last_hidden_state_pooler"
