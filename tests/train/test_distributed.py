@@ -59,12 +59,13 @@ CONFIGS = {
 }
 # The two runs sum the same float32 terms in a different order (two half-batch matmuls and a
 # cross-rank sum instead of one full-batch matmul; text trimmed to another length). Measured
-# (x86-64, 2 cores): losses bit-identical; worst gradient difference 2.6e-6 on entries of
-# size ~8, i.e. ~3e-7 relative (a few float32 ulps), and every entry passes at rtol = atol =
-# 1e-6. rtol 1e-5 leaves a 10x margin for other CPUs; atol 1e-6 covers gradients that are
-# ~0 (BERT's key bias: softmax ignores a shift, its gradient is ~1e-11 noise) yet is far below
-# the ~1e-4 and up of every other tensor, so a wrong factor (2x, 1/2) fails everywhere else.
-RTOL, ATOL = 1e-5, 1e-6
+# (x86-64, 2 cores) with CLS pooling: losses bit-identical, worst gradient difference ~3e-7
+# relative. With the demo's mean pooling (backbone.text_pool: mean) every word token feeds the
+# shared embedding tables, so their gradients sum B·L terms: worst 1.4e-5 relative (4.5e-6 on
+# an entry of 0.32, BERT's token-type embedding, mode local+drop). rtol 1e-4 keeps a 7x margin
+# and still fails on any wrong factor (2x, 1/2); atol 1e-6 covers gradients that are ~0
+# (BERT's key bias: softmax ignores a shift, its gradient is ~1e-11 noise).
+RTOL, ATOL = 1e-4, 1e-6
 TIME_LIMIT_S = 120
 
 

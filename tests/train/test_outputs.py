@@ -23,12 +23,35 @@ def state() -> TrainState:
 def test_best_metrics_round_and_null_the_undefined():
     s = state()
     assert best_metrics(s) == {
-        "best_epoch": 2, "epochs_run": 2, "stopped_early": False, "val_total": 2.4,
+        "best_epoch": 2, "epochs_run": 2, "stopped_early": False, "collapsed_epochs": 0,
+        "val_total": 2.4,
         "val_mean_auc": 0.6, "val_mean_recall": 0.2, "val_combined": 0.32,
     }  # fmt: skip
     s.best_epoch = 1
     m = best_metrics(s)
     assert m["val_mean_auc"] is None and m["val_combined"] == 0.123457
+
+
+def test_collapsed_epochs_are_counted():
+    s = state()
+    s.history[1]["collapsed"] = 1.0
+    assert best_metrics(s)["collapsed_epochs"] == 1
+
+
+def test_collapse_level_is_the_weighted_ln_batch():
+    """InfoNCE of all-alike embeddings: ln(B) each way, weighted; 1 % above is flagged."""
+    from types import SimpleNamespace
+
+    from lib.train.loop import COLLAPSE_TOLERANCE, Trainer
+
+    fake = SimpleNamespace(
+        mp=SimpleNamespace(contrastive_weight_i2t=0.5, contrastive_weight_t2i=0.5),
+        tp=SimpleNamespace(batch_size=32),
+    )
+    fake.collapse_level = lambda: Trainer.collapse_level(fake)
+    assert math.isclose(Trainer.collapse_level(fake), math.log(32))
+    assert Trainer.is_collapsed(fake, math.log(32) * (1 - COLLAPSE_TOLERANCE / 2))
+    assert not Trainer.is_collapsed(fake, math.log(32) * (1 - 2 * COLLAPSE_TOLERANCE))
 
 
 def test_model_dir_and_curves(tmp_path):
