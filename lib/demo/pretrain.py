@@ -40,7 +40,7 @@ from lib.demo.corpus import ImageTask, build_tables, render_task
 from lib.device import resolve_device
 from lib.errors import DataError
 from lib.io import atomic_path
-from lib.model.backbone import WEIGHTS, Backbone, load_backbone, write_demo_backbone
+from lib.model.backbone import WEIGHTS, load_backbone, write_demo_backbone
 from lib.train.live import EpochLog
 from lib.train.loop import Data, Trainer, TrainState
 
@@ -115,11 +115,14 @@ def build_corpus(params: Params, workers: int) -> PretrainCorpus:
     return PretrainCorpus(np.stack(pixels), split, dropped)
 
 
-def check_disjoint(corpus: Split, others: dict[str, Split], source: str) -> None:
-    """Fail if any pretraining patient appears in ``others`` (the demo's master file)."""
+def check_disjoint(corpus: Split, others: dict[str, Split], source: str) -> int:
+    """Fail if any pretraining patient appears in ``others`` (the demo's master file);
+    return the number of patients shared (0 whenever it returns)."""
     seen = set(corpus.subject.tolist())
+    shared_total = 0
     for name, split in others.items():
         shared = seen & set(split.subject.tolist())
+        shared_total += len(shared)
         if shared:
             raise DataError(
                 f"{source}: {len(shared)} subject_id(s) of the {name} split, e.g. "
@@ -127,6 +130,7 @@ def check_disjoint(corpus: Split, others: dict[str, Split], source: str) -> None
                 f"{PRETRAIN_SUBJECTS}; the pretraining patients must be disjoint: keep the "
                 f"demo corpus (or the real data) to subject ids outside that range"
             )
+    return shared_total
 
 
 def holdout(split: Split, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -204,7 +208,7 @@ def make_trainer(
     init_dir: Path,
     state_dir: Path,
     progress: bool = False,
-) -> tuple[Trainer, Backbone]:
+) -> Trainer:
     """The randomly initialised backbone written to ``init_dir`` (its vocabulary learned from
     the corpus's reports) and a Trainer over the corpus, one held-out part for validation."""
     write_demo_backbone(init_dir, sorted(set(corpus.split.texts)), params.backbone)
@@ -225,7 +229,7 @@ def make_trainer(
         resolve_device(variant.train.device),
         progress,
     )
-    return trainer, backbone
+    return trainer
 
 
 def load_best(trainer: Trainer) -> None:
@@ -280,9 +284,9 @@ def pretrain_backbone(
     ``demo_val(spec)`` builds that split for the backbone ``spec`` (its tokenizer).
     """
     corpus = build_corpus(params, workers)
-    check_disjoint(corpus.split, splits, "pretraining corpus")
+    shared = check_disjoint(corpus.split, splits, "pretraining corpus")
     init_dir = state_dir / "init"
-    trainer, _ = make_trainer(params, corpus, init_dir, state_dir / "train", progress)
+    trainer = make_trainer(params, corpus, init_dir, state_dir / "train", progress)
     if log_dir is None:
         state = trainer.run()
     else:
@@ -294,7 +298,7 @@ def pretrain_backbone(
         "corpus_patients": len(np.unique(corpus.split.subject)),
         "corpus_reports": len(set(corpus.split.texts)),
         "dropped": corpus.dropped,
-        "patients_shared_with_master": 0,  # check_disjoint stops the stage otherwise
+        "patients_shared_with_master": shared,
         **summary(state),
     }
     if demo_val is not None:
