@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lib.cli import run
 from lib.config.loader import load_params
+from lib.config.variants import resolve_all
 from lib.data.images import load_image
 from lib.eval.compare import (
     REFERENCES,
@@ -23,6 +24,7 @@ from lib.eval.compare import (
 from lib.eval.embeddings import ExplainMaps
 from lib.eval.evaluate import QueryRows, fraction_key
 from lib.eval.plots import save_compare_plots
+from lib.eval.seeds import spread_keys, spread_markdown, spread_summary, spreads
 from lib.io import atomic_path, read_json, write_json
 
 DISPLAY_SIZE = 224  # pixels of the X-rays in the explainability figure
@@ -50,16 +52,35 @@ def main() -> None:
     efficiency = {n: read_json(args.efficiency / f"{n}.json") for n in names}
     rows = {n: QueryRows.load(args.evals / n) for n in names}
     explain = {n: ExplainMaps.load(args.embeddings / n) for n in names}
+    seeds = {n: v.train.seed for n, v in resolve_all(params, str(args.params)).items()}
+    reps = [
+        read_json(args.eval_metrics / "replicates" / f"{n}-seed{s}.json")
+        for n in names
+        for s in params.replicates.seeds
+    ]
+    keys = spread_keys(fraction_key(max(p.probe_fractions)), max(ks))
+    spread = spreads(metrics, seeds, reps, [k for k, _ in keys])
     tests = paired_tests(rows, ks, p.bootstrap, p.seed, p.ci_level, baseline=names[0])
     fractions = [fraction_key(f) for f in sorted(p.probe_fractions)]
     is_demo = args.root.resolve() == args.demo_root.resolve()
     details = read_json(args.evals / names[0] / "details.json")
     data = data_description(str(args.root), is_demo, details, explain[names[0]].grid)
 
-    write_json(args.summary, summary_json(metrics, tests, fractions, ks, is_demo, references))
+    write_json(
+        args.summary,
+        summary_json(metrics, tests, fractions, ks, is_demo, references, spread_summary(spread)),
+    )
     with atomic_path(args.report) as tmp:
         report = results_markdown(
-            metrics, efficiency, tests, data, fractions, ks, p.ci_level, references
+            metrics,
+            efficiency,
+            tests,
+            data,
+            fractions,
+            ks,
+            p.ci_level,
+            references,
+            spread_markdown(spread, keys, names[0]),
         )
         tmp.write_text(report, encoding="utf-8")
 

@@ -195,7 +195,7 @@ def repo_stages(root: Path) -> list[StageSpec]:
     with Repo(str(root)) as repo:
         return [
             StageSpec(
-                name=stage.addressing,
+                name=stage.name,
                 cmd=stage.cmd,
                 deps=tuple(d.def_path for d in stage.deps if not isinstance(d, ParamsDependency)),
                 outs=tuple(o.def_path for o in stage.outs),
@@ -206,8 +206,20 @@ def repo_stages(root: Path) -> list[StageSpec]:
 
 
 @pytest.fixture(scope="module")
-def stages() -> list[StageSpec]:
-    return repo_stages(REPO)
+def stages(tmp_path_factory) -> list[StageSpec]:
+    """Every stage, the matrix ones included: dvc.yaml resolved against params.yaml with one
+    replicate seed, since the default (``replicates.seeds: []``) makes no replicate stage."""
+    from dvc.repo import Repo
+
+    root = tmp_path_factory.mktemp("resolved")
+    Repo.init(str(root), no_scm=True).close()
+    raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    raw["replicates"] = {"seeds": [1]}
+    (root / "params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    (root / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text(encoding="utf-8"))
+    resolved = repo_stages(root)
+    assert any(s.name.startswith("replicate@") for s in resolved), "no replicate stage"
+    return resolved
 
 
 @pytest.fixture(scope="module")

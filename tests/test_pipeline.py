@@ -306,3 +306,25 @@ def test_pointing_params_at_another_copy_needs_no_code_change(repo, tmp_path):
         assert all((other / r["image"]).is_file() for r in records)
     finally:
         sh(["git", "checkout", "params.yaml"], repo)
+
+
+def test_replicate_seeds_add_runs_and_retrain_no_primary_model(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["replicates"]["seeds"] = [1]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        planned = ran_stages(sh(["dvc", "repro", "--dry"], repo))
+        assert planned == {f"replicate@{m}-1" for m in "ABCDE"} | {"compare"}
+        sh(["dvc", "repro", "replicate@A-1"], repo)
+        rep = json.loads((repo / "metrics/eval/replicates/A-seed1.json").read_text())
+        primary = json.loads((repo / "metrics/eval/A.json").read_text())
+        assert rep["model"] == "A" and rep["seed"] == 1
+        # Same data, schedule and metrics code, another seed: the same kind of result, not
+        # the same numbers.
+        assert set(primary) <= set(rep)
+        assert rep["n_test_images"] == primary["n_test_images"]
+        assert rep["zero_shot_mean_auc"] != primary["zero_shot_mean_auc"]
+        assert abs(rep["zero_shot_mean_auc"] - primary["zero_shot_mean_auc"]) < 0.1
+    finally:
+        sh(["git", "checkout", "params.yaml"], repo)
+        shutil.rmtree(repo / "metrics/eval/replicates", ignore_errors=True)

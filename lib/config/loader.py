@@ -33,8 +33,15 @@ def parse_params(raw: Mapping[str, Any], source: str = "params.yaml") -> Params:
     """Parse the sections, resolve every variant (so a bad override fails here), then check
     the combinations that span sections."""
     params = parse_sections(raw, source)
-    resolve_all(params, source)
+    variants = resolve_all(params, source)
     cross_check(params, source)
+    for name, variant in variants.items():
+        if variant.train.seed in params.replicates.seeds:
+            raise ParamsError(
+                f"{source}: replicates.seeds = {list(params.replicates.seeds)} holds "
+                f"{variant.train.seed}, the train.seed of model {name}, whose run is "
+                f"train@{name} already; list only the other seeds"
+            )
     return params
 
 

@@ -187,10 +187,22 @@ class PretrainParams:
     weight_decay: float = 0.05
     temperature: float = 0.07  # initial InfoNCE temperature (learnable; CLIP's 0.07)
     holdout_fraction: float = 0.05  # of its patients, for choosing the best epoch
+    # Images whose text is a figure caption written from their labels instead of their report
+    # (PMC-15M's texts are captions; lib/demo/captions.py). 0 = reports only.
+    caption_fraction: float = 0.0
+    # Training texts cut to this many tokens ([CLS] ... [SEP]); 0 = backbone.context_length.
+    # Held-out validation, fine-tuning and evaluation always see whole texts.
+    max_text_tokens: int = 0
 
     def validate(self) -> None:
         for key in ("n_patients", "epochs", "lr", "temperature"):
             _positive(f"pretrain.{key}", getattr(self, key))
+        _fraction("pretrain.caption_fraction", self.caption_fraction)
+        if self.max_text_tokens != 0 and self.max_text_tokens < 8:
+            raise ParamsError(
+                f"pretrain.max_text_tokens = {self.max_text_tokens}: give 0 (whole texts, up "
+                "to backbone.context_length) or at least 8 tokens"
+            )
         if self.batch_size < 2:
             raise ParamsError(
                 f"pretrain.batch_size = {self.batch_size}: contrastive loss needs >= 2"
@@ -395,6 +407,23 @@ class PackParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class ReplicateParams:
+    """Training-seed replicates: stage replicate@<variant>-<seed> trains, embeds and scores
+    each variant again with each of these seeds (besides its own ``train.seed``, whose run
+    is train@/embed@/eval@), so that ``compare`` can put the seed spread beside the
+    patient-bootstrap intervals. A separate section, not a train key, so that adding seeds
+    leaves the variants' configs, and so their trained models, as they are."""
+
+    seeds: tuple[int, ...] = ()
+
+    def validate(self) -> None:
+        if any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
+            raise ParamsError(
+                f"replicates.seeds = {list(self.seeds)}: give distinct seeds >= 0 (or [] for none)"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalParams:
     """Evaluation on the test split (stages embed@X, eval@X, compare); changing any of these
     re-runs evaluation only, never training."""
@@ -479,6 +508,7 @@ class Params:
     train: TrainParams = dataclasses.field(default_factory=TrainParams)
     pack: PackParams = dataclasses.field(default_factory=PackParams)
     eval: EvalParams = dataclasses.field(default_factory=EvalParams)
+    replicates: ReplicateParams = dataclasses.field(default_factory=ReplicateParams)
     # variant name -> raw overrides of model / train (validated by lib.config.variants)
     models: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -493,6 +523,7 @@ _SECTION_TYPES: dict[str, type] = {
     "train": TrainParams,
     "pack": PackParams,
     "eval": EvalParams,
+    "replicates": ReplicateParams,
 }
 
 

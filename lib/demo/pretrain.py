@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import multiprocessing as mp
+import random
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from lib.data.labels import IGNORE, apply_policy
 from lib.data.master import Split
 from lib.data.mimic import LABELS, report_relpath
 from lib.data.reports import parse_report
+from lib.demo.captions import write_caption
 from lib.demo.corpus import ImageTask, build_tables, render_task
 from lib.device import resolve_device
 from lib.errors import DataError
@@ -66,13 +68,17 @@ def _decode(job: tuple[ImageTask, int]) -> np.ndarray:
 def build_corpus(params: Params, workers: int) -> PretrainCorpus:
     """The pretraining corpus in memory: frontal images (``data.views``) with their report
     text (``data.sections``); reports shorter than ``data.min_report_chars`` are dropped,
-    as QC drops them, and counted."""
+    as QC drops them, and counted. ``pretrain.caption_fraction`` of the kept images get a
+    figure caption written from their study's labels instead (lib/demo/captions.py)."""
     pre, data = params.pretrain, params.data
     demo = dataclasses.replace(params.demo, seed=pre.seed, n_patients=pre.n_patients)
     tables = build_tables(demo, PRETRAIN_SUBJECTS, PRETRAIN_STUDIES)
     meta = tables["metadata"].set_index("dicom_id")
-    labels = tables["chexpert"].set_index("study_id")
-    labels = apply_policy(labels[list(LABELS)], data.label_policy)
+    raw_labels = tables["chexpert"].set_index("study_id")[list(LABELS)]
+    labels = apply_policy(raw_labels, data.label_policy)
+    # Which images get a caption instead of their report: one seeded draw per image, in the
+    # corpus's order, from a stream of its own (the corpus itself is the same either way).
+    captions = random.Random(f"captions-{pre.seed}")
     dropped = {"not_frontal": 0, "short_report": 0}
     jobs, texts, rows, study, subject = [], [], [], [], []
     for task in tables["tasks"]:
@@ -86,6 +92,9 @@ def build_corpus(params: Params, workers: int) -> PretrainCorpus:
         if len(text) < data.min_report_chars:
             dropped["short_report"] += 1
             continue
+        if captions.random() < pre.caption_fraction:
+            states = raw_labels.loc[st].to_dict() if st in raw_labels.index else {}
+            text = write_caption(states, captions)
         jobs.append((task, data.image_size))
         texts.append(text)
         # A study left out of the CheXpert file has unknown labels: ignored by the metrics.
@@ -218,6 +227,10 @@ def make_trainer(
     train_rows, held_rows = holdout(corpus.split, pre.holdout_fraction, pre.seed)
     pixels = torch.from_numpy(corpus.pixels)
     train = Data.in_memory(corpus.split.subset(train_rows), pixels[train_rows], backbone)
+    if pre.max_text_tokens:
+        sep = int(backbone.tokenizer.tokenizer.sep_token_id)
+        cut = truncate_tokens(train.tokens, pre.max_text_tokens, backbone.pad_id, sep)
+        train = dataclasses.replace(train, tokens=cut)
     val = Data.in_memory(corpus.split.subset(held_rows), pixels[held_rows], backbone)
     trainer = Trainer(
         variant,
@@ -230,6 +243,17 @@ def make_trainer(
         progress,
     )
     return trainer
+
+
+def truncate_tokens(tokens: torch.Tensor, n: int, pad_id: int, sep_id: int) -> torch.Tensor:
+    """(T, L) token rows cut to their first ``n`` tokens; a row that had more ends with
+    [SEP] at position n - 1, as the tokenizer ends a row it truncates."""
+    if n >= tokens.shape[1]:
+        return tokens
+    out = tokens[:, :n].clone()
+    longer = (tokens[:, n:] != pad_id).any(dim=1)
+    out[longer, n - 1] = sep_id
+    return out
 
 
 def load_best(trainer: Trainer) -> None:

@@ -209,6 +209,7 @@ def results_markdown(
     ks: Sequence[int],
     level: float,
     references: Mapping[str, Mapping[str, Any]] | None = None,
+    seed_section: Sequence[str] = (),
 ) -> str:
     """The results report: our table (seed format, with intervals) with the reference rows
     (``REFERENCES``: name -> its metrics) and whether each model beats them, the probe, the
@@ -307,6 +308,7 @@ def results_markdown(
                 f"{_num(t['p_holm'])} |"
             )
 
+    lines += ["", *seed_section] if seed_section else []
     lines += [
         "",
         "## Efficiency (measured by embed@X on this run's machine)",
@@ -385,6 +387,7 @@ def summary_json(
     ks: Sequence[int],
     is_demo: bool,
     references: Mapping[str, Mapping[str, Any]] | None = None,
+    seed_spread: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """metrics/summary.json: each model's headline numbers with intervals, the reference
     rows' (those they have) and which floors each model's full-fraction probe beats, and the
@@ -419,6 +422,7 @@ def summary_json(
         f"tests_vs_{names[0]}": dict(tests),
         "test_images": metrics[names[0]]["n_test_images"],
         "demo_data": is_demo,
+        "seed_spread": dict(seed_spread or {}),
     }
 
 

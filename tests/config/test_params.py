@@ -119,3 +119,17 @@ def test_augment_is_a_nested_section_off_in_the_repo():
     p = parse_params({"train": {"augment": {"enabled": True, "rotation_deg": 5}}})
     assert p.train.augment.enabled and p.train.augment.rotation_deg == 5.0
     assert p.train.augment.scale == AugmentParams().scale  # keys not given: defaults
+
+
+def test_replicate_seeds_default_to_none_and_are_checked():
+    assert parse_params({}).replicates.seeds == ()
+    models = {"A": {}, "B": {"train": {"seed": 3}}}
+    p = parse_params({"models": models, "replicates": {"seeds": [1, 2]}})
+    assert p.replicates.seeds == (1, 2)
+    with pytest.raises(ParamsError, match=r"replicates.seeds = \[2, 2\]"):
+        parse_params({"replicates": {"seeds": [2, 2]}})
+    with pytest.raises(ParamsError, match="-1"):
+        parse_params({"replicates": {"seeds": [-1]}})
+    # A variant's own train.seed is its train@ run already.
+    with pytest.raises(ParamsError, match="train.seed of model B"):
+        parse_params({"models": models, "replicates": {"seeds": [1, 3]}})

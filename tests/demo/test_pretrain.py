@@ -21,9 +21,11 @@ from lib.demo.pretrain import (
     build_corpus,
     check_disjoint,
     holdout,
+    make_trainer,
     pretrain_backbone,
     pretrain_variant,
     skip_record,
+    truncate_tokens,
 )
 from lib.errors import DataError, ParamsError
 from lib.model.backbone import WEIGHTS, load_backbone
@@ -106,7 +108,7 @@ def test_params_are_validated():
 
 
 def _pretrain(tmp: Path, small_master) -> tuple[dict, Path]:
-    params = tiny_params()
+    params = tiny_params(caption_fraction=0.5, max_text_tokens=16)  # as the demo, in small
     demo = read_master(small_master[0])
     out = tmp / "backbone"
 
@@ -159,3 +161,56 @@ def test_fine_tuning_keys_do_not_change_the_pretraining():
     )
     assert pretrain_variant(other, "local-dir:x") == pretrain_variant(base, "local-dir:x")
     assert not pretrain_variant(base, "local-dir:x").train.augment.enabled
+
+
+def test_caption_fraction_replaces_that_share_of_texts_and_nothing_else(corpus):
+    captioned = build_corpus(tiny_params(caption_fraction=0.5), workers=1)
+    assert np.array_equal(captioned.pixels, corpus.pixels)
+    assert np.array_equal(captioned.split.labels, corpus.split.labels)
+    changed = [a != b for a, b in zip(corpus.split.texts, captioned.split.texts, strict=True)]
+    assert 0.3 < np.mean(changed) < 0.7
+    new = [t for t, c in zip(captioned.split.texts, changed, strict=True) if c]
+    assert all(
+        t.lower().startswith(
+            (
+                "chest",
+                "a chest",
+                "frontal",
+                "figure",
+                "portable",
+                "posteroanterior",
+                "normal",
+                "unremarkable",
+            )
+        )
+        for t in new
+    ), new[:5]
+    again = build_corpus(tiny_params(caption_fraction=0.5), workers=1)
+    assert again.split.texts == captioned.split.texts
+
+
+def test_truncate_tokens_cuts_long_rows_and_ends_them_with_sep():
+    pad, cls, sep = 0, 2, 3
+    tokens = torch.tensor(
+        [
+            [cls, 5, 6, 7, 8, sep, pad, pad],  # longer than 4: cut, [SEP] last
+            [cls, 5, sep, pad, pad, pad, pad, pad],  # fits: unchanged
+            [cls, 5, 6, sep, pad, pad, pad, pad],  # exactly 4: unchanged
+        ]
+    )
+    out = truncate_tokens(tokens, 4, pad, sep)
+    assert out.tolist() == [[cls, 5, 6, sep], [cls, 5, sep, pad], [cls, 5, 6, sep]]
+    assert truncate_tokens(tokens, 8, pad, sep) is tokens
+    assert tokens[0, 3] == 7  # the input is not modified
+
+
+def test_max_text_tokens_is_checked():
+    with pytest.raises(ParamsError, match="max_text_tokens"):
+        PretrainParams(max_text_tokens=3).validate()
+    PretrainParams(max_text_tokens=0).validate()
+
+
+def test_max_text_tokens_cuts_the_training_texts_only(tmp_path, corpus):
+    trainer = make_trainer(tiny_params(max_text_tokens=12), corpus, tmp_path / "i", tmp_path / "s")
+    assert trainer.train_data.tokens.shape[1] == 12
+    assert trainer.val_data.tokens.shape[1] > 12  # held-out texts stay whole
