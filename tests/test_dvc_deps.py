@@ -184,6 +184,22 @@ def data_problems(
     return problems
 
 
+def dangling_deps(stages: Iterable[StageSpec], root: Path, exempt: Iterable[str] = ()) -> list[str]:
+    """Deps that no stage writes and that do not exist under ``root``: a typo, or a path
+    pasted with stray characters, which DVC only reports when it runs the stage."""
+    stages = list(stages)
+    outs = [_norm(o) for s in stages for o in s.outs]
+    exempt = [_norm(e) for e in exempt]
+    return [
+        f"{stage.name}: dep {dep} exists nowhere and no stage writes it"
+        for stage in stages
+        for dep in map(_norm, stage.deps)
+        if not (root / dep).exists()
+        and not any(_within(dep, o) or _within(o, dep) for o in outs)
+        and not any(_within(dep, e) for e in exempt)
+    ]
+
+
 # ----------------------------------------------------------------------------- the repo
 
 
@@ -235,6 +251,21 @@ def test_every_stage_declares_exactly_the_code_it_imports(stages):
 
 def test_package_inits_hold_no_code():
     assert not init_code(REPO), "an __init__.py with code must become a dependency"
+
+
+def test_every_dep_exists_or_is_written_by_a_stage(stages, params):
+    problems = dangling_deps(stages, REPO, exempt=[params["data"]["root"]])
+    assert not problems, "\n".join(problems)
+
+
+def test_dangling_deps_are_found(tmp_path):
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "a.py").write_text("")
+    stage = StageSpec("s", "python -m x", ("lib/a.py", "lib/a.py', ...]", "out/x"), ())
+    writer = StageSpec("w", "python -m w", (), ("out",))
+    assert dangling_deps([stage, writer], tmp_path) == [
+        "s: dep lib/a.py', ...] exists nowhere and no stage writes it"
+    ]
 
 
 def test_every_stage_declares_the_files_other_stages_write(stages, params):

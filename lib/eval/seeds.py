@@ -187,9 +187,11 @@ def spread_markdown(
                 exceeds = {None: "—", True: "yes", False: "no"}[d["exceeds_2sd"]]
                 p = "—" if d["welch_p"] is None else f"{d['welch_p']:.3f}"
                 diff = d["difference"]
-                sign = "+" if diff >= 0 else "-"
+                magnitude = _fmt(key, abs(diff))
+                # A difference that rounds to zero is shown as +0, never as -0.
+                sign = "-" if diff < 0 and magnitude.strip("0.") else "+"
                 lines.append(
-                    f"| {name} | {titles[key]} | {sign}{_fmt(key, abs(diff))} | "
+                    f"| {name} | {titles[key]} | {sign}{magnitude} | "
                     f"{_fmt(key, d['seed_sd'])} | {exceeds} | {p} |"
                 )
     lines.append("")

@@ -91,3 +91,11 @@ def test_markdown_with_seeds_gives_mean_sd_and_the_comparison():
     assert "21.0 ± 1.4" in text  # recall in percent
     summary = spread_summary(table)
     assert summary["A"]["zero_shot_mean_auc"] == {"seeds": [0, 1], "mean": 0.71, "sd": 0.014142}
+
+
+def test_a_difference_that_rounds_to_zero_has_no_minus_sign():
+    a = Spread((0, 1), (0.80000, 0.80010))
+    b = Spread((0, 1), (0.79990, 0.80000))
+    table = {"A": {"zero_shot_mean_auc": a}, "B": {"zero_shot_mean_auc": b}}
+    text = "\n".join(spread_markdown(table, KEYS[:1], "A"))
+    assert "| B | Zero-shot mean AUC | +0.000 |" in text
