@@ -24,7 +24,7 @@ from lib.eval.compare import (
 from lib.eval.embeddings import ExplainMaps
 from lib.eval.evaluate import QueryRows, fraction_key
 from lib.eval.plots import save_compare_plots
-from lib.eval.seeds import spread_keys, spread_markdown, spread_summary, spreads
+from lib.eval.seeds import read_replicates, spread_keys, spread_markdown, spread_summary, spreads
 from lib.io import atomic_path, read_json, write_json
 
 DISPLAY_SIZE = 224  # pixels of the X-rays in the explainability figure
@@ -53,11 +53,7 @@ def main() -> None:
     rows = {n: QueryRows.load(args.evals / n) for n in names}
     explain = {n: ExplainMaps.load(args.embeddings / n) for n in names}
     seeds = {n: v.train.seed for n, v in resolve_all(params, str(args.params)).items()}
-    reps = [
-        read_json(args.eval_metrics / "replicates" / f"{n}-seed{s}.json")
-        for n in names
-        for s in params.replicates.seeds
-    ]
+    reps = read_replicates(args.eval_metrics / "replicates", names, params.replicates.seeds)
     keys = spread_keys(fraction_key(max(p.probe_fractions)), max(ks))
     spread = spreads(metrics, seeds, reps, [k for k, _ in keys])
     tests = paired_tests(rows, ks, p.bootstrap, p.seed, p.ci_level, baseline=names[0])

@@ -14,10 +14,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import stats
+
+from lib.errors import DataError
+from lib.io import read_json
 
 
 def spread_keys(full: str, k: int) -> tuple[tuple[str, str], ...]:
@@ -29,6 +33,23 @@ def spread_keys(full: str, k: int) -> tuple[tuple[str, str], ...]:
         (f"i2t_R@{k}", f"I2T R@{k}"),
         (f"t2i_R@{k}", f"T2I R@{k}"),
     )
+
+
+def read_replicates(folder: Path, names: Sequence[str], seeds: Sequence[int]) -> list[dict]:
+    """The metrics of replicate@<name>-<seed> for every model and seed of
+    ``replicates.seeds``, from ``folder``; a missing one is an error naming the stage."""
+    out = []
+    for name in names:
+        for seed in seeds:
+            path = folder / f"{name}-seed{seed}.json"
+            if not path.is_file():
+                raise DataError(
+                    f"{path}: not found, but replicates.seeds lists seed {seed}; run "
+                    f"`dvc repro replicate@{name}-{seed}` (or `dvc repro`), or remove the "
+                    "seed from replicates.seeds"
+                )
+            out.append(read_json(path))
+    return out
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from lib.errors import DataError
 from lib.eval.seeds import (
     Spread,
+    read_replicates,
     spread_keys,
     spread_markdown,
     spread_summary,
@@ -99,3 +101,12 @@ def test_a_difference_that_rounds_to_zero_has_no_minus_sign():
     table = {"A": {"zero_shot_mean_auc": a}, "B": {"zero_shot_mean_auc": b}}
     text = "\n".join(spread_markdown(table, KEYS[:1], "A"))
     assert "| B | Zero-shot mean AUC | +0.000 |" in text
+
+
+def test_read_replicates_reads_every_listed_seed_and_names_a_missing_one(tmp_path):
+    (tmp_path / "A-seed1.json").write_text('{"model": "A", "seed": 1}')
+    (tmp_path / "A-seed7.json").write_text('{"model": "A", "seed": 7}')  # not listed: unread
+    assert read_replicates(tmp_path, ["A"], [1]) == [{"model": "A", "seed": 1}]
+    assert read_replicates(tmp_path, ["A"], []) == []
+    with pytest.raises(DataError, match=r"B-seed1.json.*dvc repro replicate@B-1"):
+        read_replicates(tmp_path, ["A", "B"], [1])
