@@ -54,10 +54,10 @@ def main() -> None:
     explain = {n: ExplainMaps.load(args.embeddings / n) for n in names}
     seeds = {n: v.train.seed for n, v in resolve_all(params, str(args.params)).items()}
     reps = read_replicates(args.eval_metrics / "replicates", names, params.replicates.seeds)
-    keys = spread_keys(fraction_key(max(p.probe_fractions)), max(ks))
+    fractions = [fraction_key(f) for f in sorted(p.probe_fractions)]
+    keys = spread_keys(fractions[-1], max(ks))
     spread = spreads(metrics, seeds, reps, [k for k, _ in keys])
     tests = paired_tests(rows, ks, p.bootstrap, p.seed, p.ci_level, baseline=names[0])
-    fractions = [fraction_key(f) for f in sorted(p.probe_fractions)]
     is_demo = args.root.resolve() == args.demo_root.resolve()
     details = read_json(args.evals / names[0] / "details.json")
     data = data_description(str(args.root), is_demo, details, explain[names[0]].grid)

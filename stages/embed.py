@@ -8,10 +8,9 @@ from pathlib import Path
 
 from lib.cli import run
 from lib.config.loader import load_params
-from lib.data.images import load_images
 from lib.data.master import read_master
 from lib.data.pack import Pack
-from lib.eval.embed import embed_splits, load_trained
+from lib.eval.embed import embed_splits, load_trained, split_pixels
 from lib.eval.explain import explain_maps
 from lib.io import atomic_path, write_json
 
@@ -30,13 +29,8 @@ def main() -> None:
     p = load_params(args.params).eval
     trained = load_trained(args.model, p.device)
     size = trained.backbone.image_size
-    splits = read_master(args.master)
     pack = Pack.open(args.pack) if args.pack else None
-    if pack is not None:  # images the pack could not decode are left out (and listed there)
-        splits = {name: pack.usable(split) for name, split in splits.items()}
-        pixels_of = lambda split: pack.pixels(split, size)  # noqa: E731
-    else:
-        pixels_of = lambda split: load_images(args.root, split.images, size, p.num_workers)  # noqa: E731
+    splits, pixels_of = split_pixels(read_master(args.master), pack, args.root, size, p.num_workers)
     result = embed_splits(trained, splits, pixels_of, p.batch_size)
     maps = explain_maps(trained, result.test_pixels, splits["test"], p.explain_images)
     with atomic_path(args.out) as tmp:

@@ -13,10 +13,9 @@ from lib.cli import run
 from lib.config.loader import load_params
 from lib.data.master import read_master
 from lib.data.pack import Pack
-from lib.eval.embed import embed_texts, load_trained
+from lib.eval.embed import load_trained, prompt_embeddings
 from lib.eval.embeddings import Embeddings
 from lib.eval.evaluate import evaluate, fraction_key
-from lib.eval.metrics import label_prompts
 from lib.eval.plots import save_model_plots
 from lib.io import atomic_path, write_json
 
@@ -37,11 +36,7 @@ def main() -> None:
     # Prompt embeddings: computed once per checkpoint and run, reused by every score below.
     trained = load_trained(args.model, p.device)
     name = trained.variant.name
-    prompts, negatives = label_prompts(
-        p.prompt_template, p.negative_prompt_template, p.no_finding_prompts
-    )
-    prompt_emb = embed_texts(trained, prompts, p.batch_size)
-    neg_emb = None if negatives is None else embed_texts(trained, negatives, p.batch_size)
+    prompt_emb, neg_emb = prompt_embeddings(trained, p)
     del trained
 
     emb = Embeddings.load(args.embeddings)

@@ -18,14 +18,16 @@ import numpy as np
 import torch
 from safetensors.torch import load_model
 
+from lib.config.params import EvalParams
 from lib.config.variants import Variant
-from lib.data.images import to_model_input
+from lib.data.images import load_images, to_model_input
 from lib.data.master import Split
-from lib.data.pack import PackedPixels
+from lib.data.pack import Pack, PackedPixels
 from lib.data.splits import SPLITS
 from lib.device import autocast_and_scaler, peak_memory, resolve_device
 from lib.errors import DataError
 from lib.eval.embeddings import Embeddings, study_reports
+from lib.eval.metrics import label_prompts
 from lib.model.backbone import Backbone, load_backbone
 from lib.model.patch_ib import PatchIBModel, trim_padding
 
@@ -129,6 +131,29 @@ def embed_texts(trained: Trained, texts: list[str], batch_size: int) -> np.ndarr
     if not out:
         raise DataError("no texts to embed")
     return torch.cat(out).numpy()
+
+
+def prompt_embeddings(trained: Trained, params: EvalParams) -> tuple[np.ndarray, np.ndarray | None]:
+    """(positive, negative or None) prompt embeddings of the 14 labels from ``eval.*``'s
+    templates (lib.eval.metrics.label_prompts)."""
+    positive, negative = label_prompts(
+        params.prompt_template, params.negative_prompt_template, params.no_finding_prompts
+    )
+    pos = embed_texts(trained, positive, params.batch_size)
+    neg = None if negative is None else embed_texts(trained, negative, params.batch_size)
+    return pos, neg
+
+
+def split_pixels(
+    splits: Mapping[str, Split], pack: Pack | None, root: Path, size: int, threads: int
+) -> tuple[dict[str, Split], Callable[[Split], torch.Tensor | PackedPixels]]:
+    """The splits to embed and a reader of a split's uint8 images at ``size``: from the
+    pack (its undecodable images left out of the splits, and listed there) or, without
+    one, by decoding the JPEGs under ``root`` with ``threads`` threads."""
+    if pack is not None:
+        usable = {name: pack.usable(split) for name, split in splits.items()}
+        return usable, lambda split: pack.pixels(split, size)
+    return dict(splits), lambda split: load_images(root, split.images, size, threads)
 
 
 def efficiency(trained: Trained, images: int, seconds: float) -> dict[str, float | str]:

@@ -15,12 +15,10 @@ from typing import Any
 
 from lib.config.params import EvalParams
 from lib.config.variants import Variant
-from lib.data.images import load_images
 from lib.data.master import Split
 from lib.data.pack import Pack
-from lib.eval.embed import embed_splits, embed_texts, load_trained
+from lib.eval.embed import embed_splits, load_trained, prompt_embeddings, split_pixels
 from lib.eval.evaluate import evaluate
-from lib.eval.metrics import label_prompts
 from lib.train.loop import train_variant
 from lib.train.outputs import best_metrics, write_model_dir
 
@@ -50,20 +48,9 @@ def run_replicate(
     del trainer
     trained = load_trained(model_dir, params.device)
     size = trained.backbone.image_size
-    if pack is not None:
-        splits = {name: pack.usable(split) for name, split in splits.items()}
-
-    def pixels_of(split: Split) -> Any:
-        if pack is not None:
-            return pack.pixels(split, size)
-        return load_images(root, split.images, size, params.num_workers)
-
+    splits, pixels_of = split_pixels(splits, pack, root, size, params.num_workers)
     run = embed_splits(trained, splits, pixels_of, params.batch_size)
-    positive, negative = label_prompts(
-        params.prompt_template, params.negative_prompt_template, params.no_finding_prompts
-    )
-    pos_emb = embed_texts(trained, positive, params.batch_size)
-    neg_emb = None if negative is None else embed_texts(trained, negative, params.batch_size)
+    pos_emb, neg_emb = prompt_embeddings(trained, params)
     result = evaluate(run.embeddings, splits, pos_emb, neg_emb, params)
     train = best_metrics(state)
     shutil.rmtree(state_dir, ignore_errors=True)
