@@ -22,6 +22,13 @@ the rare labels have only a handful of positives in the demo's test split.
     python benchmarks/demo_ceiling.py                      # ~5 min on 2 cores
     python benchmarks/demo_ceiling.py --json /tmp/ceiling.json --epochs 8
     python benchmarks/demo_ceiling.py --balanced 1000   # + are the rare findings visible?
+    python benchmarks/demo_ceiling.py --vit             # + the demo backbone's ViT, both stems
+
+(d) with ``--vit``: the demo backbone's own ViT (``backbone.*``, random weights, average
+    pooling) trained on the labels exactly as the CNN, once with each
+    ``backbone.patch_embed`` (``linear``, BiomedCLIP's 16-px projection, and ``conv``, the
+    stem of stride-2 convolutions): what that architecture can learn at the demo's size,
+    before any text.
 
 Reads ``data/packed`` (``dvc repro pack_images``) and the master file. Deterministic: the
 same pack and seed give the same numbers on one machine and torch build.
@@ -30,6 +37,7 @@ same pack and seed give the same numbers on one machine and torch build.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import platform
@@ -47,12 +55,14 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lib.config.loader import load_params
+from lib.config.params import BackboneParams
 from lib.data.images import load_image
 from lib.data.master import read_master
 from lib.data.mimic import LABELS
 from lib.data.pack import Pack
 from lib.demo.corpus import GEOMETRIES, ImageTask, _demo_size, render_task
 from lib.eval.metrics import IGNORE_LABEL
+from lib.model.backbone import ensure_timm_model, timm_model_name
 
 N_BOOT = 500
 # The findings the balanced check renders (``--balanced``): the rare ones of the demo.
@@ -140,11 +150,29 @@ def to_input(pixels: np.ndarray) -> torch.Tensor:
     return (x - 0.5) / 0.25
 
 
-def cnn_scores(xtr, ytr, xva, yva, xte, *, epochs: int, seed: int, batch: int = 32):
-    """Train the CNN; (N_test, labels) logits of the epoch with the best val mean AUC."""
+class DemoViT(torch.nn.Module):
+    """The demo backbone's timm ViT with a linear head on its pooled tokens (grey -> 3 ch)."""
+
+    def __init__(self, n_out: int, backbone: BackboneParams) -> None:
+        super().__init__()
+        import timm
+
+        name = timm_model_name(backbone)
+        ensure_timm_model(name)
+        pool = "token" if backbone.vision_pool == "token" else "avg"
+        self.vit = timm.create_model(name, num_classes=n_out, global_pool=pool)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vit(x.expand(-1, 3, -1, -1))
+
+
+def cnn_scores(xtr, ytr, xva, yva, xte, *, epochs: int, seed: int, batch: int = 32,
+               make=SmallCNN):  # fmt: skip
+    """Train ``make(n_labels)`` (the CNN); (N_test, labels) logits of the epoch with the best
+    val mean AUC."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    model = SmallCNN(ytr.shape[1])
+    model = make(ytr.shape[1])
     ttr, tva, tte = to_input(xtr), to_input(xva), to_input(xte)
     y = torch.from_numpy((ytr == 1).astype(np.float32))
     mask = torch.from_numpy((ytr != IGNORE_LABEL).astype(np.float32))
@@ -236,18 +264,28 @@ def fmt(entry: dict) -> str:
     return f"{entry['auc']:.3f} ({lo:.2f}–{hi:.2f})"
 
 
+TRAINED = {"cnn": "small CNN", "vit_linear": "ViT, linear patches", "vit_conv": "ViT, conv stem"}
+
+
 def table(res: dict) -> str:
+    cols = [k for k in TRAINED if k in res] or ["cnn"]
     lines = [
-        "| label | test pos. | train pos. | PCA(256) + LR | small CNN |",
-        "|---|---:|---:|---:|---:|",
+        "| label | test pos. | train pos. | PCA(256) + LR | "
+        + " | ".join(TRAINED[k] for k in cols)
+        + " |",
+        "|---|---:|---:|---:|" + "---:|" * len(cols),
     ]
-    probe, cnn = res["pca_probe"], res.get("cnn")
+    probe = res["pca_probe"]
     for name in LABELS:
         p = probe["per_label"][name]
-        c = fmt(cnn["per_label"][name]) if cnn else "not run"
-        lines.append(f"| {name} | {p['n_pos']} | {res['n_train_pos'][name]} | {fmt(p)} | {c} |")
-    cm = f"**{cnn['mean_auc']:.3f}**" if cnn else "not run"
-    lines.append(f"| **mean** | | | **{probe['mean_auc']:.3f}** | {cm} |")
+        cells = [fmt(res[k]["per_label"][name]) if k in res else "not run" for k in cols]
+        lines.append(
+            f"| {name} | {p['n_pos']} | {res['n_train_pos'][name]} | {fmt(p)} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    means = [f"**{res[k]['mean_auc']:.3f}**" if k in res else "not run" for k in cols]
+    lines.append(f"| **mean** | | | **{probe['mean_auc']:.3f}** | " + " | ".join(means) + " |")
     return "\n".join(lines)
 
 
@@ -275,6 +313,19 @@ def measure_pack(args: argparse.Namespace, size: int, res: dict) -> None:
         res["cnn"] = evaluate(yte, scores, args.seed)
         res["cnn"]["history"] = history
         res["cnn"]["seconds"] = round(time.perf_counter() - t0, 1)
+    if args.vit and args.epochs > 0:
+        backbone = load_params(args.params).backbone
+        for stem in ("linear", "conv"):
+            arch = dataclasses.replace(backbone, patch_embed=stem)
+            t0 = time.perf_counter()
+            with threadpool_limits(args.threads):
+                scores, history = cnn_scores(xtr, ytr, xva, yva, xte, epochs=args.epochs,
+                                             seed=args.seed,
+                                             make=lambda n, a=arch: DemoViT(n, a))  # fmt: skip
+            key = f"vit_{stem}"
+            res[key] = evaluate(yte, scores, args.seed)
+            res[key]["history"] = history
+            res[key]["seconds"] = round(time.perf_counter() - t0, 1)
 
 
 def main() -> None:
@@ -290,6 +341,9 @@ def main() -> None:
                     help="also train the CNN on N freshly rendered frontal images in which "
                     f"each of {', '.join(BALANCED)} is present in half: whether the pixels "
                     "carry them, apart from how few positives the demo has (0: skip)")  # fmt: skip
+    ap.add_argument("--vit", action="store_true",
+                    help="also train the demo backbone's ViT on the labels, with each "
+                    "backbone.patch_embed (linear, conv)")  # fmt: skip
     ap.add_argument("--skip-pack", action="store_true",
                     help="measure only the balanced check (no pack needed)")  # fmt: skip
     ap.add_argument("--json", type=Path, default=None, help="write the numbers here")
@@ -321,7 +375,7 @@ def main() -> None:
               "test rendered images, each finding in half), small CNN test AUC:")  # fmt: skip
         for name, entry in b["per_label"].items():
             print(f"- {name}: {fmt(entry)} ({entry['n_pos']} test positives)")
-    took = [f"{k} {res[k]['seconds']} s" for k in ("pca_probe", "cnn", "balanced") if k in res]
+    took = [f"{k} {res[k]['seconds']} s" for k in ("pca_probe", *TRAINED, "balanced") if k in res]
     print(f"\n{', '.join(took)} ({args.epochs} CNN epochs)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
-"""Stage embed@<variant>: embed every image and test report with the best checkpoint;
-record inference efficiency and the Patch-IB maps of the explainability figure."""
+"""Stage embed@<variant>: embed every image, test report and zero-shot prompt with the best
+checkpoint; record inference efficiency and the Patch-IB maps of the explainability figure."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def main() -> None:
     size = trained.backbone.image_size
     pack = Pack.open(args.pack) if args.pack else None
     splits, pixels_of = split_pixels(read_master(args.master), pack, args.root, size, p.num_workers)
-    result = embed_splits(trained, splits, pixels_of, p.batch_size)
+    result = embed_splits(trained, splits, pixels_of, p)
     maps = explain_maps(trained, result.test_pixels, splits["test"], p.explain_images)
     with atomic_path(args.out) as tmp:
         tmp.mkdir()

@@ -1,5 +1,6 @@
 """Stage eval@<variant>: test-split retrieval, zero-shot AUC, linear probe and bootstrap
-intervals from the embeddings of embed@<variant>; per-model plots."""
+intervals from the embeddings of embed@<variant> (prompts included: no model is loaded);
+per-model plots."""
 
 from __future__ import annotations
 
@@ -7,13 +8,11 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
 from lib.cli import run
 from lib.config.loader import load_params
+from lib.config.variants import variant_name
 from lib.data.master import read_master
 from lib.data.pack import Pack
-from lib.eval.embed import load_trained, prompt_embeddings
 from lib.eval.embeddings import Embeddings
 from lib.eval.evaluate import evaluate, fraction_key
 from lib.eval.plots import save_model_plots
@@ -22,7 +21,7 @@ from lib.io import atomic_path, write_json
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", type=Path, required=True, help="models/<variant> (for prompts)")
+    ap.add_argument("--model", type=Path, required=True, help="models/<variant> (its name)")
     ap.add_argument("--embeddings", type=Path, required=True, help="output of embed@")
     ap.add_argument("--master", type=Path, required=True)
     ap.add_argument("--pack", type=Path, help="output of pack_images, as given to embed@")
@@ -33,13 +32,9 @@ def main() -> None:
     args = ap.parse_args()
 
     p = load_params(args.params).eval
-    # Prompt embeddings: computed once per checkpoint and run, reused by every score below.
-    trained = load_trained(args.model, p.device)
-    name = trained.variant.name
-    prompt_emb, neg_emb = prompt_embeddings(trained, p)
-    del trained
-
+    name = variant_name(args.model)
     emb = Embeddings.load(args.embeddings)
+    prompt_emb, neg_emb = emb.prompts(str(args.embeddings))
     splits = read_master(args.master)
     if args.pack:  # the rows embed@ embedded: without the images the pack could not decode
         pack = Pack.open(args.pack)
@@ -49,9 +44,6 @@ def main() -> None:
     with atomic_path(args.out) as tmp:
         tmp.mkdir()
         result.rows.save(tmp)
-        no_negative = np.zeros((0, prompt_emb.shape[1]), np.float32)
-        negative = neg_emb if neg_emb is not None else no_negative
-        np.savez(tmp / "prompts.npz", positive=prompt_emb, negative=negative)
         (tmp / "details.json").write_text(json.dumps(result.details, indent=2) + "\n")
     write_json(args.metrics, result.metrics)
 

@@ -47,6 +47,9 @@ class DemoParams:
     test_fraction: float = 0.15
     # Fraction of studies left out of the CheXpert file (as in the real data).
     missing_label_fraction: float = 0.01
+    # Floor on each finding's positive rate over all studies; 0 keeps MIMIC-CXR's rates
+    # (Pleural Other 0.5 %, Fracture 1.5 %, Lung Lesion 2.3 %). See params.yaml.
+    min_positive_rate: float = 0.0
     workers: int = 2
 
     def validate(self) -> None:
@@ -58,6 +61,11 @@ class DemoParams:
             )
         for key in ("validate_fraction", "test_fraction", "missing_label_fraction"):
             _fraction(f"demo.{key}", getattr(self, key))
+        if not 0 <= self.min_positive_rate <= 0.3:
+            raise ParamsError(
+                f"demo.min_positive_rate = {self.min_positive_rate} must be in [0, 0.3]: a floor "
+                "on each finding's share of studies (0 = MIMIC-CXR's rates; demo default 0.08)"
+            )
         if self.validate_fraction + self.test_fraction >= 1:
             raise ParamsError(
                 "demo.validate_fraction + demo.test_fraction must be < 1 "
@@ -140,6 +148,9 @@ class BackboneParams:
     # end with near rank-1 embeddings (README, "The demo backbone").
     vision_pool: Literal["token", "avg"] = "avg"
     text_pool: Literal["cls", "mean"] = "mean"
+    # How pixels become patch tokens: "linear", one patch-sized projection (BiomedCLIP's),
+    # or "conv", a stem of stride-2 3x3 convolutions giving the same tokens (params.yaml).
+    patch_embed: Literal["linear", "conv"] = "linear"
 
     def validate(self) -> None:
         for key in (
@@ -160,6 +171,11 @@ class BackboneParams:
             raise ParamsError(
                 f"backbone.image_size = {self.image_size} must be a multiple of "
                 f"backbone.patch_size = {self.patch_size}"
+            )
+        if self.patch_embed == "conv" and self.patch_size & (self.patch_size - 1):
+            raise ParamsError(
+                f"backbone.patch_embed = conv needs a power-of-two backbone.patch_size (its "
+                f"stride-2 convolutions), got {self.patch_size}; use 16, or patch_embed: linear"
             )
         for width, heads, tower in (
             (self.vision_width, self.vision_heads, "vision"),

@@ -9,11 +9,13 @@ effective config changed.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from lib.config.params import ModelParams, Params, TrainParams, as_dict, build_section
-from lib.errors import ParamsError
+from lib.errors import DataError, ParamsError
 
 VARIANTS: tuple[str, ...] = ("A", "B", "C", "D", "E")
 DESCRIPTIONS = {
@@ -83,3 +85,17 @@ def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 
 def resolve_all(params: Params, source: str = "params.yaml") -> dict[str, Variant]:
     return {name: resolve_variant(params, name, source) for name in params.models}
+
+
+def variant_name(model_dir: Path) -> str:
+    """The variant name in ``model_dir``/config.json, as train@X writes it (no model loaded)."""
+    config = model_dir / "config.json"
+    if not config.is_file():
+        raise DataError(f"{config}: not found; run `dvc repro train@{model_dir.name}` first")
+    name = json.loads(config.read_text(encoding="utf-8")).get("name")
+    if not isinstance(name, str) or not name:
+        raise DataError(
+            f"{config}: no variant 'name'; it was not written by train@X, rerun "
+            f"`dvc repro -f train@{model_dir.name}`"
+        )
+    return name

@@ -25,16 +25,18 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
-from lib.data.master import Split
 from lib.data.images import load_image
+from lib.data.master import Split
 from lib.errors import DataError
 from lib.io import atomic_path, write_json, write_npy
+
+if TYPE_CHECKING:  # torch is imported where it is used: reading a split's rows (eval@X,
+    import torch  # pixel_probe) does not pay for importing it
 
 IMAGES = "images.npy"
 INDEX = "index.json"
@@ -250,6 +252,8 @@ class PackedPixels:
         return len(self.rows)
 
     def __getitem__(self, idx: Any) -> torch.Tensor:
+        import torch
+
         if isinstance(idx, torch.Tensor):
             idx = idx.numpy()
         rows = self.rows[idx]
@@ -271,6 +275,8 @@ def decode_device(decoder: str, params_file: Path) -> torch.device | None:
     """The GPU for ``pack.decoder: nvjpeg``; None for the CPU decoder."""
     if decoder != "nvjpeg":
         return None
+    import torch
+
     if not torch.cuda.is_available():
         raise DataError(
             f"pack.decoder = nvjpeg needs a CUDA GPU and none is visible; set "

@@ -116,12 +116,19 @@ class ImageTask:
     seed: tuple[int, int, int]
 
 
-def draw_states(rng: np.random.Generator, portable: bool) -> dict[str, str | None]:
-    """Finding states of one study: 'pos', 'unc', 'neg' or None (not mentioned)."""
+def draw_states(
+    rng: np.random.Generator, portable: bool, min_positive_rate: float = 0.0
+) -> dict[str, str | None]:
+    """Finding states of one study: 'pos', 'unc', 'neg' or None (not mentioned).
+
+    ``min_positive_rate`` raises every label's positive rate over all studies to at least
+    that value (``demo.min_positive_rate``; 0 keeps MIMIC-CXR's rates of LABEL_RATES).
+    """
     normal = rng.random() < P_NORMAL
     states: dict[str, str | None] = {}
     for label in FINDINGS:
         p_pos, p_unc, p_neg = LABEL_RATES[label]
+        p_pos = max(p_pos, min_positive_rate)
         if label == "Support Devices":
             # Portable (AP) studies are mostly ICU patients with lines and tubes.
             p_pos = min(0.9, p_pos * (1.5 if portable else 0.4))
@@ -219,7 +226,7 @@ def build_tables(
                 elif u < P_BLANK_VIEW + P_RARE_VIEW:
                     views[i] = RARE_VIEWS[int(rng.integers(len(RARE_VIEWS)))]
             portable = "AP" in views
-            states = draw_states(rng, portable)
+            states = draw_states(rng, portable, params.min_positive_rate)
             text, shape = compose_report(
                 states,
                 frontal_views=[v for v in views if v in ("PA", "AP")],

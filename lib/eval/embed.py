@@ -2,8 +2,8 @@
 reports, the Patch-IB token statistics, and the inference efficiency.
 
 Evaluation (lib/eval/evaluate.py) works on the saved arrays alone (lib/eval/embeddings.py),
-so changing a bootstrap or probe setting re-runs seconds of NumPy, not a pass of the model
-over the data.
+the prompts' embeddings included, so changing a bootstrap or probe setting re-runs seconds of
+NumPy and loads no model; changing a prompt re-embeds (embed@X reads the prompt params).
 """
 
 from __future__ import annotations
@@ -178,10 +178,12 @@ def embed_splits(
     trained: Trained,
     splits: Mapping[str, Split],
     pixels_of: Callable[[Split], torch.Tensor | PackedPixels],
-    batch_size: int,
+    params: EvalParams,
 ) -> EmbedRun:
-    """Every split's images (``pixels_of`` reads a split's uint8 images) and the test
-    reports, one per study."""
+    """Every split's images (``pixels_of`` reads a split's uint8 images), the test reports
+    (one per study) and the zero-shot prompts of ``params``, ``params.batch_size`` at a
+    time."""
+    batch_size = params.batch_size
     images, dicom = {}, {}
     seconds, timed = 0.0, 0
     for name in SPLITS:
@@ -190,6 +192,7 @@ def embed_splits(
         images[name], dicom[name] = emb.emb, np.array(splits[name].dicom)
         seconds, timed = seconds + emb.seconds, timed + emb.images_timed
     study, texts = study_reports(splits["test"])
+    positive, negative = prompt_embeddings(trained, params)
     embeddings = Embeddings(
         images=images,
         dicom=dicom,
@@ -198,6 +201,8 @@ def embed_splits(
         report_study=study,
         report_emb=embed_texts(trained, texts, batch_size),
         inverse_temperature=trained.model.logit_scale.exp().item(),
+        prompt_emb=positive,
+        negative_prompt_emb=negative,
     )
     return EmbedRun(embeddings, pixels, efficiency(trained, timed, seconds))
 

@@ -19,7 +19,8 @@ from lib.errors import DataError
 @dataclass(frozen=True)
 class Embeddings:
     """``embeddings.npz``: global embeddings of every split's images and of the test
-    reports (one per study), row-aligned with the master file."""
+    reports (one per study), row-aligned with the master file, and of the zero-shot prompts
+    (``eval.*prompt*``), so that evaluation needs no model."""
 
     FILE = "embeddings.npz"
 
@@ -30,6 +31,8 @@ class Embeddings:
     report_study: np.ndarray  # (R,) test study ids, one report each
     report_emb: np.ndarray  # (R, d) float32
     inverse_temperature: float  # exp(logit_scale) of the checkpoint
+    prompt_emb: np.ndarray | None = None  # (14, d) positive prompt per label
+    negative_prompt_emb: np.ndarray | None = None  # (14, d); None: positive prompts only
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         arrays: dict[str, np.ndarray] = {}
@@ -41,6 +44,11 @@ class Embeddings:
         arrays["test_report_study"] = self.report_study
         arrays["test_report_emb"] = self.report_emb
         arrays["inverse_temperature"] = np.float32(self.inverse_temperature)
+        if self.prompt_emb is not None:
+            arrays["prompt_emb"] = self.prompt_emb
+            d = self.prompt_emb.shape[1]
+            neg = self.negative_prompt_emb
+            arrays["negative_prompt_emb"] = np.zeros((0, d), np.float32) if neg is None else neg
         return arrays
 
     @classmethod
@@ -53,7 +61,22 @@ class Embeddings:
             report_study=arrays["test_report_study"],
             report_emb=arrays["test_report_emb"],
             inverse_temperature=float(arrays["inverse_temperature"]),
+            prompt_emb=arrays.get("prompt_emb"),
+            negative_prompt_emb=(
+                arrays["negative_prompt_emb"]
+                if "negative_prompt_emb" in arrays and len(arrays["negative_prompt_emb"])
+                else None
+            ),
         )
+
+    def prompts(self, source: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """(positive, negative or None) prompt embeddings; ``source`` names the folder."""
+        if self.prompt_emb is None:
+            raise DataError(
+                f"{source}/{self.FILE}: no prompt embeddings (written by an older embed stage); "
+                "rerun `dvc repro` (embed stage)"
+            )
+        return self.prompt_emb, self.negative_prompt_emb
 
     def save(self, folder: Path) -> None:
         np.savez(folder / self.FILE, **self.to_arrays())

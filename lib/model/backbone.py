@@ -61,7 +61,7 @@ WEIGHTS = "open_clip_model.safetensors"
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4, [PAD] = 0
 PARAMS_KEY = "model.backbone"
 
-TIMM_NAME = re.compile(r"patchib_vit_p(\d+)_i(\d+)_w(\d+)_d(\d+)_h(\d+)")
+TIMM_NAME = re.compile(r"patchib_vit_p(\d+)_i(\d+)_w(\d+)_d(\d+)_h(\d+)(_cs)?")
 # Registered timm entrypoints live in a module of their own: timm's register_model appends the
 # name to its module's __all__, which must not be lib.model.backbone's.
 _TIMM_MODULE = "patchib_timm_models"
@@ -98,16 +98,19 @@ class VitArch:
     width: int
     depth: int
     heads: int
+    conv_stem: bool = False  # name suffix _cs: ConvStemPatchEmbed instead of one projection
 
 
 # --- timm: the small ViT under a name that encodes it -------------------------------------
 
 
 def timm_model_name(params: BackboneParams) -> str:
-    """The timm name of the demo ViT, e.g. ``patchib_vit_p16_i96_w128_d4_h4``."""
+    """The timm name of the demo ViT, e.g. ``patchib_vit_p16_i96_w128_d4_h4`` (``_cs``
+    appended with a convolutional stem)."""
     return (
         f"patchib_vit_p{params.patch_size}_i{params.image_size}_w{params.vision_width}"
         f"_d{params.vision_depth}_h{params.vision_heads}"
+        + ("_cs" if params.patch_embed == "conv" else "")
     )
 
 
@@ -116,16 +119,22 @@ def parse_timm_model_name(name: str) -> VitArch:
     if match is None:
         raise BackboneConfigError(
             f"timm model {name!r} is neither a timm model nor of the form "
-            "patchib_vit_p<patch>_i<image size>_w<width>_d<depth>_h<heads>; fix "
+            "patchib_vit_p<patch>_i<image size>_w<width>_d<depth>_h<heads>[_cs]; fix "
             f"vision_cfg.timm_model_name in the {CLIP_CONFIG} that {PARAMS_KEY} points at"
         )
-    patch, image, width, depth, heads = (int(g) for g in match.groups())
+    patch, image, width, depth, heads = (int(g) for g in match.groups()[:5])
+    conv_stem = match.group(6) is not None
     if min(patch, image, width, depth, heads) < 1 or image % patch or width % heads:
         raise BackboneConfigError(
             f"timm model {name!r}: image size must be a multiple of the patch size and width a "
             "multiple of the heads, all > 0; rewrite the backbone with valid backbone.* params"
         )
-    return VitArch(patch, image, width, depth, heads)
+    if conv_stem and patch & (patch - 1):
+        raise BackboneConfigError(
+            f"timm model {name!r}: a convolutional stem (_cs) needs a power-of-two patch size; "
+            "set backbone.patch_size to 8, 16 or 32, or backbone.patch_embed: linear"
+        )
+    return VitArch(patch, image, width, depth, heads, conv_stem)
 
 
 def ensure_timm_model(name: str) -> None:
@@ -133,7 +142,8 @@ def ensure_timm_model(name: str) -> None:
 
     timm's own names (``vit_base_patch16_224``) need nothing; ``patchib_vit_*`` names are
     registered as a ViT-B-style VisionTransformer (pre-norm, CLS token, qkv bias, MLP ratio 4,
-    token pooling) of the encoded size.
+    token pooling) of the encoded size; with ``_cs``, its patch embedding is
+    :class:`ConvStemPatchEmbed`.
     """
     import timm
     from timm.models import build_model_with_cfg, register_model
@@ -149,6 +159,8 @@ def ensure_timm_model(name: str) -> None:
         depth=arch.depth,
         num_heads=arch.heads,
     )
+    if arch.conv_stem:
+        model_args["embed_layer"] = _conv_stem_patch_embed()
     default_cfg = {
         "num_classes": 0,
         "input_size": (3, arch.image_size, arch.image_size),
@@ -179,6 +191,49 @@ def ensure_timm_model(name: str) -> None:
     entrypoint.__name__ = entrypoint.__qualname__ = name
     entrypoint.__module__ = module.__name__
     register_model(entrypoint)
+
+
+def _conv_stem_patch_embed() -> type[nn.Module]:
+    """:class:`ConvStemPatchEmbed`, built on first use (timm is imported lazily)."""
+    global _CONV_STEM
+    if _CONV_STEM is None:
+        from timm.layers import PatchEmbed
+
+        class ConvStemPatchEmbed(PatchEmbed):
+            """timm's PatchEmbed with a convolutional stem instead of one patch projection.
+
+            log2(patch) stride-2 3x3 convolutions, each followed by BatchNorm and GELU, their
+            widths doubling up to the embedding width (at least 8), then a 1x1 projection:
+            the same (B, N, D) patch tokens on the same grid, so Patch-IB's masks and the
+            local alignment see the same patches. Early convolutions make a small ViT learn
+            faster from few images (Xiao et al., 2021, "Early convolutions help transformers
+            see better"). BatchNorm, not a per-image norm: GroupNorm and LayerNorm2d remove
+            each image's overall intensity, which carries findings such as edema (measured,
+            benchmarks/README.md). PatchIBModel keeps the running statistics fixed while the
+            trunk is frozen.
+            """
+
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                steps = self.patch_size[0].bit_length() - 1
+                embed, chans = self.proj.out_channels, [self.proj.in_channels]
+                chans += [max(8, embed >> (steps - 1 - i)) for i in range(steps)]
+                layers: list[nn.Module] = []
+                for i in range(steps):
+                    layers += [
+                        nn.Conv2d(chans[i], chans[i + 1], 3, 2, 1, bias=False),
+                        nn.BatchNorm2d(chans[i + 1]),
+                        nn.GELU(),
+                    ]
+                layers.append(nn.Conv2d(chans[-1], embed, 1, bias=self.proj.bias is not None))
+                self.proj = nn.Sequential(*layers)
+
+        ConvStemPatchEmbed.__module__ = __name__
+        _CONV_STEM = ConvStemPatchEmbed
+    return _CONV_STEM
+
+
+_CONV_STEM: type[nn.Module] | None = None
 
 
 # --- the WordPiece vocabulary -------------------------------------------------------------

@@ -222,11 +222,25 @@ class PatchIBModel(nn.Module):
         """Freeze (phase 1) or unfreeze the ViT trunk and the BERT transformer.
 
         open_clip's projections (visual head, text proj), the new heads and logit_scale stay
-        trainable. Only requires_grad changes: dropout and train/eval mode are the caller's.
+        trainable. Dropout and train/eval mode stay the caller's, except for BatchNorm (the
+        demo's convolutional stem): a frozen tower keeps its running statistics too, so its
+        features are those it was pretrained with (see :meth:`train`).
         """
+        self._backbone_frozen = frozen
         for module in (self.clip.visual.trunk, self.clip.text.transformer):
             for param in module.parameters():
                 param.requires_grad_(not frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> PatchIBModel:
+        """nn.Module.train, with the BatchNorm layers of a frozen backbone kept in eval mode."""
+        super().train(mode)
+        if mode and getattr(self, "_backbone_frozen", False):
+            for module in (self.clip.visual.trunk, self.clip.text.transformer):
+                for m in module.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
+        return self
 
 
 def _run_blocks(trunk: nn.Module, blocks: nn.Sequential, x: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ from lib.config.params import EvalParams
 from lib.config.variants import Variant
 from lib.data.master import Split
 from lib.data.pack import Pack
-from lib.eval.embed import embed_splits, load_trained, prompt_embeddings, split_pixels
+from lib.eval.embed import embed_splits, load_trained, split_pixels
 from lib.eval.evaluate import evaluate
 from lib.train.loop import train_variant
 from lib.train.outputs import best_metrics, write_model_dir
@@ -49,8 +49,8 @@ def run_replicate(
     trained = load_trained(model_dir, params.device)
     size = trained.backbone.image_size
     splits, pixels_of = split_pixels(splits, pack, root, size, params.num_workers)
-    run = embed_splits(trained, splits, pixels_of, params.batch_size)
-    pos_emb, neg_emb = prompt_embeddings(trained, params)
+    run = embed_splits(trained, splits, pixels_of, params)
+    pos_emb, neg_emb = run.embeddings.prompts("replicate")
     result = evaluate(run.embeddings, splits, pos_emb, neg_emb, params)
     train = best_metrics(state)
     shutil.rmtree(state_dir, ignore_errors=True)

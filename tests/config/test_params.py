@@ -42,6 +42,8 @@ def test_unknown_section_is_rejected():
         ("demo", "image_size", 8, "too small"),
         ("demo", "n_patients", 0, "must be > 0"),
         ("demo", "test_fraction", 0.95, "must be < 1"),
+        ("demo", "min_positive_rate", 0.5, r"in \[0, 0\.3\]"),
+        ("backbone", "patch_embed", "conv3", "not one of"),
         ("eval", "prompt_template", "A chest x-ray", "needs a"),
         ("eval", "negative_prompt_template", "no finding", "needs a"),
         ("eval", "probe_fractions", [0.01, 1.5], r"in \(0, 1\]"),

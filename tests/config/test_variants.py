@@ -58,3 +58,18 @@ def test_roundtrip_through_json_dict():
 def test_bad_overrides_are_reported(models, match):
     with pytest.raises(ParamsError, match=match):
         parse_params({"models": models})
+
+
+def test_variant_name_reads_the_model_folder_without_loading_it(tmp_path):
+    from lib.config.variants import variant_name
+    from lib.errors import DataError
+
+    d = tmp_path / "C"
+    with pytest.raises(DataError, match=r"config.json: not found; run `dvc repro train@C`"):
+        variant_name(d)
+    d.mkdir()
+    (d / "config.json").write_text('{"best_epoch": 1}')
+    with pytest.raises(DataError, match="no variant 'name'"):
+        variant_name(d)
+    (d / "config.json").write_text('{"name": "C", "best_epoch": 1}')
+    assert variant_name(d) == "C"

@@ -26,7 +26,14 @@ from lib.data.mimic import (
     image_relpath,
 )
 from lib.data.reports import parse_report
-from lib.demo.corpus import build_tables, images_digest, render_task, write_corpus
+from lib.demo.corpus import (
+    LABEL_RATES,
+    build_tables,
+    draw_states,
+    images_digest,
+    render_task,
+    write_corpus,
+)
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +144,29 @@ def test_label_prevalence_near_the_seed(big):
     for label, target in SEED_TRAIN_PREVALENCE.items():
         assert (chex[label] == 1).mean() == pytest.approx(target, abs=0.035), label
         assert (chex[label] == 1).mean() == pytest.approx(target, rel=0.35), label
+
+
+def test_min_positive_rate_floors_the_rare_findings_only():
+    """demo.min_positive_rate raises each finding's positive rate to the floor and leaves the
+    common ones at MIMIC's rates; 0 is MIMIC's rates exactly (same draws)."""
+    n = 20_000
+
+    def rates(floor: float) -> dict[str, float]:
+        rng = np.random.default_rng(7)
+        draws = [draw_states(rng, i % 2 == 0, floor) for i in range(n)]
+        return {lb: float(np.mean([d[lb] == "pos" for d in draws])) for lb in LABEL_RATES}
+
+    mimic, floored = rates(0.0), rates(0.08)
+    assert mimic == rates(0.0)
+    for label, (p_pos, _, _) in LABEL_RATES.items():
+        if label == "Support Devices":  # follows the view (portable studies), not the floor
+            continue
+        # "Lung Opacity" also follows its children; an abnormal study with nothing drawn gets
+        # one random finding: both only add positives.
+        assert floored[label] >= 0.08 - 0.01, label
+        if p_pos >= 0.12:
+            assert floored[label] == pytest.approx(mimic[label], abs=0.015), label
+    assert floored["Pleural Other"] > 8 * mimic["Pleural Other"]
 
 
 KEYWORDS = {  # words the CheXpert labeler reads as each finding

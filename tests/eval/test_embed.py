@@ -9,13 +9,19 @@ import pytest
 import torch
 from safetensors.torch import save_model
 
-from lib.config.params import ModelParams, TrainParams
+from lib.config.params import EvalParams, ModelParams, TrainParams
 from lib.config.variants import Variant
 from lib.data.images import load_images, to_model_input
 from lib.data.master import read_master
 from lib.errors import DataError
-from lib.eval.embed import embed_images, embed_texts, load_trained
-from lib.eval.embeddings import check_aligned, study_reports
+from lib.eval.embed import (
+    embed_images,
+    embed_splits,
+    embed_texts,
+    load_trained,
+    prompt_embeddings,
+)
+from lib.eval.embeddings import Embeddings, check_aligned, study_reports
 from lib.eval.explain import explain, find_mention, select_examples
 from lib.model.backbone import load_backbone
 from lib.model.patch_ib import PatchIBModel, num_kept
@@ -94,6 +100,32 @@ def test_embed_images_equals_the_model_and_counts_kept_tokens(model_dirs, test_d
         else:
             assert (out.tokens_kept == n_patches).all() and np.isnan(out.mask_mass).all()
         assert out.images_timed == len(pixels) - 16  # the first batch is not timed
+
+
+@pytest.mark.parametrize("negative", ["A chest x-ray showing no {}", ""])
+def test_embed_splits_stores_the_prompts_so_eval_needs_no_model(
+    model_dirs, small_master, tmp_path, negative
+):
+    master, root = small_master
+    splits = read_master(master)
+    trained = load_trained(model_dirs["A"][0], "cpu")
+    params = EvalParams(negative_prompt_template=negative, batch_size=16)
+    run = embed_splits(
+        trained, splits, lambda split: load_images(root, split.images, 32, threads=2), params
+    )
+    run.embeddings.save(tmp_path)
+    back = Embeddings.load(tmp_path)
+    pos, neg = back.prompts(str(tmp_path))
+    ref_pos, ref_neg = prompt_embeddings(trained, params)
+    np.testing.assert_allclose(pos, ref_pos, atol=1e-6)
+    assert pos.shape == (14, ref_pos.shape[1])
+    if negative:
+        np.testing.assert_allclose(neg, ref_neg, atol=1e-6)
+    else:
+        assert neg is None and ref_neg is None
+    stale = Embeddings.from_arrays({k: v for k, v in back.to_arrays().items() if "prompt" not in k})
+    with pytest.raises(DataError, match="no prompt embeddings.*rerun"):
+        stale.prompts("data/embeddings/A")
 
 
 def test_embed_texts_in_order(model_dirs, test_data):

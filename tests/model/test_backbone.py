@@ -241,6 +241,30 @@ def test_timm_name_encodes_the_architecture_and_registers_on_demand():
             ensure_timm_model(bad)
 
 
+def test_conv_stem_gives_the_same_patch_grid():
+    """backbone.patch_embed: conv -> name suffix _cs, a stride-2 conv/BN/GELU stem down to the
+    patch grid, and the same (B, N, D) tokens as the linear projection."""
+    import timm
+
+    params = dataclasses.replace(BackboneParams(), patch_embed="conv")
+    assert timm_model_name(params) == "patchib_vit_p16_i96_w128_d4_h4_cs"
+    arch = parse_timm_model_name("patchib_vit_p8_i32_w24_d2_h3_cs")
+    assert arch == VitArch(8, 32, 24, 2, 3, conv_stem=True)
+    ensure_timm_model("patchib_vit_p8_i32_w24_d2_h3_cs")
+    conv = timm.create_model("patchib_vit_p8_i32_w24_d2_h3_cs", num_classes=0)
+    linear = timm.create_model("patchib_vit_p8_i32_w24_d2_h3", num_classes=0)
+    stem = conv.patch_embed.proj
+    convs = [m for m in stem if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride for c in convs] == [(2, 2)] * 3 + [(1, 1)]  # 8 = 2**3, then 1x1
+    assert [c.out_channels for c in convs] == [8, 12, 24, 24]  # doubling up to 24, >= 8
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in stem) == 3
+    x = torch.randn(2, 3, 32, 32)
+    assert conv.forward_features(x).shape == linear.forward_features(x).shape == (2, 17, 24)
+    assert conv.patch_embed.grid_size == linear.patch_embed.grid_size == (4, 4)
+    with pytest.raises(ValueError, match="power-of-two"):
+        parse_timm_model_name("patchib_vit_p12_i36_w24_d2_h3_cs")
+
+
 # --- hf-hub, from a local cache ------------------------------------------------------------
 
 

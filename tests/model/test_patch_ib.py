@@ -258,6 +258,30 @@ def test_frozen_backbone_trains_only_heads(backbone, batch, mode):
     assert all(p.requires_grad for p in model.parameters())
 
 
+def test_frozen_backbone_keeps_batchnorm_statistics(tmp_path):
+    """A frozen trunk with BatchNorm (the conv stem) is frozen statistics included: train()
+    leaves its BatchNorm layers in eval mode until the backbone is unfrozen."""
+    out = tmp_path / "cs"
+    write_demo_backbone(out, TEXTS, dataclasses.replace(PARAMS, patch_embed="conv"))
+    bb = load_backbone(f"local-dir:{out}")
+    model = PatchIBModel(bb, ModelParams(local_dim=16)).train()
+    bns = [m for m in model.clip.visual.trunk.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 4 and all(bn.training for bn in bns)
+    images, ids = torch.randn(3, 3, 64, 64), bb.tokenizer(TEXTS[:3])
+    model.set_backbone_frozen(True)
+    before = [bn.running_mean.clone() for bn in bns]
+    model.train()
+    assert model.training and not any(bn.training for bn in bns)
+    assert model.clip.visual.head.training
+    model(images, ids)
+    for bn, mean in zip(bns, before, strict=True):
+        torch.testing.assert_close(bn.running_mean, mean)
+    model.set_backbone_frozen(False)
+    assert all(bn.training for bn in bns)
+    model(images, ids)
+    assert not torch.equal(bns[0].running_mean, before[0])
+
+
 def test_weighted_mean():
     tokens = torch.tensor([[[1.0, 0.0], [3.0, 2.0]]])
     torch.testing.assert_close(
