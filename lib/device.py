@@ -35,6 +35,15 @@ def autocast_and_scaler(
     return lambda: torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
 
 
+def inference_dtype(device: torch.device, use_amp: bool) -> torch.dtype:
+    """Weight dtype for inference: bf16 on a GPU that has it (with AMP on), so each batch
+    runs on bf16 weights instead of casting fp32 weights under autocast every time; else
+    float32 (on fp16-only GPUs inference keeps autocast: fp16 weights would overflow)."""
+    if device.type == "cuda" and use_amp and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
 def peak_memory(device: torch.device) -> dict[str, float]:
     """This process's peak memory in MiB, keyed by what was measured: the CUDA allocator's
     peak on a GPU, else the peak resident set of the process."""

@@ -7,7 +7,7 @@ import contextlib
 import pytest
 import torch
 
-from lib.device import DeviceError, autocast_and_scaler, resolve_device
+from lib.device import DeviceError, autocast_and_scaler, inference_dtype, resolve_device
 
 
 def test_resolve_device():
@@ -31,3 +31,12 @@ def test_no_autocast_or_scaler_on_the_cpu_or_without_amp():
             y = torch.ones(2, 2, device="cuda") @ torch.ones(2, 2, device="cuda")
         assert y.dtype in (torch.bfloat16, torch.float16)
         assert (scaler is None) == torch.cuda.is_bf16_supported()
+
+
+def test_inference_weights_are_bf16_only_on_a_bf16_gpu_with_amp():
+    assert inference_dtype(torch.device("cpu"), True) == torch.float32
+    if torch.cuda.is_available():
+        cuda = torch.device("cuda")
+        expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        assert inference_dtype(cuda, True) == expected
+        assert inference_dtype(cuda, False) == torch.float32

@@ -8,6 +8,7 @@ NumPy and loads no model; changing a prompt re-embeds (embed@X reads the prompt 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -24,7 +25,7 @@ from lib.data.images import load_images, to_model_input
 from lib.data.master import Split
 from lib.data.pack import Pack, PackedPixels
 from lib.data.splits import SPLITS
-from lib.device import autocast_and_scaler, peak_memory, resolve_device
+from lib.device import autocast_and_scaler, inference_dtype, peak_memory, resolve_device
 from lib.errors import DataError
 from lib.eval.embeddings import Embeddings, study_reports
 from lib.eval.metrics import label_prompts
@@ -40,6 +41,14 @@ class Trained:
     backbone: Backbone
     variant: Variant
     device: torch.device
+    dtype: torch.dtype = torch.float32  # of the weights (lib.device.inference_dtype)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast for float32 weights on a GPU with AMP (fp16-only GPUs); none for bf16
+        weights or on the CPU."""
+        if self.dtype != torch.float32:
+            return contextlib.nullcontext()
+        return autocast_and_scaler(self.device, self.variant.train.use_amp)[0]()
 
 
 def load_trained(model_dir: Path, device_name: str = "auto") -> Trained:
@@ -59,7 +68,8 @@ def load_trained(model_dir: Path, device_name: str = "auto") -> Trained:
             f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}); retrain with "
             f"`dvc repro -f train@{variant.name}`"
         )
-    return Trained(model.to(device).eval(), backbone, variant, device)
+    dtype = inference_dtype(device, variant.train.use_amp)
+    return Trained(model.to(device=device, dtype=dtype).eval(), backbone, variant, device, dtype)
 
 
 @dataclass
@@ -80,7 +90,6 @@ def embed_images(trained: Trained, pixels: torch.Tensor, batch_size: int) -> Ima
     use every patch.
     """
     model, bb, device = trained.model, trained.backbone, trained.device
-    autocast, _ = autocast_and_scaler(device, trained.variant.train.use_amp)
     n = len(pixels)
     embs, kept, mass = [], [], []
     seconds, timed = 0.0, 0
@@ -89,8 +98,8 @@ def embed_images(trained: Trained, pixels: torch.Tensor, batch_size: int) -> Ima
         _sync(device)
         t0 = time.perf_counter()
         x = to_model_input(batch.to(device, non_blocking=True), bb.mean, bb.std)
-        with autocast():
-            out = model.encode_image(x)
+        with trained.autocast():
+            out = model.encode_image(x.to(trained.dtype))
         emb = out.global_emb.float()
         _sync(device)
         if b > 0:  # the first batch pays for allocation and kernel selection
@@ -122,11 +131,10 @@ def embed_images(trained: Trained, pixels: torch.Tensor, batch_size: int) -> Ima
 def embed_texts(trained: Trained, texts: list[str], batch_size: int) -> np.ndarray:
     """(T, d) float32 L2-normalised text embeddings, in the order of ``texts``."""
     model, bb, device = trained.model, trained.backbone, trained.device
-    autocast, _ = autocast_and_scaler(device, trained.variant.train.use_amp)
     out = []
     for start in range(0, len(texts), batch_size):
         tok = trim_padding(bb.tokenizer(texts[start : start + batch_size]), bb.pad_id)
-        with autocast():
+        with trained.autocast():
             out.append(model.encode_text(tok.to(device)).global_emb.float().cpu())
     if not out:
         raise DataError("no texts to embed")

@@ -125,7 +125,8 @@ def explain(trained: Trained, pixels: torch.Tensor, split: Split, examples: list
         return Maps(mask, kept, attention, (gh, gw))
     rows = torch.tensor([e.row for e in examples])
     x = to_model_input(pixels[rows].to(device), bb.mean, bb.std)
-    img = model.encode_image(x)
+    with trained.autocast():
+        img = model.encode_image(x.to(trained.dtype))
     if img.mask is not None:
         mask[:] = img.mask.float().cpu().numpy()
     if img.kept_index is not None:
@@ -152,7 +153,8 @@ def explain(trained: Trained, pixels: torch.Tensor, split: Split, examples: list
         ]
         if not words:  # the keyword lies past the context length
             continue
-        txt = model.encode_text(ids)
+        with trained.autocast():
+            txt = model.encode_text(ids)
         w = F.normalize(txt.word_emb[0, words].float(), dim=-1)  # (t, l)
         p = F.normalize(img.patch_emb[i].float(), dim=-1)  # (N', l)
         logits = w @ p.T / model.params.local_temperature  # (t, N')

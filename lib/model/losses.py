@@ -21,7 +21,6 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from lib.config.params import ModelParams
 
@@ -31,11 +30,12 @@ from lib.config.params import ModelParams
 # gradient here would be zero and it could never come back.
 MAX_INVERSE_TEMPERATURE = 100.0
 MAX_LOGIT_SCALE = math.log(MAX_INVERSE_TEMPERATURE)
-# Elements of one (images-chunk × B × L × N) attention tensor in local_alignment_loss: 2**24
-# float32 values = 64 MiB each, a few of which are alive at once (see there).
-LOCAL_CHUNK_ELEMENTS = 2**24
+# Elements of one (images-chunk × B·L × Dl) context tensor in local_alignment_loss: 2**26
+# values = 256 MiB in float32 each, a few of which are alive at once per chunk.
+LOCAL_CHUNK_ELEMENTS = 2**26
 
 Aggregate = Literal["lse", "mean"]
+LocalMode = Literal["all_pairs", "within_pair"]
 
 
 def inverse_temperature(logit_scale: Tensor) -> Tensor:
@@ -70,6 +70,7 @@ def local_alignment_loss(
     patch_weight: Tensor | None,
     temperature: float | Tensor,
     *,
+    mode: LocalMode = "all_pairs",
     aggregate: Aggregate = "lse",
     gamma: float = 5.0,
     pair_scale: float = 10.0,
@@ -77,37 +78,37 @@ def local_alignment_loss(
     w_t2i: float = 0.5,
     max_chunk_elements: int = LOCAL_CHUNK_ELEMENTS,
 ) -> Tensor:
-    """GLoRIA-style local alignment, contrastive over every (image i, report j) pair.
+    """Word↔patch local alignment; ``mode`` picks GLoRIA's or MGCA's contrast.
 
     word_emb (B, L, Dl), word_mask (B, L) bool (True = real word; None = all real),
     patch_emb (B, N, Dl), patch_weight (B, N) in [0, 1] (None = all ones).
 
-    For each pair (i, j) the words of report j attend over the patches of image i:
-    attention softmax(cos(word, patch) / temperature) over patches, multiplied by
-    patch_weight and renormalised, so a patch of weight 0 contributes nothing (an image whose
-    weights are all 0 gives zero context vectors, cosine 0). Word and patch features are
-    L2-normalised first, so ``temperature`` means the same whatever the feature scale. Each
-    word gets a context vector; cos(word, context) per word is pooled over the real words of j:
+    Attention: words attend over patches with softmax(cos(word, patch) / temperature),
+    multiplied by patch_weight and renormalised, so a patch of weight 0 contributes nothing
+    (an image whose weights are all 0 gives zero context vectors, cosine 0). Word and patch
+    features are L2-normalised first, so ``temperature`` means the same whatever their scale.
 
-    - "lse": (1/γ)·log mean_l exp(γ·cos) — GLoRIA's γ2 = 5 soft maximum, minus log(#words)
-      and divided by γ so that it stays in [-1, 1] and long reports get no bonus of
-      log(#words) over short ones in the image→text direction (GLoRIA omits both);
-    - "mean": the plain mean.
+    - ``mode="all_pairs"`` (GLoRIA; the default): contrastive over every (image i, report j)
+      pair of the batch. The words of report j attend over the patches of image i; each word
+      gets a context vector, and cos(word, context) is pooled over the real words of j:
 
-    This gives a (B, B) similarity matrix; InfoNCE over the batch in both directions at
-    ``pair_scale`` (GLoRIA's γ3 = 10) makes it contrastive: a collapsed model, where every
-    word and patch is the same vector, scores every pair alike and pays log(B), the loss of
-    guessing.
+      - "lse": (1/γ)·log mean_l exp(γ·cos) — GLoRIA's γ2 = 5 soft maximum, minus
+        log(#words) and divided by γ so that it stays in [-1, 1] and long reports get no
+        bonus of log(#words) over short ones (GLoRIA omits both);
+      - "mean": the plain mean.
 
-    Memory: the attention has B·B·L·N entries (64·64·256·196 floats = 822 MB at the largest
-    batch), so it is built for a chunk of images at a time, chunk·B·L·N ≤ max_chunk_elements
-    (default 2**24, 64 MiB in float32); about four such tensors are alive per chunk (scores,
-    exponentials, attention, and their gradient in backward) plus a chunk·B·L·Dl context.
-    When more than one chunk is needed and gradients are on, each chunk is checkpointed
-    (recomputed in backward) so autograd keeps only its (chunk, B) output, not its
-    attention: peak memory stays at one chunk's, for about one extra forward of this loss.
-    Measured on CPU at B=64, L=256, N=196, Dl=128: forward + backward add ~0.65 GB to the
-    process's peak (without chunking the saved attention alone would be several GB).
+      This gives a (B, B) similarity matrix; InfoNCE over the batch in both directions at
+      ``pair_scale`` (GLoRIA's γ3 = 10) makes it contrastive: a collapsed model, where every
+      word and patch is the same vector, scores every pair alike and pays log(B).
+      Cost O(B²·L·N) in compute; memory O(B²·L·Dl), see :func:`_local_pair_similarity`.
+    - ``mode="within_pair"`` (MGCA's token-level alignment): only matching pairs. Inside
+      pair i, each real word's context (over image i's patches) must identify that word among
+      the report's words, and each patch's context (over report i's real words) must identify
+      that patch among the image's patches: InfoNCE over tokens at ``pair_scale``, weighted
+      w_t2i (word anchors) and w_i2t (patch anchors; each patch counts with its weight,
+      detached, so masked-out patches are not asked to explain the text). Cost O(B·L·N); it
+      learns which patch goes with which word but contrasts no image against other reports
+      (the global loss does that).
     """
     _check_weights(w_i2t, w_t2i)
     if word_emb.ndim != 3 or patch_emb.ndim != 3:
@@ -129,38 +130,34 @@ def local_alignment_loss(
             f"word_mask {tuple(word_mask.shape)} must be (B, L) = {(b, n_words)}, like word_emb"
         )
     word_mask = word_mask.bool()
-    empty = (~word_mask.any(dim=1)).nonzero().flatten().tolist()
-    if empty:
-        raise ValueError(
-            f"reports {empty[:10]} of the batch have no real word in word_mask; every report "
-            "needs at least one token (check the tokenizer's mask and the empty-text QC)"
-        )
     if patch_weight is not None and patch_weight.shape != (b, n_patches):
         raise ValueError(
             f"patch_weight {tuple(patch_weight.shape)} must be (B, N) = {(b, n_patches)}, "
             "like patch_emb, or None for all ones"
         )
+    if mode not in ("all_pairs", "within_pair"):
+        raise ValueError(f"mode = {mode!r}: use 'all_pairs' or 'within_pair' (model.local_mode)")
     if aggregate not in ("lse", "mean"):
         raise ValueError(f"aggregate = {aggregate!r}: use 'lse' or 'mean'")
     if gamma <= 0 or pair_scale <= 0:
         raise ValueError(f"gamma = {gamma} and pair_scale = {pair_scale} must both be > 0")
     if isinstance(temperature, int | float) and temperature <= 0:
         raise ValueError(f"temperature = {temperature} must be > 0 (e.g. 0.1)")
+    if _debug_checks(word_mask):
+        empty = (~word_mask.any(dim=1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(
+                f"reports {empty[:10]} of the batch have no real word in word_mask; every "
+                "report needs at least one token (check the tokenizer's mask and the "
+                "empty-text QC)"
+            )
 
-    words = F.normalize(word_emb, dim=-1).reshape(b * n_words, dim)  # (B·L, Dl)
+    words = F.normalize(word_emb, dim=-1)  # (B, L, Dl)
     patches = F.normalize(patch_emb, dim=-1)  # (B, N, Dl)
-    if patch_weight is None:
-        log_w = torch.zeros(b, n_patches, dtype=patches.dtype, device=patches.device)
-    else:
-        # log of the weights, with weight 0 as exactly -inf; the clamp keeps log()'s
-        # gradient finite in the branch torch.where does not take.
-        tiny = torch.finfo(patch_weight.dtype).tiny
-        log_w = torch.where(
-            patch_weight > 0,
-            patch_weight.clamp_min(tiny).log(),
-            torch.full_like(patch_weight, -math.inf),
+    if mode == "within_pair":
+        return _within_pair_loss(
+            words, word_mask, patches, patch_weight, temperature, pair_scale, w_i2t, w_t2i
         )
-
     pair_sim = functools.partial(
         _local_pair_similarity,
         word_mask=word_mask,
@@ -168,26 +165,58 @@ def local_alignment_loss(
         aggregate=aggregate,
         gamma=gamma,
     )
-    chunk = max(1, max_chunk_elements // max(1, b * n_words * n_patches))
-    if chunk >= b:
-        sim = pair_sim(words, patches, log_w)
-    else:
-        recompute = torch.is_grad_enabled()
-        parts = []
-        for start in range(0, b, chunk):
-            args = (words, patches[start : start + chunk], log_w[start : start + chunk])
-            if recompute:
-                parts.append(checkpoint(pair_sim, *args, use_reentrant=False))
-            else:
-                parts.append(pair_sim(*args))
-        sim = torch.cat(parts)  # (B_img, B_txt)
+    weight = None if patch_weight is None else patch_weight.to(patches.dtype)
+    per_image = b * n_words * dim
+    chunk = max(1, max_chunk_elements // max(1, per_image))
+    parts = []
+    for start in range(0, b, chunk):
+        w = None if weight is None else weight[start : start + chunk]
+        parts.append(pair_sim(words, patches[start : start + chunk], w))
+    sim = torch.cat(parts)  # (B_img, B_txt)
     return _infonce(pair_scale * sim, w_i2t, w_t2i)
+
+
+def _debug_checks(word_mask: Tensor) -> bool:
+    """Whether to run checks that read values back to the host: on CPU tensors only, where
+    that is free. On a GPU each would stall the step; there the QC stage's empty-text check
+    keeps empty reports out, and the training loop's NaN stop catches what gets through."""
+    return word_mask.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def _attend(
+    query: Tensor, keys: Tensor, weight: Tensor | None, temperature: float | Tensor
+) -> Tensor:
+    """Weighted attention of unit queries over unit keys (the keys are also the values), up
+    to a positive factor per row.
+
+    query (c, Q, D), or (1, Q, D) broadcast over c; keys (c, K, D); weight (c, K) or None.
+    Returns (c, Q, D): Σ_k softmax(q·k/τ)_k·w_k·k, which is the context
+    softmax(q·k/τ + log w)·k = Σ_k softmax(q·k/τ)_k·w_k·k / Σ_k softmax(q·k/τ)_k·w_k times
+    that row's denominator. The callers use only its direction (a cosine, or a normalised
+    vector), so the denominator is never formed; rows whose weights are all 0 give 0.
+
+    One ``scaled_dot_product_attention`` call with the weighted keys as values: flash /
+    memory-efficient kernels on a GPU, the fused CPU kernel otherwise, so the (c, Q, K)
+    attention is never stored, and the weights get their gradient through the values.
+    """
+    c = keys.shape[0]
+    values = keys if weight is None else keys * weight[..., None]
+    q = (query / temperature).expand(c, -1, -1)
+    out = F.scaled_dot_product_attention(q[:, None], keys[:, None], values[:, None], scale=1.0)
+    return out[:, 0]
+
+
+def _context_cosine(context: Tensor, anchors: Tensor) -> Tensor:
+    """cos(anchor, context) per row; anchors are unit vectors. A zero context gives 0;
+    clamping the squared norm, not the norm, keeps its gradient at 0 finite."""
+    norm = context.square().sum(-1).clamp_min(1e-16).sqrt()
+    return (context * anchors).sum(-1) / norm
 
 
 def _local_pair_similarity(
     words: Tensor,
     patches: Tensor,
-    log_w: Tensor,
+    weight: Tensor | None,
     *,
     word_mask: Tensor,
     temperature: float | Tensor,
@@ -196,35 +225,55 @@ def _local_pair_similarity(
 ) -> Tensor:
     """Similarity of a chunk of c images to all B reports: (c, B).
 
-    words (B·L, Dl) unit rows; patches (c, N, Dl) unit rows; log_w (c, N) log patch weights.
+    words (B, L, Dl) unit rows; patches (c, N, Dl) unit rows; weight (c, N) patch weights.
+    The words of all B reports are one query sequence of B·L per image, so a chunk is one
+    fused attention call; autograd keeps its (c, B·L, Dl) output, not the (c, B·L, N)
+    attention: O(B²·L·Dl) memory for the whole batch.
     """
     c = patches.shape[0]
     b, n_words = word_mask.shape
-    cos_wp = words @ patches.transpose(1, 2)  # (c, B·L, N): cos(word of j, patch of i)
-    logits = cos_wp / temperature + log_w[:, None, :]
-    # Shift by the row maximum (a constant per row, so no gradient needed); rows whose
-    # weights are all 0 have maximum -inf, shifted by 0 instead so exp() gives zeros.
-    shift = logits.detach().amax(dim=-1, keepdim=True)
-    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-    expd = (logits - shift).exp()
-    # softmax(cos/τ)·w / Σ(softmax(cos/τ)·w) == exp(cos/τ + log w) / Σ exp(cos/τ + log w).
-    # After the shift a row sums to >= 1, or to 0 when all its weights are 0: dividing
-    # those by 1 keeps them 0 with finite gradients (a tiny clamp would overflow in backward).
-    denom = expd.sum(dim=-1, keepdim=True)
-    denom = torch.where(denom > 0, denom, torch.ones_like(denom))
-    attn = expd / denom  # (c, B·L, N)
-    context = attn @ patches  # (c, B·L, Dl)
-    # cos(word, context); words are unit vectors. A zero context (all weights 0) gives 0;
-    # clamping the squared norm, not the norm, keeps its gradient at 0 finite.
-    norm = context.square().sum(-1).clamp_min(1e-16).sqrt()  # (c, B·L)
-    cos = (context * words).sum(-1) / norm
-    cos = cos.reshape(c, b, n_words)
+    flat = words.reshape(1, b * n_words, -1)  # (1, B·L, Dl)
+    context = _attend(flat, patches, weight, temperature)  # (c, B·L, Dl)
+    cos = _context_cosine(context, flat).reshape(c, b, n_words)
     real = word_mask[None]  # (1, B, L)
     n_real = real.sum(-1).to(cos.dtype)  # (1, B)
     if aggregate == "mean":
         return (cos * real).sum(-1) / n_real
     pooled = torch.logsumexp((gamma * cos).masked_fill(~real, -math.inf), dim=-1)
     return (pooled - n_real.log()) / gamma
+
+
+def _within_pair_loss(
+    words: Tensor,
+    word_mask: Tensor,
+    patches: Tensor,
+    patch_weight: Tensor | None,
+    temperature: float | Tensor,
+    pair_scale: float,
+    w_i2t: float,
+    w_t2i: float,
+) -> Tensor:
+    """MGCA-style token-level InfoNCE inside each matching pair (see local_alignment_loss)."""
+    weight = None if patch_weight is None else patch_weight.to(patches.dtype)
+    real = word_mask.to(words.dtype)  # (B, L)
+    # Words → patches of their own image; each real word must pick its own context among
+    # the contexts of its report's real words.
+    word_ctx = F.normalize(_attend(words, patches, weight, temperature), dim=-1, eps=1e-8)
+    logits = pair_scale * words @ word_ctx.transpose(1, 2)  # (B, L anchors, L candidates)
+    logits = logits.masked_fill(~word_mask[:, None, :], -math.inf)
+    word_ce = _diagonal_ce(logits).masked_fill(~word_mask, 0)  # (B, L)
+    word_loss = (word_ce.sum(-1) / real.sum(-1).clamp_min(1)).mean()
+    # Patches → real words of their own report; each patch must pick its own context.
+    scores = (patches @ words.transpose(1, 2)) / temperature  # (B, N, L)
+    attn = torch.softmax(scores.masked_fill(~word_mask[:, None, :], -math.inf), dim=-1)
+    patch_ctx = F.normalize(attn @ words, dim=-1, eps=1e-8)  # (B, N, Dl)
+    patch_ce = _diagonal_ce(pair_scale * patches @ patch_ctx.transpose(1, 2))  # (B, N)
+    if weight is None:
+        patch_loss = patch_ce.mean()
+    else:
+        w = weight.detach()
+        patch_loss = ((patch_ce * w).sum(-1) / w.sum(-1).clamp_min(1e-6)).mean()
+    return w_t2i * word_loss + w_i2t * patch_loss
 
 
 def sparsity_loss(mask: Tensor, keep_ratio: float) -> Tensor:
@@ -293,6 +342,7 @@ def compute_losses(
             patch_emb,
             getattr(img, "patch_weight", None),
             params.local_temperature,
+            mode=params.local_mode,
             w_i2t=w_i2t,
             w_t2i=w_t2i,
         )
@@ -311,6 +361,13 @@ def _infonce(logits: Tensor, w_i2t: float, w_t2i: float) -> Tensor:
     """Weighted two-way cross-entropy of a (B, B) logit matrix with positives on the diagonal."""
     target = torch.arange(logits.shape[0], device=logits.device)
     return w_i2t * F.cross_entropy(logits, target) + w_t2i * F.cross_entropy(logits.T, target)
+
+
+def _diagonal_ce(logits: Tensor) -> Tensor:
+    """(B, T, T) logits -> (B, T) cross-entropy of row t with target t."""
+    b, t, _ = logits.shape
+    target = torch.arange(t, device=logits.device).repeat(b)
+    return F.cross_entropy(logits.flatten(0, 1), target, reduction="none").reshape(b, t)
 
 
 def _check_pair(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:

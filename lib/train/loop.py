@@ -48,7 +48,7 @@ from lib.train.augment import apply_draws, augment_generator, draw, is_active
 from lib.train.batches import study_aware_batches
 from lib.train.distributed import DistInfo, gather_outputs, init_distributed, shard_batch
 from lib.train.live import EpochLog
-from lib.train.optim import param_groups, warmup_cosine_scheduler
+from lib.train.optim import adamw, param_groups, warmup_cosine_scheduler
 
 # An epoch whose train InfoNCE is within this fraction of its collapsed value is flagged.
 COLLAPSE_TOLERANCE = 0.01
@@ -56,6 +56,46 @@ COLLAPSE_TOLERANCE = 0.01
 
 class TrainingError(PipelineError):
     """Training cannot go on (e.g. a NaN loss); the last good checkpoint is kept."""
+
+
+class LossWatch:
+    """Finds an epoch's first non-finite loss without reading the loss back every step.
+
+    On a GPU, ``float(loss)`` or ``if not isfinite(loss)`` each step makes the host wait for
+    the device, so the next step's kernels are not queued while this one runs. The watch
+    keeps the first bad batch's index and loss terms on the device and is read every
+    ``every`` batches and at the epoch's end (on the CPU every batch: reading is free
+    there). Steps taken after a NaN only touch weights that are thrown away: the stop
+    comes before the epoch's checkpoint is written, so the last good one is kept.
+    """
+
+    CUDA_EVERY = 50
+
+    def __init__(self, device: torch.device) -> None:
+        self.every = self.CUDA_EVERY if device.type == "cuda" else 1
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.terms: torch.Tensor | None = None
+        self.names: list[str] = []
+
+    def update(self, batch: int, losses: dict[str, torch.Tensor]) -> None:
+        self.names = list(losses)
+        values = torch.stack([v.detach().float() for v in losses.values()])
+        new = ~torch.isfinite(losses["total"].detach()) & (self.first_bad < 0)
+        self.first_bad = torch.where(new, batch, self.first_bad)
+        self.terms = values if self.terms is None else torch.where(new, values, self.terms)
+
+    def check(self, model: str, epoch: int, state_dir: Path) -> None:
+        """Raise TrainingError if a loss so far was not finite (the same on every rank: the
+        loss is the global batch's)."""
+        bad = int(self.first_bad)
+        if bad < 0:
+            return
+        terms = dict(zip(self.names, self.terms.tolist(), strict=True))
+        raise TrainingError(
+            f"{model}: loss became {terms['total']} at epoch {epoch + 1}, batch {bad + 1} "
+            f"({terms}); the last good checkpoint is kept in {state_dir}. Lower train.lr / "
+            "train.warmup_lr or check the data"
+        )
 
 
 @dataclass
@@ -161,6 +201,7 @@ class Trainer:
                 f"multiple of the {self.dist.world_size} ranks"
             )
         self.autocast, self.scaler = autocast_and_scaler(device, self.tp.use_amp)
+        self.losses_of = torch.compile(self._losses_of) if self.tp.compile else self._losses_of
         self.state = TrainState()
         self.images_seen, self.train_seconds = 0, 0.0
 
@@ -180,11 +221,11 @@ class Trainer:
             )
         if phase == 1:
             groups = param_groups(self.model, t.warmup_lr, t.weight_decay, llrd_factor=1.0)
-            opt = torch.optim.AdamW(groups, lr=t.warmup_lr)
+            opt = adamw(groups, t.warmup_lr, self.device)
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
         else:
             groups = param_groups(self.model, t.lr, t.weight_decay, t.llrd_factor)
-            opt = torch.optim.AdamW(groups, lr=t.lr)
+            opt = adamw(groups, t.lr, self.device)
             first = t.warmup_epochs if t.staged_training else 0
             total = (t.epochs - first) * self.steps_per_epoch()
             # A demo-sized run can have fewer steps than train.warmup_steps: warm up over at
@@ -279,7 +320,8 @@ class Trainer:
         # Dropout draws: the same on resume; another stream on each rank.
         torch.manual_seed(t.seed * 100_003 + epoch + 1_000_003 * self.dist.rank)
         batches = study_aware_batches(self.train_data.split.study, t.batch_size, t.seed, epoch)
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
+        watch = LossWatch(self.device)
         opt.zero_grad(set_to_none=True)
         start = time.perf_counter()
         bar = tqdm(
@@ -297,36 +339,39 @@ class Trainer:
             # Gradients are reduced across ranks only on the micro-batch that steps.
             sync = contextlib.nullcontext() if step or self.ddp is None else self.ddp.no_sync()
             with sync:
-                total, losses = self.forward_loss(x, tok, epoch, i)
+                total, losses = self.forward_loss(x, tok)
                 loss = total / t.gradient_accumulation_steps
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
+            watch.update(i, losses)
+            if last or (i + 1) % watch.every == 0:
+                watch.check(f"model {self.v.name}", epoch, self.state_dir)
             if step:
                 self.optimizer_step(opt, sched)
             for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
+                sums[k] = sums.get(k, 0) + v.detach().float()
             self.images_seen += len(idx)  # the global batch
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         self.train_seconds += time.perf_counter() - start
-        return {f"train_{k}": v / max(len(batches), 1) for k, v in sums.items()}
+        return {f"train_{k}": float(v) / max(len(batches), 1) for k, v in sums.items()}
 
     def forward_loss(
-        self, x: torch.Tensor, tok: torch.Tensor, epoch: int, i: int
+        self, x: torch.Tensor, tok: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of one (micro-)batch; under DDP, of the global batch gathered from all ranks."""
         with self.autocast():
-            if self.ddp is not None:
-                img, txt = gather_outputs(*self.ddp(x, tok))
-            else:
-                img, txt = self.model(x, tok)
-            losses = compute_losses(img, txt, self.model.logit_scale, self.mp)
-        total = losses["total"]
-        if not torch.isfinite(total):  # the same on every rank (the loss is global)
-            terms = {k: float(v.detach()) for k, v in losses.items()}
-            raise TrainingError(
-                f"model {self.v.name}: loss became {total.item()} at epoch {epoch + 1}, "
-                f"batch {i + 1} ({terms}); the last good checkpoint is kept in "
-                f"{self.state_dir}. Lower train.lr / train.warmup_lr or check the data"
-            )
-        return total, losses
+            losses = self.losses_of(self.ddp or self.model, x, tok)
+        return losses["total"], losses
+
+    def _losses_of(
+        self, module: torch.nn.Module, x: torch.Tensor, tok: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The model's forward and the variant's losses: what ``train.compile`` compiles."""
+        if self.ddp is not None:
+            img, txt = gather_outputs(*module(x, tok))
+        else:
+            img, txt = module(x, tok)
+        return compute_losses(img, txt, self.model.logit_scale, self.mp)
 
     def optimizer_step(self, opt: torch.optim.Optimizer, sched: Any) -> None:
         if self.scaler:

@@ -104,6 +104,126 @@ def test_local_matches_pairwise_reference(agg):
     torch.testing.assert_close(ours, reference_local(word, mask, patch, weight, 0.2, agg=agg))
 
 
+@pytest.mark.parametrize("weighted", [True, False])
+def test_local_gradients_match_pairwise_reference(weighted):
+    """The fused attention (weights as a value column) has the reference's gradients, the
+    patch weights' included."""
+    word, mask, patch, weight = local_case(seed=7)
+    ones = torch.ones_like(weight)
+    ours_in = [t.clone().requires_grad_() for t in (word, patch, weight if weighted else ones)]
+    ref_in = [t.clone().requires_grad_() for t in (word, patch, weight if weighted else ones)]
+    ours = local_alignment_loss(ours_in[0], mask, ours_in[1], ours_in[2] if weighted else None, 0.1)
+    ref = reference_local(ref_in[0], mask, ref_in[1], ref_in[2], 0.1)
+    grads = torch.autograd.grad(ours, ours_in[:3] if weighted else ours_in[:2])
+    ref_grads = torch.autograd.grad(ref, ref_in[:3] if weighted else ref_in[:2])
+    torch.testing.assert_close(ours, ref)
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("mode", ["all_pairs", "within_pair"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_local_on_cuda_matches_cpu(mode, dtype):
+    """The fused GPU kernels (flash / memory-efficient attention, stride-0 broadcast
+    queries) give the CPU's loss and gradients, in fp32 and under bf16 autocast."""
+    case = local_case(b=16, n_words=40, n_patches=49, dim=64)
+    word, mask, patch, weight = (t.float() if t.is_floating_point() else t for t in case)
+    cpu_in = [t.clone().requires_grad_() for t in (word, patch, weight)]
+    gpu_in = [t.cuda().requires_grad_() for t in (word, patch, weight)]
+    cpu = local_alignment_loss(cpu_in[0], mask, cpu_in[1], cpu_in[2], 0.1, mode=mode)
+    with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+        gpu = local_alignment_loss(gpu_in[0], mask.cuda(), gpu_in[1], gpu_in[2], 0.1, mode=mode)
+    rel = 1e-4 if dtype == torch.float32 else 3e-2  # bf16 keeps 8 bits of mantissa
+    assert abs(float(gpu) - float(cpu)) <= rel * float(cpu)
+    grads = torch.autograd.grad(gpu.float(), gpu_in)
+    for a, b in zip(grads, torch.autograd.grad(cpu, cpu_in), strict=True):
+        assert float((a.float().cpu() - b).norm()) <= rel * float(b.norm())
+
+
+def reference_within_pair(word, mask, patch, weight, tau, scale=10.0):
+    """MGCA-style token-level loss, pair by pair, written straight from the definition."""
+    word_terms, patch_terms = [], []
+    for i in range(word.shape[0]):
+        w = F.normalize(word[i][mask[i]], dim=-1)  # (l, D) real words only
+        p = F.normalize(patch[i], dim=-1)
+        attn = torch.softmax(w @ p.T / tau, dim=1) * weight[i][None]
+        ctx = F.normalize(attn / attn.sum(1, keepdim=True) @ p, dim=-1)
+        word_terms.append(F.cross_entropy(scale * w @ ctx.T, torch.arange(len(w))))
+        pctx = F.normalize(torch.softmax(p @ w.T / tau, dim=1) @ w, dim=-1)
+        ce = F.cross_entropy(scale * p @ pctx.T, torch.arange(len(p)), reduction="none")
+        patch_terms.append((ce * weight[i]).sum() / weight[i].sum())
+    return 0.5 * torch.stack(word_terms).mean() + 0.5 * torch.stack(patch_terms).mean()
+
+
+def test_within_pair_matches_reference_with_gradients():
+    word, mask, patch, weight = local_case(seed=8)
+    ours_in = [t.clone().requires_grad_() for t in (word, patch)]
+    ref_in = [t.clone().requires_grad_() for t in (word, patch)]
+    ours = local_alignment_loss(ours_in[0], mask, ours_in[1], weight, 0.1, mode="within_pair")
+    ref = reference_within_pair(ref_in[0], mask, ref_in[1], weight, 0.1)
+    torch.testing.assert_close(ours, ref)
+    grads = zip(torch.autograd.grad(ours, ours_in), torch.autograd.grad(ref, ref_in), strict=True)
+    for a, b in grads:
+        torch.testing.assert_close(a, b)
+
+
+def test_within_pair_contrasts_no_pair_with_another():
+    """Each pair's term depends on that pair alone: the batch loss is the mean of the
+    single-pair losses (unlike all_pairs, whose negatives are the other pairs)."""
+    word, mask, patch, weight = local_case(seed=9)
+    batch = local_alignment_loss(word, mask, patch, weight, 0.1, mode="within_pair")
+    singles = [
+        local_alignment_loss(
+            word[i : i + 1],
+            mask[i : i + 1],
+            patch[i : i + 1],
+            weight[i : i + 1],
+            0.1,
+            mode="within_pair",
+        )
+        for i in range(len(word))
+    ]
+    torch.testing.assert_close(batch, torch.stack(singles).mean())
+    # all_pairs, by contrast, has nothing to contrast in a batch of one pair.
+    one = local_alignment_loss(word[:1], mask[:1], patch[:1], weight[:1], 0.1)
+    torch.testing.assert_close(one, torch.zeros((), dtype=one.dtype))
+    assert local_alignment_loss(word, mask, patch, weight, 0.1) > 0
+
+
+def test_within_pair_rewards_word_patch_correspondence():
+    """Words that each match one distinct patch score far below words that are all alike."""
+    dim, n = 16, 6
+    basis = torch.eye(dim)
+    words = basis[None, :n].repeat(2, 1, 1)  # word l along e_l
+    patches = torch.cat([basis[None, :n].repeat(2, 1, 1), basis[None, 8:14].repeat(2, 1, 1)], 1)
+    aligned = local_alignment_loss(words, None, patches, None, 0.05, mode="within_pair")
+    same = F.normalize(torch.ones(dim), dim=0).expand(2, n, dim)
+    collapsed = local_alignment_loss(same, None, same, None, 0.05, mode="within_pair")
+    torch.testing.assert_close(collapsed, torch.tensor(math.log(n)))
+    assert aligned < 0.5 * math.log(n)
+
+
+def test_within_pair_zero_weight_patches_are_not_anchors():
+    word, mask, patch, weight = local_case(seed=10)
+    base = local_alignment_loss(word, mask, patch, weight, 0.1, mode="within_pair")
+    junk = torch.randn(5, 4, patch.shape[2], dtype=patch.dtype) * 10
+    zeros = torch.zeros(5, 4, dtype=weight.dtype)
+    padded = local_alignment_loss(
+        word, mask, torch.cat([patch, junk], 1), torch.cat([weight, zeros], 1), 0.1,
+        mode="within_pair",
+    )  # fmt: skip
+    # The word side ignores them exactly; the patch side still uses them as candidates
+    # (negatives), so only the word term is compared.
+    word_only = dict(w_i2t=0.0, w_t2i=1.0, mode="within_pair")
+    torch.testing.assert_close(
+        local_alignment_loss(word, mask, patch, weight, 0.1, **word_only),
+        local_alignment_loss(word, mask, torch.cat([patch, junk], 1),
+                             torch.cat([weight, zeros], 1), 0.1, **word_only),
+    )  # fmt: skip
+    assert torch.isfinite(padded) and torch.isfinite(base)
+
+
 def test_local_chunked_equals_unchunked_with_gradients():
     word, mask, patch, weight = local_case(b=6)
     inputs = [t.clone().requires_grad_() for t in (word, patch, weight)]
@@ -183,6 +303,8 @@ def test_local_rejects_bad_input():
         local_alignment_loss(word, empty, patch, weight, 0.1)
     with pytest.raises(ValueError, match="aggregate"):
         local_alignment_loss(word, mask, patch, weight, 0.1, aggregate="max")
+    with pytest.raises(ValueError, match="within_pair"):
+        local_alignment_loss(word, mask, patch, weight, 0.1, mode="pairs")
 
 
 # ---------------------------------------------------------------- masking terms

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -137,3 +138,45 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(
     payload = torch.load(trainer.last_path, weights_only=True)
     assert '"epoch": 1' in payload["state"]
     assert (tmp_path / "best.safetensors").is_file()
+
+
+def test_loss_watch_names_the_first_bad_batch_when_read_late():
+    """On a GPU the watch is read every 50 batches: it must still name the first bad one and
+    its terms, not the last."""
+    from lib.train.loop import LossWatch
+
+    watch = LossWatch(torch.device("cpu"))
+    watch.every = 50  # as on a GPU
+    for i in range(6):
+        total = torch.tensor(math.nan if i in (2, 4) else 1.0 + i)
+        watch.update(i, {"clip": torch.tensor(float(i)), "total": total})
+    with pytest.raises(TrainingError, match=r"loss became nan at epoch 3, batch 3 \(\{'clip': 2.0"):
+        watch.check("model E", 2, Path("state"))
+    clean = LossWatch(torch.device("cpu"))
+    clean.update(0, {"total": torch.tensor(0.5)})
+    clean.check("model E", 0, Path("state"))  # no error
+
+
+@pytest.mark.slow  # inductor compiles C++ on the CPU: about a minute
+def test_compiled_step_equals_eager(setup, tiny_backbone, tmp_path):
+    """train.compile: the compiled forward + loss gives eager's losses and gradients."""
+    train = setup[1]
+    idx = list(range(8))
+    results = []
+    for compiled in (False, True):
+        variant = make_variant(tiny_backbone, compile=compiled)
+        trainer = new_trainer(setup, variant, tmp_path / str(compiled))
+        trainer.model.set_backbone_frozen(False)
+        trainer.model.train()
+        torch.manual_seed(0)
+        x, tok = trainer.batches(train, idx)
+        total, losses = trainer.forward_loss(x, tok)
+        total.backward()
+        named = trainer.model.named_parameters()
+        grads = {n: p.grad.clone() for n, p in named if p.grad is not None}
+        results.append(({k: float(v.detach()) for k, v in losses.items()}, grads))
+    (eager, eager_grads), (comp, comp_grads) = results
+    assert comp == pytest.approx(eager, rel=1e-4, abs=1e-6)
+    assert sorted(comp_grads) == sorted(eager_grads)
+    for name, g in eager_grads.items():
+        torch.testing.assert_close(comp_grads[name], g, rtol=1e-3, atol=1e-5, msg=name)
