@@ -256,6 +256,9 @@ class ModelParams:
     local_dim: int = 128
     sparse_weight: float = 1.0
     cons_weight: float = 0.5
+    # Masked-out patches are replaced by feature noise instead of being left out of a
+    # weighted mean (lib/model/patch_ib.py, PatchIBModel._masked).
+    mask_noise: bool = False
 
     def validate(self) -> None:
         if not self.backbone.startswith(("local-dir:", "hf-hub:")):

@@ -68,7 +68,29 @@ def resolve_variant(params: Params, name: str, source: str = "params.yaml") -> V
     train = build_section(
         TrainParams, merge(as_dict(params.train), train_over), f"models.{name}.train", source
     )
-    return Variant(name=name, model=model, train=train)
+    return Variant(name=name, model=without_inert_settings(model), train=train)
+
+
+def without_inert_settings(model: ModelParams) -> ModelParams:
+    """``model`` with the settings its variant never reads put back to their defaults.
+
+    So a variant's config (and its train@ stage) changes only when something it uses
+    changes: ``-S model.keep_ratio=0.3`` retrains C–E, not A and B; ``-S
+    model.local_temperature=0.2`` retrains B–E, not A.
+    """
+    default = ModelParams()
+    unused: list[str] = []
+    if not model.use_local_alignment:
+        unused += ["local_mode", "local_weight", "local_temperature"]
+        if not model.use_masking:
+            unused.append("local_dim")  # the patch projection serves masking too
+    if not model.use_masking:
+        unused += ["mask_mode", "keep_ratio", "sparse_weight", "cons_weight", "mask_noise"]
+    if not (model.use_masking and model.mask_mode == "topk"):
+        unused.append("topk_temperature")
+    if not (model.use_masking and model.mask_mode == "drop"):
+        unused.append("drop_layer")
+    return dataclasses.replace(model, **{key: getattr(default, key) for key in unused})
 
 
 def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

@@ -200,6 +200,47 @@ def _with_ci(m: Mapping[str, Any], key: str, fmt) -> str:
     return f"{fmt(v)} [{fmt(lo)}, {fmt(hi)}]"
 
 
+def label_retrieval_section(rows: Sequence[tuple[str, Mapping[str, Any]]], ci: str) -> list[str]:
+    """The table of ConVIRT's label-based retrieval (lib/eval/label_retrieval.py), for the
+    rows that have it; [] when none has."""
+    have = [(title, m) for title, m in rows if "label_i2i_P@5" in m]
+    if not have:
+        return []
+    first = have[0][1]
+    ks = sorted(int(k.split("@")[1]) for k in first if k.startswith("label_i2i_P@") and
+                k.count("_") == 2)  # fmt: skip
+    counts = ", ".join(
+        f"{k[len('label_retrieval_n_') :].replace('_', ' ')} {v}"
+        for k, v in first.items()
+        if k.startswith("label_retrieval_n_")
+    )
+    head = [f"I2I P@{k}" for k in ks] + [f"T2I P@{k}" for k in ks]
+    lines = [
+        "",
+        "## Label-based retrieval (ConVIRT's CheXpert 8×200 protocol), precision",
+        "",
+        f"Test images with exactly one positive among ConVIRT's eight categories: "
+        f"{first['label_retrieval_images']} ({counts}). Image→image: each image queries the "
+        "others (its own study left out); text→image: each category's positive prompt "
+        "queries the images. Precision is averaged per category, then over the categories "
+        f"(ConVIRT's categories were of equal size); {ci} patient-bootstrap intervals.",
+        "",
+        "| Model | " + " | ".join(head) + " |",
+        "|" + " --- |" * (len(head) + 1),
+    ]
+    for title, m in have:
+        cells = [_with_ci(m, f"label_i2i_P@{k}", _num) for k in ks]
+        cells += [_with_ci(m, f"label_t2i_P@{k}", _num) if f"label_t2i_P@{k}" in m else "—"
+                  for k in ks]  # fmt: skip
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    chance = [_num(first["label_chance_P"])] * len(ks) + ["—"] * len(ks)
+    best = [_num(first[f"label_i2i_P@{k}_max"]) for k in ks]
+    best += [_num(first[f"label_t2i_P@{k}_max"]) for k in ks]
+    lines.append("| chance (random ranking) | " + " | ".join(chance) + " |")
+    lines.append("| best possible (category sizes cap P@K) | " + " | ".join(best) + " |")
+    return lines
+
+
 def results_markdown(
     metrics: Mapping[str, Mapping[str, Any]],
     efficiency: Mapping[str, Mapping[str, Any]],
@@ -281,6 +322,11 @@ def results_markdown(
         cells = [_with_ci(m, f"probe_{f}_mean_auc", _num) for f in fractions]
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
 
+    lines += label_retrieval_section(
+        [(n, metrics[n]) for n in names]
+        + [(reference_label(r, m), m) for r, m in references.items()],
+        ci,
+    )
     lines += [
         "",
         f"## Paired bootstrap tests against Model {BASELINE}",

@@ -18,6 +18,7 @@ from lib.config.params import EvalParams
 from lib.data.master import Split
 from lib.data.mimic import LABELS
 from lib.eval.embeddings import Embeddings, study_reports
+from lib.eval.label_retrieval import PRECISION_KS, label_retrieval_metrics
 from lib.eval.metrics import (
     IGNORE_LABEL,
     auc_ap_columns,
@@ -242,6 +243,19 @@ def evaluate(
         m[f"probe_{k}_labels_scored"] = (
             len(LABELS) - len(r.undefined_labels) - len(r.untrainable_labels)
         )
+    m.update(
+        label_retrieval_metrics(
+            x_test,
+            test.labels,
+            test.study,
+            test.subject,
+            prompt_emb,
+            PRECISION_KS,
+            params.bootstrap,
+            params.seed,
+            params.ci_level,
+        )
+    )
     m["mean_patch_tokens_kept"] = float(np.mean(emb.test_tokens_kept))
     mass = emb.test_mask_mass
     m["mean_mask_mass"] = None if np.isnan(mass).all() else float(np.mean(mass))

@@ -35,6 +35,7 @@ from lib.data.mimic import LABELS
 from lib.data.pack import Pack, PackedPixels
 from lib.errors import DataError
 from lib.eval.evaluate import fraction_key, probe_table
+from lib.eval.label_retrieval import PRECISION_KS, label_retrieval_metrics
 from lib.eval.probe import fit_probe
 from lib.eval.stats import bootstrap_table
 
@@ -86,7 +87,9 @@ def pixel_probe(pack: Pack, splits: Mapping[str, Split], params: EvalParams) -> 
 
     ``splits`` must already exclude the images the pack could not decode (Pack.usable).
     Keys: probe_<fraction>_mean_auc / _mean_ap (+ _ci_low / _ci_high), _labels_scored, the
-    full fraction's per-label AUC, and the PCA's size and explained variance.
+    full fraction's per-label AUC, ConVIRT's label-based image→image retrieval on the PCA
+    features (label_i2i_P@K, lib/eval/label_retrieval.py), and the PCA's size and
+    explained variance.
     """
     size = pack.image_size
     train, val, test = (pack.pixels(splits[s], size) for s in ("train", "val", "test"))
@@ -127,6 +130,20 @@ def pixel_probe(pack: Pack, splits: Mapping[str, Split], params: EvalParams) -> 
         m[f"probe_{k}_labels_scored"] = (
             len(LABELS) - len(r.undefined_labels) - len(r.untrainable_labels)
         )
+    test = splits["test"]
+    m.update(
+        label_retrieval_metrics(
+            x_test,
+            labels,
+            test.study,
+            test.subject,
+            None,
+            PRECISION_KS,
+            params.bootstrap,
+            params.seed,
+            params.ci_level,
+        )
+    )  # image→image on the PCA features (cosine); no text side
     full = probes[fraction_key(max(params.probe_fractions))]
     for lb in LABELS:
         m[f"probe_{fraction_key(full.fraction)}_auc_{lb.replace(' ', '_')}"] = full.auc.get(lb)

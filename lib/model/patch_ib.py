@@ -134,6 +134,11 @@ class PatchIBModel(nn.Module):
             # A copy of open_clip's visual head: the masked embedding starts from the same
             # projection into the joint space as the global one, not from a random one.
             self.masked_proj = copy.deepcopy(self.clip.visual.head)
+            if params.mask_noise:
+                # Running per-feature mean and sd of the patch tokens (as BatchNorm's): the
+                # noise that replaces what the mask removes (see _masked).
+                self.register_buffer("patch_mean", torch.zeros(vision_width))
+                self.register_buffer("patch_std", torch.ones(vision_width))
         if params.use_local_alignment or params.use_masking:
             self.local_image_proj = nn.Linear(vision_width, params.local_dim)
         if params.use_local_alignment:
@@ -195,8 +200,33 @@ class PatchIBModel(nn.Module):
         return F.normalize(self.clip.visual.head(pooled), dim=-1)
 
     def _masked(self, patches: Tensor, z: Tensor) -> Tensor:
-        """(B, N, W), (B, N) -> (B, d): z-weighted patch mean through masked_proj."""
-        pooled = self.clip.visual.trunk.fc_norm(weighted_mean(patches, z))
+        """(B, N, W), (B, N) -> (B, d): the masked image's embedding through masked_proj.
+
+        Default: the z-weighted mean of the patches. With ``model.mask_noise`` (the
+        information bottleneck of Schulz et al. 2020): each patch becomes
+        z·v + (1 − z)·ε, ε drawn from the patch features' per-feature normal (its running
+        mean in eval mode, so inference is deterministic), and the embedding is the plain
+        mean of those. A weighted mean is blind to the mask's overall level and, when the
+        full embedding is itself the patch mean (``vision_pool: avg``), a uniform mask
+        reproduces it exactly: nothing asks the mask to choose. With noise, each unit of z
+        buys information, so a mask of fixed mass keeps most by sitting on the patches
+        that say most about the report.
+        """
+        if not self.params.mask_noise:
+            pooled = self.clip.visual.trunk.fc_norm(weighted_mean(patches, z))
+            return F.normalize(self.masked_proj(pooled), dim=-1)
+        if self.training:
+            feats = patches.detach().float().flatten(0, 1)  # (B·N, W)
+            mean, std = feats.mean(0), feats.std(0)
+            with torch.no_grad():
+                self.patch_mean.lerp_(mean.to(self.patch_mean.dtype), 0.1)
+                self.patch_std.lerp_(std.to(self.patch_std.dtype), 0.1)
+            noise = mean.to(patches.dtype) + std.to(patches.dtype) * torch.randn_like(patches)
+        else:
+            noise = self.patch_mean.to(patches.dtype).expand_as(patches)
+        keep = z.unsqueeze(-1).to(patches.dtype)
+        mixed = keep * patches + (1 - keep) * noise
+        pooled = self.clip.visual.trunk.fc_norm(mixed.mean(dim=1))
         return F.normalize(self.masked_proj(pooled), dim=-1)
 
     # --- text -----------------------------------------------------------------------------

@@ -25,6 +25,32 @@ def test_shared_change_reaches_only_variants_that_do_not_override_it():
     assert before["C"] == after["C"]
 
 
+@pytest.mark.parametrize(
+    ("change", "changed"),
+    [
+        ({"keep_ratio": 0.3}, "CDE"),
+        ({"mask_noise": True}, "CDE"),
+        ({"local_temperature": 0.2}, "BCDE"),
+        ({"local_mode": "within_pair"}, "BCDE"),
+        ({"local_dim": 32}, "BCDE"),
+        ({"topk_temperature": 0.05}, "D"),
+        ({"drop_layer": 1}, "E"),
+        ({"temperature": 0.2}, "ABCDE"),
+    ],
+)
+def test_a_setting_reaches_only_the_variants_that_use_it(change, changed):
+    """`dvc exp run -S model.<key>=...` retrains exactly the variants that read the key."""
+    raw = {"models": {
+        "A": {}, "B": {"use_local_alignment": True},
+        "C": {"use_local_alignment": True, "use_masking": True},
+        "D": {"use_local_alignment": True, "use_masking": True, "mask_mode": "topk"},
+        "E": {"use_local_alignment": True, "use_masking": True, "mask_mode": "drop"},
+    }}  # fmt: skip
+    before = resolve_all(parse_params(raw))
+    after = resolve_all(parse_params({**raw, "model": change}))
+    assert "".join(v for v in before if before[v] != after[v]) == changed
+
+
 def test_nested_train_override_keeps_the_shared_keys():
     """models.X.train.augment changes only the keys it names (what `-S` on the shared
     section and a per-variant recipe both need)."""

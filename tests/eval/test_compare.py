@@ -264,3 +264,28 @@ def test_figures_draw():
     )
     figs.append(explain_figure([], [], []))
     assert all(isinstance(f, Figure) for f in figs)
+
+
+def test_label_retrieval_table_lists_the_models_that_have_it():
+    from lib.eval.compare import label_retrieval_section
+
+    with_label = _metrics(0.5)
+    with_label.update(
+        {"label_retrieval_images": 40, "label_retrieval_n_Edema": 12, "label_chance_P": 0.3}
+    )
+    for d in ("i2i", "t2i"):
+        for k in (5, 10):
+            key = f"label_{d}_P@{k}"
+            with_label.update({key: 0.6, f"{key}_ci_low": 0.5, f"{key}_ci_high": 0.7})
+            with_label[f"{key}_max"] = 0.9
+    pixels = {"label_i2i_P@5": 0.4, "label_i2i_P@10": 0.35}  # no text side
+    lines = label_retrieval_section(
+        [("A", with_label), ("pixels", pixels), ("B", _metrics(0.5))], "95 %"
+    )
+    text = "\n".join(lines)
+    assert "40 (Edema 12)" in text and "| I2I P@5 | I2I P@10 | T2I P@5 | T2I P@10 |" in text
+    assert "| A | 0.600 [0.500, 0.700]" in text
+    assert "| pixels | 0.400 | 0.350 | — | — |" in text
+    assert "| B |" not in text  # no label metrics: no row
+    assert "| chance (random ranking) | 0.300 | 0.300 | — | — |" in text
+    assert label_retrieval_section([("B", _metrics(0.5))], "95 %") == []

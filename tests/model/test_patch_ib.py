@@ -131,6 +131,32 @@ def test_c_soft_mask_and_masked_embedding(backbone, batch):
     assert image.kept_index is None
 
 
+def test_c_mask_noise_replaces_what_the_mask_removes(backbone, batch):
+    """model.mask_noise: each patch is z·v + (1 − z)·noise and the embedding is their plain
+    mean; in eval mode the noise is the running feature mean, so inference is deterministic."""
+    images, _ = batch
+    model = make(backbone, use_masking=True, mask_noise=True)
+    model.train()
+    model.encode_image(images)  # one training batch moves the running statistics
+    assert not torch.equal(model.patch_mean, torch.zeros_like(model.patch_mean))
+    model.eval()
+    with torch.no_grad():
+        image = model.encode_image(images)
+        again = model.encode_image(images)
+        tokens = backbone.clip.visual.trunk.forward_features(images)[:, 1:]
+        z = image.mask[..., None]
+        mixed = z * tokens + (1 - z) * model.patch_mean
+        expected = F.normalize(
+            model.masked_proj(model.clip.visual.trunk.fc_norm(mixed.mean(1))), dim=-1
+        )
+    torch.testing.assert_close(image.masked_emb, expected)
+    torch.testing.assert_close(image.masked_emb, again.masked_emb)
+    # In training, what is masked out is noise: the same batch gives another embedding.
+    model.train()
+    first, second = model.encode_image(images), model.encode_image(images)
+    assert not torch.allclose(first.masked_emb, second.masked_emb)
+
+
 # --- D: soft top-K -----------------------------------------------------------------------
 
 
