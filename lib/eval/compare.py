@@ -20,6 +20,7 @@ from lib.config.variants import DESCRIPTIONS
 from lib.errors import DataError
 from lib.eval.embeddings import ExplainMaps
 from lib.eval.evaluate import QueryRows, row_metrics
+from lib.eval.label_retrieval import PRECISION_KS
 from lib.eval.stats import holm, paired_bootstrap_table
 
 BASELINE = "A"
@@ -207,8 +208,7 @@ def label_retrieval_section(rows: Sequence[tuple[str, Mapping[str, Any]]], ci: s
     if not have:
         return []
     first = have[0][1]
-    ks = sorted(int(k.split("@")[1]) for k in first if k.startswith("label_i2i_P@") and
-                k.count("_") == 2)  # fmt: skip
+    ks = [k for k in PRECISION_KS if f"label_i2i_P@{k}" in first]
     counts = ", ".join(
         f"{k[len('label_retrieval_n_') :].replace('_', ' ')} {v}"
         for k, v in first.items()
@@ -230,8 +230,9 @@ def label_retrieval_section(rows: Sequence[tuple[str, Mapping[str, Any]]], ci: s
     ]
     for title, m in have:
         cells = [_with_ci(m, f"label_i2i_P@{k}", _num) for k in ks]
-        cells += [_with_ci(m, f"label_t2i_P@{k}", _num) if f"label_t2i_P@{k}" in m else "—"
-                  for k in ks]  # fmt: skip
+        cells += [
+            _with_ci(m, f"label_t2i_P@{k}", _num) if f"label_t2i_P@{k}" in m else "—" for k in ks
+        ]
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
     chance = [_num(first["label_chance_P"])] * len(ks) + ["—"] * len(ks)
     best = [_num(first[f"label_i2i_P@{k}_max"]) for k in ks]

@@ -263,10 +263,9 @@ def _within_pair_loss(
     logits = logits.masked_fill(~word_mask[:, None, :], -math.inf)
     word_ce = _diagonal_ce(logits).masked_fill(~word_mask, 0)  # (B, L)
     word_loss = (word_ce.sum(-1) / real.sum(-1).clamp_min(1)).mean()
-    # Patches → real words of their own report; each patch must pick its own context.
-    scores = (patches @ words.transpose(1, 2)) / temperature  # (B, N, L)
-    attn = torch.softmax(scores.masked_fill(~word_mask[:, None, :], -math.inf), dim=-1)
-    patch_ctx = F.normalize(attn @ words, dim=-1, eps=1e-8)  # (B, N, Dl)
+    # Patches → real words of their own report (padding words weigh 0); each patch must
+    # pick its own context.
+    patch_ctx = F.normalize(_attend(patches, words, real, temperature), dim=-1, eps=1e-8)
     patch_ce = _diagonal_ce(pair_scale * patches @ patch_ctx.transpose(1, 2))  # (B, N)
     if weight is None:
         patch_loss = patch_ce.mean()

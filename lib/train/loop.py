@@ -360,7 +360,8 @@ class Trainer:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of one (micro-)batch; under DDP, of the global batch gathered from all ranks."""
         with self.autocast():
-            losses = self.losses_of(self.ddp or self.model, x, tok)
+            module = self.ddp if self.ddp is not None else self.model
+            losses = self.losses_of(module, x, tok)
         return losses["total"], losses
 
     def _losses_of(
