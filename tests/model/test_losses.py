@@ -206,22 +206,21 @@ def test_within_pair_rewards_word_patch_correspondence():
 
 def test_within_pair_zero_weight_patches_are_not_anchors():
     word, mask, patch, weight = local_case(seed=10)
-    base = local_alignment_loss(word, mask, patch, weight, 0.1, mode="within_pair")
     junk = torch.randn(5, 4, patch.shape[2], dtype=patch.dtype) * 10
-    zeros = torch.zeros(5, 4, dtype=weight.dtype)
-    padded = local_alignment_loss(
-        word, mask, torch.cat([patch, junk], 1), torch.cat([weight, zeros], 1), 0.1,
-        mode="within_pair",
-    )  # fmt: skip
-    # The word side ignores them exactly; the patch side still uses them as candidates
-    # (negatives), so only the word term is compared.
+    padded_patch = torch.cat([patch, junk], 1)
+    padded_weight = torch.cat([weight, torch.zeros(5, 4, dtype=weight.dtype)], 1)
+    # The word side ignores zero-weight patches exactly.
     word_only = dict(w_i2t=0.0, w_t2i=1.0, mode="within_pair")
     torch.testing.assert_close(
         local_alignment_loss(word, mask, patch, weight, 0.1, **word_only),
-        local_alignment_loss(word, mask, torch.cat([patch, junk], 1),
-                             torch.cat([weight, zeros], 1), 0.1, **word_only),
-    )  # fmt: skip
-    assert torch.isfinite(padded) and torch.isfinite(base)
+        local_alignment_loss(word, mask, padded_patch, padded_weight, 0.1, **word_only),
+    )
+    # The patch side keeps them as candidates (negatives) but not as anchors: it equals the
+    # reference, whose anchor terms are weighted by the patch weights.
+    torch.testing.assert_close(
+        local_alignment_loss(word, mask, padded_patch, padded_weight, 0.1, mode="within_pair"),
+        reference_within_pair(word, mask, padded_patch, padded_weight, 0.1),
+    )
 
 
 def test_local_chunked_equals_unchunked_with_gradients():
@@ -229,7 +228,8 @@ def test_local_chunked_equals_unchunked_with_gradients():
     inputs = [t.clone().requires_grad_() for t in (word, patch, weight)]
     full = local_alignment_loss(inputs[0], mask, inputs[1], inputs[2], 0.1)
     g_full = torch.autograd.grad(full, inputs)
-    # one chunk holds 7·9 = 63 attention entries per image-report pair row: 2 images per chunk
+    # one image's queries hold B·L·Dl = 6·7·12 = 504 elements: a budget of 756 gives chunks
+    # of one image
     small = [t.clone().requires_grad_() for t in (word, patch, weight)]
     chunked = local_alignment_loss(
         small[0], mask, small[1], small[2], 0.1, max_chunk_elements=2 * 6 * 7 * 9
