@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--embeddings", type=Path, required=True, help="directory of embed@X outputs")
     ap.add_argument("--root", type=Path, required=True, help="data.root (for the X-rays)")
     ap.add_argument("--demo-root", type=Path, required=True, help="where demo_data writes")
+    ap.add_argument("--grounding", type=Path, help="directory of X.json (stage grounding)")
     ap.add_argument("--summary", type=Path, required=True)
     ap.add_argument("--report", type=Path, required=True)
     ap.add_argument("--plots", type=Path, required=True)
@@ -59,6 +60,11 @@ def main() -> None:
     spread = spreads(metrics, seeds, reps, [k for k, _ in keys])
     tests = paired_tests(rows, ks, p.bootstrap, p.seed, p.ci_level, baseline=names[0])
     is_demo = args.root.resolve() == args.demo_root.resolve()
+    grounding = {}
+    if args.grounding is not None:  # A–E, then the pretrained backbone
+        for n in [*names, "pretrained"]:
+            if (args.grounding / f"{n}.json").is_file():
+                grounding[n] = read_json(args.grounding / f"{n}.json")
     details = read_json(args.evals / names[0] / "details.json")
     data = data_description(str(args.root), is_demo, details, explain[names[0]].grid)
 
@@ -77,6 +83,7 @@ def main() -> None:
             p.ci_level,
             references,
             spread_markdown(spread, keys, names[0]),
+            grounding,
         )
         tmp.write_text(report, encoding="utf-8")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from lib.cli import run
@@ -17,14 +18,19 @@ from lib.io import atomic_path, write_json
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", type=Path, required=True, help="corpus root to create")
+    ap.add_argument(
+        "--grounding", type=Path, help="MS-CXR-format CSV of the test split's finding boxes"
+    )
     ap.add_argument("--metrics", type=Path, required=True)
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args()
 
     params = load_params(args.params).demo
     start = time.perf_counter()
-    with atomic_path(args.out) as tmp:
-        summary = write_corpus(params, tmp, progress=sys.stderr.isatty())
+    with ExitStack() as stack:
+        tmp = stack.enter_context(atomic_path(args.out))
+        boxes = stack.enter_context(atomic_path(args.grounding)) if args.grounding else None
+        summary = write_corpus(params, tmp, progress=sys.stderr.isatty(), grounding=boxes)
     # No timings in the metrics file: same params must give identical metrics.
     write_json(args.metrics, {"params": as_dict(params), **summary})
     print(

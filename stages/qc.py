@@ -11,7 +11,14 @@ import pandas as pd
 from lib.cli import run
 from lib.config.loader import load_params
 from lib.data.plots import label_distribution_figure, label_distribution_table, text_length_figure
-from lib.data.qc import master_lines, pipeline_drops, read_listing, run_qc, write_jsonl
+from lib.data.qc import (
+    master_lines,
+    pipeline_drops,
+    read_holdout,
+    read_listing,
+    run_qc,
+    write_jsonl,
+)
 from lib.io import atomic_path, save_figure, write_csv, write_json
 
 
@@ -35,10 +42,12 @@ def main() -> None:
 
     params = load_params(args.params)
     listing = read_listing(Path(params.qc.image_listing)) if params.qc.image_listing else None
+    source = params.data.holdout_patients_from
+    holdout = read_holdout(Path(source)) if source else None
     images = pd.read_parquet(args.images)
     reports = pd.read_parquet(args.reports)
     kept, metrics = run_qc(
-        images, reports, args.root, params.data.min_report_chars, params.qc, listing
+        images, reports, args.root, params.data.min_report_chars, params.qc, listing, holdout
     )
     with atomic_path(args.out) as tmp:
         write_jsonl(master_lines(kept), tmp)

@@ -87,8 +87,19 @@ class DataParams:
     # Side of the square images the models take (pack_images decodes to it once); it must
     # equal the backbone's input size: the demo backbone's 96 by default, BiomedCLIP's 224.
     image_size: int = 96
+    # Phrase grounding boxes in the MS-CXR v1.1.0 format (stages grounding@X): the demo's
+    # own file by default; on MIMIC-CXR, MS-CXR's MS_CXR_Local_Alignment_v1.1.0.csv.
+    grounding: str = "data/demo/ms-cxr/MS_CXR_Local_Alignment_v1.1.0.csv"
+    # Patients kept out of training and validation (stage qc): a file of subject ids, a CSV
+    # with subject_id, or an MS-CXR-format CSV (its image paths name the patients). null = none.
+    holdout_patients_from: str | None = None
 
     def validate(self) -> None:
+        if not self.grounding:
+            raise ParamsError(
+                "data.grounding is empty; give an MS-CXR-format CSV (the demo's: "
+                "data/demo/ms-cxr/MS_CXR_Local_Alignment_v1.1.0.csv)"
+            )
         if self.image_size < 16:
             raise ParamsError(
                 f"data.image_size = {self.image_size} is too small; use the backbone's input "

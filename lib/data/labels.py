@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lib.errors import DataError
 from lib.data.mimic import LABELS
 from lib.data.tables import DropLog, parse_ids
+from lib.errors import DataError
 
 IGNORE = -1  # label value that losses and metrics mask out (policy u_ignore)
 VALID_VALUES = (1.0, 0.0, -1.0)

@@ -50,6 +50,12 @@ NO_FINDING = "No Finding"
 # The 13 findings: every label but No Finding (which says there is none).
 FINDINGS: tuple[str, ...] = tuple(lb for lb in LABELS if lb != NO_FINDING)
 CHEXPERT_COLUMNS: tuple[str, ...] = ("subject_id", "study_id", *LABELS)
+# MS-CXR v1.1.0 (MS_CXR_Local_Alignment_v1.1.0.csv, phrase grounding on MIMIC-CXR images):
+# one row per box, in pixels of the original image.
+MS_CXR_COLUMNS: tuple[str, ...] = (
+    "dicom_id", "category_name", "label_text", "path", "x", "y", "w", "h",
+    "image_width", "image_height", "split",
+)  # fmt: skip
 
 # Id shapes: subject 8 digits starting with 1, study 8 digits starting with 5,
 # dicom_id five dash-separated groups of 8 hex digits.

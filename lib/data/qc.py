@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,12 +17,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lib.errors import DataError
+from lib.config.params import QCParams
 from lib.data.labels import IGNORE
 from lib.data.mimic import LABELS, image_relpath
-from lib.config.params import QCParams
 from lib.data.splits import SPLITS, find_leakage
 from lib.data.tables import DropLog
+from lib.errors import DataError
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 MASTER_FIELDS = (
@@ -73,6 +74,57 @@ def read_listing(path: Path) -> set[str]:
         return {line.strip().removeprefix("./") for line in fh if line.strip()}
 
 
+_SUBJECT_IN_PATH = re.compile(r"(?:^|/)p\d{2}/p(\d{8})/")
+
+
+def read_holdout(path: Path) -> set[int]:
+    """Subject ids to keep out of training and validation (``data.holdout_patients_from``).
+
+    Accepts a CSV with a ``subject_id`` column; a CSV with a ``path`` column in the
+    MIMIC-CXR-JPG layout (``files/pXX/pNNNNNNNN/sNNNNNNNN/<dicom_id>.jpg``: MS-CXR's own
+    file, whose patients are then held out); or a plain file of subject ids, one per line.
+    """
+    if not path.is_file():
+        raise DataError(f"{path}: not found; fix data.holdout_patients_from or set it to null")
+    head = path.read_text(encoding="utf-8").splitlines()[:1]
+    if head and "," in head[0]:
+        df = pd.read_csv(path, dtype=str)
+        if "subject_id" in df.columns:
+            values = df["subject_id"].dropna().str.strip()
+            bad = values[~values.str.fullmatch(r"\d+")]
+            if len(bad):
+                raise DataError(
+                    f"{path}: column 'subject_id' holds non-numeric values, e.g. "
+                    f"{bad.iloc[0]!r}; give MIMIC-CXR subject ids (8 digits)"
+                )
+            return {int(v) for v in values}
+        if "path" in df.columns:
+            found = df["path"].fillna("").str.extract(_SUBJECT_IN_PATH)[0]
+            if found.isna().any():
+                bad = df.loc[found.isna(), "path"].iloc[0]
+                raise DataError(
+                    f"{path}: column 'path' value {bad!r} is not a MIMIC-CXR-JPG image path "
+                    "(files/pXX/pNNNNNNNN/sNNNNNNNN/<dicom_id>.jpg)"
+                )
+            return {int(v) for v in found}
+        raise DataError(
+            f"{path}: a CSV needs a 'subject_id' or a 'path' column (MS-CXR's file has "
+            f"'path'); found {list(df.columns)[:8]}"
+        )
+    ids: set[int] = set()
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        value = line.strip()
+        if not value:
+            continue
+        if not value.isdigit():
+            raise DataError(
+                f"{path}: line {n} is {value!r}, not a subject id; one MIMIC-CXR subject_id "
+                "per line"
+            )
+        ids.add(int(value))
+    return ids
+
+
 def run_qc(
     images: pd.DataFrame,
     reports: pd.DataFrame,
@@ -80,9 +132,14 @@ def run_qc(
     min_report_chars: int,
     params: QCParams,
     listing: set[str] | None = None,
+    holdout: set[int] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Kept rows (image + report + labels) and the QC metrics; raises DataError when the
-    data is unfit for training, with every reason in one message."""
+    data is unfit for training, with every reason in one message.
+
+    ``holdout``: subject ids whose train and validation images are dropped (counted as
+    ``holdout_patient``), e.g. MS-CXR's patients, so that phrase grounding is scored on
+    images no model has seen; their test images stay."""
     log = DropLog()
     n_in = len(images)
     if n_in == 0:
@@ -108,6 +165,17 @@ def run_qc(
         df = log.drop(df, df["status"] == status, f"report_{status}", "study_id")
     df = log.drop(df, df["report_chars"] < min_report_chars, "report_too_short", "study_id")
     df = log.drop(df, df["text"].fillna("").str.strip() == "", "text_empty", "study_id")
+    holdout_metrics: dict[str, Any] = {}
+    if holdout is not None:
+        held = df["subject_id"].isin(holdout)
+        holdout_metrics = {
+            "holdout_patients": len(holdout),
+            "holdout_patients_found": int(df.loc[held, "subject_id"].nunique()),
+            "holdout_patients_in_test": int(
+                df.loc[held & (df["split"] == "test"), "subject_id"].nunique()
+            ),
+        }
+        df = log.drop(df, held & (df["split"] != "test"), "holdout_patient", "subject_id")
     df = df.sort_values(["subject_id", "study_id", "dicom_id"]).reset_index(drop=True)
     # Texts are whitespace-collapsed, so words = spaces + 1 (vectorised, no Python split).
     df["text_words"] = df["text"].str.count(" ").astype("int64") + 1
@@ -116,6 +184,7 @@ def run_qc(
         "rows_in": n_in,
         "rows_out": len(df),
         "missing_image_fraction": round(n_missing / n_in, 6),
+        **holdout_metrics,
         **log.metrics(),
         **distribution(df),
     }

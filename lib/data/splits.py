@@ -6,8 +6,8 @@ from typing import Any
 
 import pandas as pd
 
-from lib.errors import DataError
 from lib.data.tables import DropLog, parse_ids
+from lib.errors import DataError
 
 SPLIT_NAMES = {"train": "train", "validate": "val", "test": "test"}
 SPLITS = ("train", "val", "test")

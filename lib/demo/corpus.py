@@ -31,13 +31,15 @@ from lib.data.mimic import (
     LABELS,
     METADATA_COLUMNS,
     METADATA_FILE,
+    MS_CXR_COLUMNS,
     REPORTS_ZIP,
     SPLIT_FILE,
     image_relpath,
     report_relpath,
 )
+from lib.demo.boxes import diff_boxes
 from lib.demo.synth_images import render_cxr
-from lib.demo.synth_reports import compose_report
+from lib.demo.synth_reports import write_report
 
 # Probability that a study is free of any pathology (CheXpert "No Finding"): MIMIC's
 # training split has 71,202 / 213,364 = 33 % No Finding among frontal images.
@@ -114,6 +116,25 @@ class ImageTask:
     width: int
     severity: tuple[tuple[str, float], ...]
     seed: tuple[int, int, int]
+    # Label -> where the report puts it ("right lower", ...): the image draws it there.
+    places: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class GroundingTask:
+    """One MS-CXR-format ground-truth phrase: a positive finding of a frontal test image."""
+
+    image: ImageTask
+    dicom_id: str
+    label: str
+    phrase: str
+    split: str
+
+
+# The MS-CXR-format file the demo writes (lib/eval/grounding.py reads it): positive findings
+# of the frontal images of the test split, each with the report's phrase and its boxes.
+GROUNDING_SPLITS = ("test",)
+GROUNDING_VIEWS = ("PA", "AP")
 
 
 def draw_states(
@@ -210,6 +231,7 @@ def build_tables(
 
     type_p = np.array([p for p, _ in STUDY_TYPES])
     meta_rows, split_rows, label_rows, reports, tasks = [], [], [], {}, []
+    grounding: list[GroundingTask] = []
     shapes: Counter[str] = Counter()
     k = 0
     for pi, subject in enumerate(subjects):
@@ -227,14 +249,15 @@ def build_tables(
                     views[i] = RARE_VIEWS[int(rng.integers(len(RARE_VIEWS)))]
             portable = "AP" in views
             states = draw_states(rng, portable, params.min_positive_rate)
-            text, shape = compose_report(
+            report = write_report(
                 states,
                 frontal_views=[v for v in views if v in ("PA", "AP")],
                 n_images=len(views),
                 rng=rng,
             )
+            shape = report.shape
             shapes[shape] += 1
-            reports[report_relpath(int(subject), study)] = text
+            reports[report_relpath(int(subject), study)] = report.text
             stated = {} if shape == "placeholder" else states
             if rng.random() >= params.missing_label_fraction:
                 label_rows.append(
@@ -287,8 +310,17 @@ def build_tables(
                         width=width,
                         severity=sev,
                         seed=(params.seed, study, len(tasks)),
+                        places=tuple(sorted(report.locations.items())),
                     )
                 )
+                if view in GROUNDING_VIEWS and patient_split[pi] in GROUNDING_SPLITS:
+                    grounding += [
+                        GroundingTask(
+                            tasks[-1], dicom, label, report.phrases[label], str(patient_split[pi])
+                        )
+                        for label, state in states.items()
+                        if state == "pos" and label in report.phrases
+                    ]
     metadata = pd.DataFrame(meta_rows, columns=list(METADATA_COLUMNS))
     metadata["ViewPosition"] = metadata["ViewPosition"].replace("", None)
     return {
@@ -297,6 +329,7 @@ def build_tables(
         "chexpert": pd.DataFrame(label_rows, columns=list(CHEXPERT_COLUMNS)),
         "reports": reports,
         "tasks": tasks,
+        "grounding": grounding,
         "report_shapes": dict(sorted(shapes.items())),
     }
 
@@ -309,10 +342,41 @@ def _demo_size(rows: int, cols: int, short_side: int) -> tuple[int, int]:
 def render_task(task: ImageTask) -> bytes:
     """JPEG bytes of one image (8-bit grayscale, as in MIMIC-CXR-JPG)."""
     rng = np.random.default_rng(list(task.seed))
-    pixels = render_cxr(dict(task.severity), task.view, task.height, task.width, rng)
+    pixels = render_cxr(
+        dict(task.severity), task.view, task.height, task.width, rng, dict(task.places)
+    )
     buf = io.BytesIO()
     Image.fromarray(pixels, mode="L").save(buf, format="JPEG", quality=JPEG_QUALITY)
     return buf.getvalue()
+
+
+def grounding_rows(g: GroundingTask) -> list[dict[str, Any]]:
+    """The MS-CXR-format rows of one phrase: one per box of what drawing its finding
+    changes in the image (lib/demo/boxes.py)."""
+    task = g.image
+    rng = np.random.default_rng(list(task.seed))
+    places = dict(task.places)
+    severity = dict(task.severity)
+    full = render_cxr(severity, task.view, task.height, task.width, rng, places)
+    del severity[g.label]
+    rng = np.random.default_rng(list(task.seed))
+    bare = render_cxr(severity, task.view, task.height, task.width, rng, places)
+    return [
+        {
+            "dicom_id": g.dicom_id,
+            "category_name": g.label,
+            "label_text": g.phrase,
+            "path": task.relpath,
+            "x": x,
+            "y": y,
+            "w": w,
+            "h": h,
+            "image_width": task.width,
+            "image_height": task.height,
+            "split": g.split,
+        }
+        for x, y, w, h in diff_boxes(full, bare)
+    ]
 
 
 def _write_image(args: tuple[Path, ImageTask]) -> None:
@@ -337,8 +401,12 @@ def write_reports_zip(reports: dict[str, str], path: Path) -> None:
             zf.writestr(info, reports[name].encode("utf-8"))
 
 
-def write_corpus(params: DemoParams, root: Path, progress: bool = False) -> dict[str, Any]:
-    """Write the whole corpus under ``root`` (which must not exist yet); return its summary."""
+def write_corpus(
+    params: DemoParams, root: Path, progress: bool = False, grounding: Path | None = None
+) -> dict[str, Any]:
+    """Write the whole corpus under ``root`` (which must not exist yet); return its summary.
+    With ``grounding``, also the MS-CXR-format boxes of its test findings (`grounding_rows`)
+    to that CSV."""
     tables = build_tables(params)
     root.mkdir(parents=True)
     write_csv_gz(tables["metadata"], root / METADATA_FILE)
@@ -356,7 +424,32 @@ def write_corpus(params: DemoParams, root: Path, progress: bool = False) -> dict
     else:
         for job in _progress(jobs, len(jobs), progress):
             _write_image(job)
-    return {**summarize(tables), "images_sha256": images_digest(root, tables["tasks"])}
+    summary = {**summarize(tables), "images_sha256": images_digest(root, tables["tasks"])}
+    if grounding is not None:
+        summary["grounding"] = write_grounding(tables["grounding"], grounding, params.workers)
+    return summary
+
+
+def write_grounding(tasks: list[GroundingTask], path: Path, workers: int) -> dict[str, Any]:
+    """Write the MS-CXR-format CSV of ``tasks`` (in their order) to ``path``; its counts."""
+    if workers > 1:
+        with mp.get_context("fork").Pool(workers) as pool:
+            per_task = pool.map(grounding_rows, tasks, chunksize=16)
+    else:
+        per_task = [grounding_rows(t) for t in tasks]
+    rows = [row for rows in per_task for row in rows]
+    df = pd.DataFrame(rows, columns=list(MS_CXR_COLUMNS))
+    df.to_csv(path, index=False)
+    return {
+        "phrases": len(tasks),
+        "phrases_without_box": sum(1 for r in per_task if not r),
+        "boxes": len(df),
+        "images": int(df["dicom_id"].nunique()),
+        "phrases_per_category": {
+            k: int(v)
+            for k, v in pd.Series([t.label for t in tasks]).value_counts().sort_index().items()
+        },
+    }
 
 
 def images_digest(root: Path, tasks: list[ImageTask]) -> str:

@@ -121,6 +121,7 @@ def render_cxr(
     height: int,
     width: int,
     rng: np.random.Generator,
+    places: Mapping[str, str] | None = None,
 ) -> np.ndarray:
     """Render a synthetic chest radiograph showing the given findings.
 
@@ -132,6 +133,12 @@ def render_cxr(
         height: Rows of the image.
         width: Columns of the image.
         rng: The only source of randomness; equal generator states give equal images.
+        places: Label -> where its report puts it ("right lower", "left upper", "both
+            lower", ...: ``synth_reports.LOCATIONS``), so that a finding the report calls
+            left is drawn in the patient's left hemithorax (the image's right on a frontal
+            film). The side, and the level where a finding has one (a lobe, a zone), follow
+            it; a finding without a place is drawn where its own random stream says. The
+            random draws are the same either way, so a place moves a finding and nothing else.
 
     Returns:
         A uint8 array of shape (height, width), a synthetic chest radiograph.
@@ -140,6 +147,7 @@ def render_cxr(
         ValueError: For an unknown label, a severity outside [0, 1] or a tiny size.
     """
     strength = _validate(severity)
+    where = _places(places or {})
     if height < 16 or width < 16:
         raise ValueError(f"image size must be at least 16x16, got {height}x{width}")
     key = view.strip().upper()
@@ -169,14 +177,44 @@ def render_cxr(
             oblique=key in {"LAO", "RAO", "SWIMMERS"},
             lordotic="AXIAL" in key,
         )
-    geo.adapt(strength, frng)
+    geo.adapt(strength, frng, where)
     geo.build()
     if "Fracture" in strength:  # chosen before the ribs are drawn, so they are drawn broken
-        _plan_fractures(geo, strength["Fracture"], frng["Fracture"])
+        _plan_fractures(geo, strength["Fracture"], frng["Fracture"], where.get("Fracture"))
     layers = _Layers(scene)
     geo.draw_anatomy(layers)
-    _draw_findings(geo, layers, strength, frng)
+    _draw_findings(geo, layers, strength, frng, where)
     return _compose(scene, layers, expo)
+
+
+# A report's place (lib/demo/synth_reports.LOCATIONS): its side in the canonical frame
+# (-1: the patient's right, the image's left on a frontal film; +1: the patient's left)
+# and its level.
+_PLACE_SIDES: dict[str, tuple[int, ...]] = {"right": (-1,), "left": (1,), "both": (-1, 1)}
+_PLACE_LEVELS = ("upper", "middle", "lower")
+
+
+class _Place:
+    """Where a report puts one finding: the sides and the level (upper / middle / lower)."""
+
+    def __init__(self, sides: tuple[int, ...], level: str) -> None:
+        self.sides, self.level = sides, level
+
+
+def _places(places: Mapping[str, str]) -> dict[str, _Place]:
+    """Check and parse ``render_cxr``'s ``places``."""
+    out: dict[str, _Place] = {}
+    for name, place in places.items():
+        if name not in LABELS:
+            raise ValueError(f"places: unknown label {name!r}; expected one of {LABELS}")
+        parts = str(place).split()
+        if len(parts) != 2 or parts[0] not in _PLACE_SIDES or parts[1] not in _PLACE_LEVELS:
+            raise ValueError(
+                f"places[{name!r}] = {place!r}: expected '<right|left|both> "
+                f"<upper|middle|lower>', e.g. 'right lower'"
+            )
+        out[name] = _Place(_PLACE_SIDES[parts[0]], parts[1])
+    return out
 
 
 def _validate(severity: Mapping[str, float]) -> dict[str, float]:
@@ -355,7 +393,7 @@ class _Geometry:
 
     lateral = False
     ap = False
-    atel_side = 0  # the hemidiaphragm atelectasis raises (0 right, 1 left); frontal only
+    atel_sides: tuple[int, ...] = (0,)  # hemidiaphragms atelectasis raises (0 right, 1 left)
     rib_fill = 58
     rib_width = 0.05
 
@@ -373,7 +411,12 @@ class _Geometry:
         self.lobe_centre = np.zeros(2)
         self.mw_scale = 1.0  # widening of the upper mediastinum
 
-    def adapt(self, strength: Mapping[str, float], frng: Mapping[str, np.random.Generator]) -> None:
+    def adapt(
+        self,
+        strength: Mapping[str, float],
+        frng: Mapping[str, np.random.Generator],
+        where: Mapping[str, _Place],
+    ) -> None:
         """Change the anatomy that findings alter (heart size, mediastinum, diaphragm)."""
         raise NotImplementedError
 
@@ -402,11 +445,24 @@ class _Geometry:
         at = u + (p[1] - v) * (un - u) / np.where(vn == v, 1e-12, vn - v)
         return bool((cross & (at > p[0])).sum() % 2)
 
-    def random_point(self, rng: np.random.Generator) -> np.ndarray:
-        """A random point well inside a lung."""
-        cu, cv, ru, rv = self.zones[int(rng.integers(len(self.zones)))]
+    def random_point(
+        self, rng: np.random.Generator, side: int | None = None, level: str | None = None
+    ) -> np.ndarray:
+        """A random point well inside a lung: that of ``side`` (-1 right, +1 left) and in
+        its upper, middle or lower part if given, else anywhere."""
+        zone = int(rng.integers(len(self.zones)))
         a, r = rng.uniform(0, 2 * math.pi), math.sqrt(rng.uniform(0, 1)) * 0.85
-        return np.array([cu + ru * r * math.cos(a), cv + rv * r * math.sin(a)])
+        if side is not None and len(self.zones) > 1:
+            zone = 0 if side < 0 else 1
+        cu, cv, ru, rv = self.zones[zone]
+        dv = r * math.sin(a)
+        if level == "upper":
+            dv = -abs(dv)
+        elif level == "lower":
+            dv = abs(dv)
+        elif level == "middle":
+            dv *= 0.4
+        return np.array([cu + ru * r * math.cos(a), cv + rv * dv])
 
     def draw_ribs(self, d: ImageDraw.ImageDraw, xf: _Xform) -> None:
         """Posterior ribs as faint bands with a brighter lower cortex; fractures broken."""
@@ -466,8 +522,9 @@ class _Geometry:
                     d.line(br_px[j, k].ravel().tolist(), 35, thin)
 
     # -- hooks the findings use -------------------------------------------------------------
-    def lobe(self, rng: np.random.Generator) -> np.ndarray:
-        """Outline of a random lobe (a shape reaching past the lung is clipped by it)."""
+    def lobe(self, rng: np.random.Generator, place: _Place | None = None) -> np.ndarray:
+        """Outline of a lobe, random or at ``place`` (a shape reaching past the lung is
+        clipped by it)."""
         raise NotImplementedError
 
     def effusion(self, side: int, level: float) -> np.ndarray:
@@ -520,24 +577,38 @@ class _Frontal(_Geometry):
         self.breast = rng.random() < 0.4
         self.marker = rng.random() < 0.7
 
-    def adapt(self, strength: Mapping[str, float], frng: Mapping[str, np.random.Generator]) -> None:
+    def adapt(
+        self,
+        strength: Mapping[str, float],
+        frng: Mapping[str, np.random.Generator],
+        where: Mapping[str, _Place],
+    ) -> None:
         if "Cardiomegaly" in strength:
             self.ctr += 0.1 + 0.14 * strength["Cardiomegaly"]
         if "Enlarged Cardiomediastinum" in strength:
             self.mw_scale = 1.25 + 0.9 * strength["Enlarged Cardiomediastinum"]
         if "Atelectasis" in strength:
-            self.atel_side = int(frng["Atelectasis"].integers(2))
-            self.raise_dia[self.atel_side] = 0.03 + 0.06 * strength["Atelectasis"]
+            self.atel_sides = (int(frng["Atelectasis"].integers(2)),)
+            if "Atelectasis" in where:
+                self.atel_sides = tuple(0 if s < 0 else 1 for s in where["Atelectasis"].sides)
+            for i in self.atel_sides:
+                self.raise_dia[i] = 0.03 + 0.06 * strength["Atelectasis"]
 
     def _lung(self, sgn: int) -> np.ndarray:
         i = 0 if sgn < 0 else 1
-        vcp = self.vcp + (0.03 if sgn > 0 else 0.0) - self.raise_dia[i]
+        lift = self.raise_dia[i]
+        vcp = self.vcp + (0.03 if sgn > 0 else 0.0)
         va, w, h = self.va, self.wide, vcp - self.va
-        up = np.column_stack([sgn * w * _LUNG_UP[:, 0], va + h * _LUNG_UP[:, 1]])
-        # A raised hemidiaphragm lifts the dome more than the costophrenic angle.
-        dome = self.dome + 0.5 * self.raise_dia[i]
-        dia = np.column_stack([sgn * w * _LUNG_DIA[:, 0], vcp - dome * _LUNG_DIA[:, 1]])
-        med = np.column_stack([sgn * w * _LUNG_MED[:, 0], va + h * _LUNG_MED[:, 1]])
+        # A raised hemidiaphragm (volume loss at the base) lifts the lower lung and leaves the
+        # apex where it is; it lifts the dome more than the costophrenic angle.
+        up = np.column_stack(
+            [sgn * w * _LUNG_UP[:, 0], va + h * _LUNG_UP[:, 1] - lift * _LUNG_UP[:, 1] ** 4]
+        )
+        dome = self.dome + 0.5 * lift
+        dia = np.column_stack([sgn * w * _LUNG_DIA[:, 0], vcp - lift - dome * _LUNG_DIA[:, 1]])
+        med = np.column_stack(
+            [sgn * w * _LUNG_MED[:, 0], va + h * _LUNG_MED[:, 1] - lift * _LUNG_MED[:, 1] ** 4]
+        )
         return np.vstack([up, dia, med])
 
     def build(self) -> None:
@@ -548,15 +619,18 @@ class _Frontal(_Geometry):
         self.zones = [(sgn * 0.52 * w, va + 0.55 * h, 0.3 * w, 0.36 * h) for sgn in (-1, 1)]
         self.hila = [(mid - 0.2, va + 0.56 * h), (mid + 0.2, va + 0.52 * h)]
         r_dia, l_dia = self.lungs[0][_DOME], self.lungs[1][_DOME]
+        # Where the domes meet the heart without a raised hemidiaphragm: the heart and the
+        # mediastinum stay put when atelectasis lifts one side (the change is local).
+        medial_lift = 0.5 * sum(self.raise_dia) * (1 + 0.5 * _LUNG_DIA[-1, 1])
+        centre_v = 0.5 * (r_dia[-1, 1] + l_dia[-1, 1]) + medial_lift
         # Below the domes: liver, spleen, bowel (thick tissue, no mediastinum).
         self.abdomen = np.vstack(
-            [r_dia, [(mid, 0.5 * (r_dia[-1, 1] + l_dia[-1, 1]) + 0.06)], l_dia[::-1],
-             [(1.6, 2.0), (-1.6, 2.0)]]
-        )  # fmt: skip
+            [r_dia, [(mid, centre_v + 0.06)], l_dia[::-1], [(1.6, 2.0), (-1.6, 2.0)]]
+        )
         # Heart: sits on the diaphragm, its width set by the cardiothoracic ratio.
         width = self.ctr * 2 * w
         right, left = 0.36 * width, 0.64 * width
-        bottom = 0.5 * (r_dia[-1, 1] + l_dia[-1, 1]) + 0.04
+        bottom = centre_v + 0.04
         hh = 0.42 + 0.25 * max(0.0, self.ctr - 0.5)
         hu = np.where(_HEART[:, 0] < 0, right, left) * _HEART[:, 0] + mid + 0.02
         self.heart = np.column_stack([hu, bottom - hh + hh * _HEART[:, 1]])
@@ -727,11 +801,14 @@ class _Frontal(_Geometry):
                               0.05 + 0.4 * step))  # fmt: skip
         return [medial, lateral]
 
-    def lobe(self, rng: np.random.Generator) -> np.ndarray:
+    def lobe(self, rng: np.random.Generator, place: _Place | None = None) -> np.ndarray:
         w, va, h = self.wide, self.va, self.vcp - self.va
         side = -1 if rng.random() < 0.55 else 1
         fis = va + 0.5 * h  # horizontal fissure / upper-lobe boundary
         kind = int(rng.integers(3))
+        if place is not None:
+            side = place.sides[0] if len(place.sides) == 1 else side
+            kind = _PLACE_LEVELS.index(place.level)
         if kind == 0:  # upper lobe, sharp lower border at the fissure
             pts = [(0.05, va - 0.2), (w + 0.2, va - 0.2), (w + 0.2, fis + 0.04), (0.1, fis - 0.02)]
         elif kind == 1:  # middle lobe / lingula: against the heart border
@@ -832,7 +909,12 @@ class _Lateral(_Geometry):
         self.kyphosis = rng.uniform(0.0, 0.06)
         self.raise_dia = 0.0
 
-    def adapt(self, strength: Mapping[str, float], frng: Mapping[str, np.random.Generator]) -> None:
+    def adapt(
+        self,
+        strength: Mapping[str, float],
+        frng: Mapping[str, np.random.Generator],
+        where: Mapping[str, _Place],
+    ) -> None:
         if "Cardiomegaly" in strength:
             self.heart_r += 0.1 + 0.2 * strength["Cardiomegaly"]
         if "Enlarged Cardiomediastinum" in strength:
@@ -938,8 +1020,10 @@ class _Lateral(_Geometry):
 
         self.draw_vessels(lay, [np.linspace(-2.6, 2.2, 12)], 0.42)
 
-    def lobe(self, rng: np.random.Generator) -> np.ndarray:
+    def lobe(self, rng: np.random.Generator, place: _Place | None = None) -> np.ndarray:
         kind = int(rng.integers(3))
+        if place is not None:
+            kind = _PLACE_LEVELS.index(place.level)
         if kind == 0:  # upper lobe, above the fissures
             pts = [(-0.9, -1.0), (0.9, -1.0), (0.9, -0.5), (0.5, -0.45), (0.1, -0.1), (-0.9, -0.1)]
         elif kind == 1:  # middle lobe / lingula, anterior wedge over the heart
@@ -1027,7 +1111,9 @@ def _pick_devices(rng: np.random.Generator, n: int) -> set[str]:
     return set(rng.choice(kinds, size=min(n, len(kinds)), replace=False, p=p).tolist())
 
 
-def _plan_fractures(geo: _Geometry, e: float, r: np.random.Generator) -> None:
+def _plan_fractures(
+    geo: _Geometry, e: float, r: np.random.Generator, place: _Place | None = None
+) -> None:
     """Break ribs (or, on a quarter of frontal films, a clavicle) and place the calluses.
 
     Trauma breaks neighbouring ribs along one line: two to five consecutive ribs of one
@@ -1036,13 +1122,17 @@ def _plan_fractures(geo: _Geometry, e: float, r: np.random.Generator) -> None:
     number of ribs, the step and the callus grow with the strength. A callus is what keeps
     a break visible once the image is reduced to the model's size.
     """
+    placed = place.sides[0] if place is not None and len(place.sides) == 1 else None
     if not geo.lateral and r.random() < 0.25:
         side = -1 if r.random() < 0.5 else 1
+        side = side if placed is None else placed
         geo.clavicle_fracture = (side, int(r.integers(1, 3)), 0.03 + 0.05 * e)
         if r.random() < 0.5:  # often with a rib fracture of the same side
             return
     n_side = len(geo.ribs) // 2  # right then left (frontal); near then far side (lateral)
     side = int(r.integers(0, 2))
+    if placed is not None:
+        side = 0 if placed < 0 else 1
     n = 2 + int(r.integers(0, 1 + round(3 * e)))
     first = int(r.integers(2, n_side - n + 1))
     shift = int(r.integers(-2, 1))  # at or just behind the rib's most lateral point
@@ -1061,10 +1151,18 @@ def _plan_fractures(geo: _Geometry, e: float, r: np.random.Generator) -> None:
         geo.calluses.append((0.5 * (p + q), math.atan2(q[1] - p[1], q[0] - p[0]), size))
 
 
-def _sides(r: np.random.Generator, p_both: float) -> tuple[int, ...]:
-    """Both sides with probability ``p_both``, else right or left at even odds."""
+def _sides(r: np.random.Generator, p_both: float, place: _Place | None) -> tuple[int, ...]:
+    """The sides of ``place``, else both with probability ``p_both`` and otherwise right or
+    left at even odds (one draw of ``r`` either way)."""
     u = r.random()
+    if place is not None:
+        return place.sides
     return (-1, 1) if u < p_both else (-1,) if u < (1 + p_both) / 2 else (1,)
+
+
+def _side_of(place: _Place | None, k: int) -> int | None:
+    """The side of a finding's ``k``-th focus: its place's sides in turn, or None (random)."""
+    return None if place is None else place.sides[k % len(place.sides)]
 
 
 def _draw_findings(
@@ -1072,12 +1170,13 @@ def _draw_findings(
     lay: _Layers,
     strength: Mapping[str, float],
     frng: Mapping[str, np.random.Generator],
+    where: Mapping[str, _Place],
 ) -> None:
-    """Draw every present finding into the finding layers."""
+    """Draw every present finding into the finding layers, where ``where`` places it."""
     if "Pleural Effusion" in strength:
         e, r = strength["Pleural Effusion"], frng["Pleural Effusion"]
         d, xf = lay.ctx("fluid")
-        for side in _sides(r, 0.45):
+        for side in _sides(r, 0.45, where.get("Pleural Effusion")):
             level = (0.18 + 0.45 * e) * r.uniform(0.85, 1.15)
             d.polygon(xf.xy(geo.effusion(side, level)), 250)
             if geo.ap:
@@ -1093,7 +1192,7 @@ def _draw_findings(
         # Dense, fairly homogeneous opacity of one lobe with a ragged edge, and air
         # bronchograms: dark branching lines inside.
         fill = round(160 + 90 * e)
-        d.polygon(xf.xy(_ragged(geo.lobe(r), r, 0.025)), fill)
+        d.polygon(xf.xy(_ragged(geo.lobe(r, where.get("Consolidation")), r, 0.025)), fill)
         c = geo.lobe_centre
         for a in r.uniform(0, 2 * math.pi) + np.arange(3) * 2.1 + r.normal(0, 0.3, 3):
             mid_pt = c + 0.07 * np.array([math.cos(a), math.sin(a)])
@@ -1104,8 +1203,10 @@ def _draw_findings(
     if "Pneumonia" in strength:
         e, r = strength["Pneumonia"], frng["Pneumonia"]
         d, xf = lay.ctx("hazy")
-        for _ in range(1 + int(r.integers(1, 3))):  # multifocal: two or three clusters
-            c = geo.random_point(r)
+        place = where.get("Pneumonia")
+        level = None if place is None else place.level
+        for k in range(1 + int(r.integers(1, 3))):  # multifocal: two or three clusters
+            c = geo.random_point(r, _side_of(place, k), level)
             for _ in range(int(r.integers(3, 6))):  # each a patchy group of blobs
                 p = c + r.normal(0, 0.07, 2)
                 rad = r.uniform(0.04, 0.09) * (0.7 + 0.6 * e)
@@ -1115,8 +1216,10 @@ def _draw_findings(
     if "Lung Opacity" in strength:
         e, r = strength["Lung Opacity"], frng["Lung Opacity"]
         d, xf = lay.ctx("hazy")
-        for _ in range(int(r.integers(1, 4))):
-            p = geo.random_point(r)
+        place = where.get("Lung Opacity")
+        level = None if place is None else place.level
+        for k in range(int(r.integers(1, 4))):
+            p = geo.random_point(r, _side_of(place, k), level)
             rad = r.uniform(0.08, 0.17) * (0.7 + 0.5 * e)
             blob = _ellipse(p[0], p[1], rad * r.uniform(0.8, 1.4), rad, r.uniform(0, math.pi))
             d.polygon(xf.xy(blob), round(r.uniform(140, 200) * e))
@@ -1149,23 +1252,29 @@ def _draw_findings(
     if "Atelectasis" in strength:
         e, r = strength["Atelectasis"], frng["Atelectasis"]
         d, xf = lay.ctx("soft")
-        side = -1 if geo.atel_side == 0 else 1
-        u0, u1, v0, v1 = geo.base_band(side)
-        for _ in range(1 + int(r.integers(1, 2 + round(e)))):  # plate-like bands
-            v = r.uniform(v0, v1)
-            seg = np.array([(u0, v + r.normal(0, 0.03)), (0.5 * (u0 + u1), v + r.normal(0, 0.02)),
-                            (u1, v + r.normal(0, 0.03))])  # fmt: skip
-            d.line(xf.xy(seg), round(180 + 70 * e), xf.px(r.uniform(0.02, 0.035) * (0.6 + e)))
-        # Subsegmental collapse at the very base.
-        base = np.array([(u0, v1 + 0.02), (u1, v1 + 0.02), (u1, v1 + 0.3), (u0, v1 + 0.3)])
-        d.polygon(xf.xy(_ragged(base, r, 0.02)), round(90 * e))
+        n_bands = 1 + int(r.integers(1, 2 + round(e)))
+        for i in geo.atel_sides:
+            u0, u1, v0, v1 = geo.base_band(-1 if i == 0 else 1)
+            for _ in range(n_bands):  # plate-like bands
+                v = r.uniform(v0, v1)
+                seg = np.array([(u0, v + r.normal(0, 0.03)),
+                                (0.5 * (u0 + u1), v + r.normal(0, 0.02)),
+                                (u1, v + r.normal(0, 0.03))])  # fmt: skip
+                width = xf.px(r.uniform(0.02, 0.035) * (0.6 + e))
+                d.line(xf.xy(seg), round(180 + 70 * e), width)
+            # Subsegmental collapse at the very base.
+            base = np.array([(u0, v1 + 0.02), (u1, v1 + 0.02), (u1, v1 + 0.3), (u0, v1 + 0.3)])
+            d.polygon(xf.xy(_ragged(base, r, 0.02)), round(90 * e))
 
     if "Lung Lesion" in strength:
         e, r = strength["Lung Lesion"], frng["Lung Lesion"]
         d, xf = lay.ctx("soft")
-        p = geo.random_point(r)
+        place = where.get("Lung Lesion")
+        side = _side_of(place, 0)
+        level = None if place is None else place.level
+        p = geo.random_point(r, side, level)
         if geo.behind_heart(p):  # retrocardiac masses exist, but most are seen in clear lung
-            p = geo.random_point(r)
+            p = geo.random_point(r, side, level)
         # A nodule growing into a mass with the strength (about 2 to 4 cm across on an adult
         # chest): lobulated, with a few fine spicules, dense enough to hide the lung behind.
         rad = (0.05 + 0.09 * e) * r.uniform(0.85, 1.15)
@@ -1178,7 +1287,7 @@ def _draw_findings(
     if "Pleural Other" in strength:
         e, r = strength["Pleural Other"], frng["Pleural Other"]
         d, xf = lay.ctx("soft")
-        for side in _sides(r, 0.4):
+        for side in _sides(r, 0.4, where.get("Pleural Other")):
             # A band of thickened pleura along part of the wall, inside the lung outline.
             wall = geo.wall(side)
             a = int(r.integers(1, max(2, len(wall) - 4)))
@@ -1193,7 +1302,7 @@ def _draw_findings(
     if "Pneumothorax" in strength:
         e, r = strength["Pneumothorax"], frng["Pneumothorax"]
         db, xb = lay.ctx("bone")
-        for side in _sides(r, 0.1):
+        for side in _sides(r, 0.1, where.get("Pneumothorax")):
             arc, centre = geo.ptx_arc(side, min(1.0, 0.3 + 0.7 * e))
             # The visceral pleura pulls away from the wall, most at the apex, none at the
             # ends; in the gap there is only air, no lung and no vessels. A large one is a

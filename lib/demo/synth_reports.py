@@ -32,6 +32,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -819,6 +820,8 @@ class _Writer:
         self.r = r
         self.order = order
         self.ctx: dict[str, dict[str, str]] = {lab: {} for lab in FINDINGS}
+        # The first sentence that states each finding (the phrase a grounding row names).
+        self.phrases: dict[str, str] = {}
 
     def pick(self, templates: Sequence[str], labels: Sequence[str]) -> str | None:
         """A template of the same kind and at the same location as earlier statements of
@@ -867,7 +870,10 @@ class _Writer:
                 c.setdefault("_loc", loc)
             c.setdefault("_kind", _KIND_OF[template, lab])
         text = template.format(**values) if values else template
-        return text[0].upper() + text[1:]
+        text = text[0].upper() + text[1:]
+        for lab in labels:
+            self.phrases.setdefault(lab, text)
+        return text
 
     def statements(self, active: dict[str, str]) -> list[str]:
         """One sentence per finding in `active` (label -> state), combos where they apply."""
@@ -981,6 +987,22 @@ def _draw_shape(u: float) -> str:
     return "full"
 
 
+@dataclass(frozen=True)
+class Report:
+    """One report file and what it says where.
+
+    ``locations`` maps each finding whose statements name a place to that place (one of
+    `LOCATIONS`: "right lower", "both lower", ...), so that the image can be drawn there;
+    ``phrases`` maps each stated finding to the first sentence that states it (the
+    phrase of a grounding row). Both are empty for a placeholder.
+    """
+
+    text: str
+    shape: str
+    locations: dict[str, str] = field(default_factory=dict)
+    phrases: dict[str, str] = field(default_factory=dict)
+
+
 def compose_report(
     states: Mapping[str, State],
     *,
@@ -995,13 +1017,25 @@ def compose_report(
     study's images and `n_images` their count. The output depends only on the
     arguments; `rng` advances by exactly one draw. `shape` is one of `SHAPES`; an
     addendum (text starting with `ADDENDUM_TITLE`) may come with any shape but
-    "placeholder".
+    "placeholder". `write_report` returns the same text with where it places each finding.
     """
+    report = write_report(states, frontal_views=frontal_views, n_images=n_images, rng=rng)
+    return report.text, report.shape
+
+
+def write_report(
+    states: Mapping[str, State],
+    *,
+    frontal_views: Sequence[str],
+    n_images: int,
+    rng: np.random.Generator,
+) -> Report:
+    """`compose_report`'s text and shape, with each finding's location and phrase."""
     st = validate_states(states)
     r = random.Random(int(rng.integers(0, 2**63 - 1)))
     shape = _draw_shape(r.random())
     if shape == "placeholder":
-        return r.choice(PLACEHOLDERS), shape
+        return Report(r.choice(PLACEHOLDERS), shape)
 
     w = _Writer(r, _ORDER_HEART_FIRST if r.random() < _P_HEART_FIRST else _ORDER)
     sep = "  " if r.random() < _P_DOUBLE_SPACE else " "
@@ -1061,4 +1095,5 @@ def compose_report(
         k = 1 if r.random() < 0.6 else 2
         addendum = _body_section("ADDENDUM", sep.join(r.sample(ADDENDUM_SENTENCES, k)), r)
         lines = [ADDENDUM_TITLE, *addendum, BLANK, SEPARATOR, *lines]
-    return "\n".join(lines) + "\n", shape
+    locations = {lab: c["_loc"] for lab, c in w.ctx.items() if "_loc" in c}
+    return Report("\n".join(lines) + "\n", shape, locations, dict(w.phrases))

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from lib.data.images import to_model_input
 from lib.data.master import Split
@@ -24,6 +23,7 @@ from lib.data.mimic import LABELS
 from lib.data.pack import PackedPixels
 from lib.eval.embed import Trained
 from lib.eval.embeddings import ExplainMaps
+from lib.eval.phrase_maps import word_patch_attention
 
 # Words that name each finding in a report. Labels in the order they are picked: findings
 # with a place on the image first.
@@ -155,17 +155,8 @@ def explain(trained: Trained, pixels: torch.Tensor, split: Split, examples: list
             continue
         with trained.autocast():
             txt = model.encode_text(ids)
-        w = F.normalize(txt.word_emb[0, words].float(), dim=-1)  # (t, l)
-        p = F.normalize(img.patch_emb[i].float(), dim=-1)  # (N', l)
-        logits = w @ p.T / model.params.local_temperature  # (t, N')
-        att = logits.softmax(dim=-1)
-        if img.patch_weight is not None:  # as in the loss: weighted by z, renormalised
-            att = att * img.patch_weight[i].float()
-            att = att / att.sum(dim=-1, keepdim=True).clamp_min(1e-12)
-        full = torch.zeros(n_patch, device=att.device)
-        cols = img.kept_index[i] if img.kept_index is not None else torch.arange(n_patch)
-        full[cols.to(att.device)] = att.mean(dim=0)
-        attention[i] = full.cpu().numpy()
+        att = word_patch_attention(model, txt.word_emb[0, words], img, i, n_patch)
+        attention[i] = att.cpu().numpy()
     return Maps(mask, kept, attention, (gh, gw))
 
 

@@ -13,28 +13,21 @@ upsampled with :func:`upsample`. Pure NumPy.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from lib.data.images import resize_shape
+from lib.data.master import Split
+from lib.data.mimic import MS_CXR_COLUMNS
 from lib.errors import DataError
+from lib.eval.stats import bootstrap_mean_ci
 
-COLUMNS: tuple[str, ...] = (
-    "dicom_id",
-    "category_name",
-    "label_text",
-    "path",
-    "x",
-    "y",
-    "w",
-    "h",
-    "image_width",
-    "image_height",
-    "split",
-)
+COLUMNS: tuple[str, ...] = MS_CXR_COLUMNS
 _NUMERIC = ("x", "y", "w", "h", "image_width", "image_height")
 
 
@@ -110,9 +103,10 @@ def box_mask(boxes: Sequence[Sequence[float]], size: int) -> np.ndarray:
 
 
 def upsample(patch_map: np.ndarray, size: int) -> np.ndarray:
-    """A (gh, gw) map over the patch grid -> (size, size), bilinear with the patch values at
-    the patch centres (as BioViL resizes its similarity maps), edges held constant."""
-    gh, gw = patch_map.shape
+    """A (..., gh, gw) map over the patch grid -> (..., size, size), bilinear with the patch
+    values at the patch centres (as BioViL resizes its similarity maps), edges held
+    constant."""
+    gh, gw = patch_map.shape[-2:]
     rows = (np.arange(size) + 0.5) * gh / size - 0.5
     cols = (np.arange(size) + 0.5) * gw / size - 0.5
     r0 = np.clip(np.floor(rows).astype(int), 0, gh - 1)
@@ -121,8 +115,9 @@ def upsample(patch_map: np.ndarray, size: int) -> np.ndarray:
     fr = np.clip(rows - r0, 0, 1)[:, None]
     fc = np.clip(cols - c0, 0, 1)[None, :]
     m = np.asarray(patch_map, dtype=np.float64)
-    top = m[r0][:, c0] * (1 - fc) + m[r0][:, c1] * fc
-    bottom = m[r1][:, c0] * (1 - fc) + m[r1][:, c1] * fc
+    rows0, rows1 = m[..., r0, :], m[..., r1, :]
+    top = rows0[..., c0] * (1 - fc) + rows0[..., c1] * fc
+    bottom = rows1[..., c0] * (1 - fc) + rows1[..., c1] * fc
     return top * (1 - fr) + bottom * fr
 
 
@@ -181,3 +176,186 @@ def random_map(grid: tuple[int, int], size: int, rng: np.random.Generator) -> np
     """The uniform-random floor: i.i.d. U(0, 1) values on the model's patch ``grid``,
     upsampled like the models' maps (so it is as smooth as they can be)."""
     return upsample(rng.random(grid), size)
+
+
+# --- phrases of a grounding file, matched to the master file ---------------------------------
+
+SUBSETS: tuple[str, ...] = ("official_test", "all")
+FLOORS: tuple[str, ...] = ("random", "centre")
+SCORES: tuple[str, ...] = ("cnr", "pointing", "iou")
+CNR_CAP = 100.0
+_UNKNOWN_LISTED = 20
+
+
+@dataclass(frozen=True)
+class Phrases:
+    """The phrases of a grounding file whose image is in the master file, one per
+    (dicom_id, category, phrase) with the union of its boxes; aligned arrays."""
+
+    dicom: list[str]
+    category: list[str]
+    text: list[str]
+    boxes: list[list[tuple[float, float, float, float]]]  # original pixels
+    image_wh: np.ndarray  # (n, 2) original width, height
+    image: list[str]  # the image's path under data.root (master file)
+    split: list[str]  # the image's official split (master file)
+    subject: np.ndarray  # (n,) int64: patient, for the bootstrap
+    unknown_dicom: list[str]  # dicom ids of the file not in the master file (left out)
+
+    def __len__(self) -> int:
+        return len(self.dicom)
+
+
+def match_phrases(boxes: pd.DataFrame, splits: Mapping[str, Split]) -> Phrases:
+    """Group ``read_boxes``'s rows into phrases and find each image in the master file.
+
+    Images the master file lacks (another view, dropped by QC, not in this corpus) are left
+    out and listed in ``unknown_dicom``; when none is found the result is empty (the
+    grounding stages then report that they scored nothing, and why). The split of an image
+    is MIMIC-CXR's official one from the master file, never the file's own column.
+    """
+    where: dict[str, tuple[str, int, str]] = {}
+    for name, split in splits.items():
+        for d, subject, image in zip(
+            split.dicom, split.subject.tolist(), split.images, strict=True
+        ):
+            where[d] = (name, int(subject), image)
+    known = boxes["dicom_id"].isin(where)
+    unknown = sorted(set(boxes.loc[~known, "dicom_id"]))
+    out: dict[str, list] = {k: [] for k in ("dicom", "category", "text", "boxes", "wh")}
+    keys = ["dicom_id", "category_name", "label_text"]
+    for (dicom, category, text), rows in boxes[known].groupby(keys, sort=True):
+        out["dicom"].append(str(dicom))
+        out["category"].append(str(category))
+        out["text"].append(str(text))
+        out["boxes"].append([tuple(r) for r in rows[["x", "y", "w", "h"]].to_numpy()])
+        out["wh"].append(rows[["image_width", "image_height"]].to_numpy()[0])
+    return Phrases(
+        dicom=out["dicom"],
+        category=out["category"],
+        text=out["text"],
+        boxes=out["boxes"],
+        image_wh=np.asarray(out["wh"], dtype=np.float64).reshape(-1, 2),
+        image=[where[d][2] for d in out["dicom"]],
+        split=[where[d][0] for d in out["dicom"]],
+        subject=np.array([where[d][1] for d in out["dicom"]], dtype=np.int64),
+        unknown_dicom=unknown,
+    )
+
+
+def phrase_masks(phrases: Phrases, size: int) -> np.ndarray:
+    """(n, size, size) bool: each phrase's boxes on the model's input (``scale_box``)."""
+    masks = np.zeros((len(phrases), size, size), dtype=bool)
+    for i, (boxes, (w, h)) in enumerate(zip(phrases.boxes, phrases.image_wh, strict=True)):
+        masks[i] = box_mask([scale_box(b, w, h, size) for b in boxes], size)
+    return masks
+
+
+def score(saliency: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """CNR, pointing and top-k IoU of one map against one phrase's box mask."""
+    return {"cnr": cnr(saliency, mask), "pointing": pointing(saliency, mask),
+            "iou": topk_iou(saliency, mask)}  # fmt: skip
+
+
+# Maps scored per call of score_all: bounds the (chunk, size²) float and index arrays
+# (256 × 224² × 8 B ≈ 100 MB each at BiomedCLIP's size).
+_SCORE_CHUNK = 256
+
+
+def score_all(saliency: np.ndarray, masks: np.ndarray) -> dict[str, np.ndarray]:
+    """``score`` of many maps at once: (n, S, S) maps and box masks -> name -> (n,).
+
+    The same definitions as ``cnr``, ``pointing`` and ``topk_iou`` (equal up to rounding),
+    vectorised over the maps; every mask must cover some but not all of its image.
+    """
+    if saliency.shape != masks.shape or saliency.ndim != 3:
+        raise ValueError(f"maps {saliency.shape} and masks {masks.shape}: need equal (n, S, S)")
+    n = len(saliency)
+    out = {name: np.empty(n) for name in SCORES}
+    for start in range(0, n, _SCORE_CHUNK):
+        sl = slice(start, start + _SCORE_CHUNK)
+        x = saliency[sl].reshape(len(saliency[sl]), -1).astype(np.float64)
+        m = masks[sl].reshape(len(x), -1)
+        n_in = m.sum(axis=1)
+        if (n_in == 0).any() or (n_in == m.shape[1]).any():
+            raise ValueError("every box mask must cover some but not all of the image")
+        n_out = m.shape[1] - n_in
+        mean_in = np.where(m, x, 0).sum(axis=1) / n_in
+        mean_out = np.where(m, 0, x).sum(axis=1) / n_out
+        dev = (x - np.where(m, mean_in[:, None], mean_out[:, None])) ** 2
+        var_in = np.where(m, dev, 0).sum(axis=1) / n_in
+        var_out = np.where(m, 0, dev).sum(axis=1) / n_out
+        diff, spread = np.abs(mean_in - mean_out), np.sqrt(var_in + var_out)
+        tol = 1e-9 * np.maximum(np.abs(x).max(axis=1), 1e-300)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            c = np.where(spread > tol, diff / spread, np.inf)
+        out["cnr"][sl] = np.where(diff <= tol, 0.0, c)
+        top = x == x.max(axis=1, keepdims=True)
+        out["pointing"][sl] = (top & m).sum(axis=1) / top.sum(axis=1)
+        # The k largest pixels, ties at the k-th value broken by position (as topk_iou's
+        # stable sort): everything above the k-th value, then the first tied ones.
+        kth = np.take_along_axis(np.sort(x, axis=1), (m.shape[1] - n_in)[:, None], axis=1)
+        above, tied = x > kth, x == kth
+        need = n_in[:, None] - above.sum(axis=1, keepdims=True)
+        best = above | (tied & (np.cumsum(tied, axis=1) <= need))
+        out["iou"][sl] = (best & m).sum(axis=1) / (best | m).sum(axis=1)
+    return out
+
+
+def floor_maps(grid: tuple[int, int], size: int, n: int, seed: int) -> dict[str, np.ndarray]:
+    """The floors' maps for n phrases: a fresh ``random_map`` each (seeded; the values of n
+    successive calls, drawn at once) and the ``centre_prior``."""
+    rng = np.random.default_rng(seed)
+    return {
+        "random": upsample(rng.random((n, *grid)), size),
+        "centre": np.broadcast_to(centre_prior(size), (n, size, size)),
+    }
+
+
+def summarise(
+    scores: Mapping[str, Mapping[str, np.ndarray]],
+    phrases: Phrases,
+    scorable: np.ndarray,
+    n_rounds: int,
+    seed: int,
+    level: float,
+) -> dict[str, Any]:
+    """Mean and patient-bootstrap interval of every score of every map, overall and per
+    category, on each of ``SUBSETS``: the phrases of official-test images, and all.
+
+    ``scores``: map kind -> score -> (n,) per phrase; ``scorable``: (n,) bool, phrases whose
+    box survives the centre crop (the others are counted, not scored). An infinite CNR (a
+    map that is constant inside and outside the box at different levels) is capped at
+    ``CNR_CAP`` so that a mean stays finite.
+    """
+    category = np.asarray(phrases.category)
+    out: dict[str, Any] = {}
+    for subset in SUBSETS:
+        rows = scorable.copy()
+        if subset == "official_test":
+            rows &= np.asarray(phrases.split) == "test"
+        sub: dict[str, Any] = {"phrases": int(rows.sum()), **{kind: {} for kind in scores}}
+        groups = {"all": rows, **{c: rows & (category == c) for c in sorted(set(category))}}
+        columns = [(kind, name) for kind in scores for name in SCORES]
+        for group, sel in groups.items():
+            if not sel.any():
+                continue
+            idx = np.flatnonzero(sel)
+            # Every map's every score in one bootstrap: the same resamples for all.
+            values = np.stack([scores[kind][name][idx] for kind, name in columns], axis=1)
+            values = np.minimum(values, CNR_CAP)
+            cis = bootstrap_mean_ci(values, phrases.subject[idx], n_rounds, seed, level)
+            for (kind, name), ci in zip(columns, cis, strict=True):
+                entry = (
+                    sub[kind]
+                    if group == "all"
+                    else sub[kind].setdefault("per_category", {}).setdefault(group, {})
+                )
+                entry["n"] = int(sel.sum())
+                entry[name] = {"mean": _r(ci.point), "low": _r(ci.low), "high": _r(ci.high)}
+        out[subset] = sub
+    return out
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(float(v), 4)

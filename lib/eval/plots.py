@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from sklearn.metrics import roc_curve
 
 from lib.eval.metrics import IGNORE_LABEL
@@ -248,6 +249,25 @@ def explain_figure(
     bar = fig.colorbar(mappable, ax=axes[-1, 1:].tolist(), orientation="horizontal",
                        fraction=0.05, pad=0.02)  # fmt: skip
     bar.set_label("mask z (attention: per-image min to max)", fontsize=8)
+    return fig
+
+
+def grounding_figure(
+    images: Sequence[np.ndarray],
+    captions: Sequence[str],
+    columns: Sequence[tuple[str, Sequence[np.ndarray | None]]],
+    boxes: Sequence[Sequence[tuple[float, float, float, float]]],
+) -> Figure:
+    """``explain_figure`` with each row's ground-truth boxes (x, y, w, h in the image's
+    pixels) drawn on every panel of the row."""
+    fig = explain_figure(images, captions, columns)
+    if not images:
+        return fig
+    axes = np.asarray(fig.axes[: len(images) * (1 + len(columns))]).reshape(len(images), -1)
+    for r, row_boxes in enumerate(boxes):
+        for ax in axes[r]:
+            for x, y, w, h in row_boxes:
+                ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="lime", linewidth=1.2))
     return fig
 
 

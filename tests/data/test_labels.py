@@ -2,9 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib.errors import DataError
 from lib.data.labels import IGNORE, apply_policy, inject_labels
 from lib.data.mimic import LABELS
+from lib.errors import DataError
 
 RAW = pd.DataFrame({"x": [1.0, 0.0, -1.0, np.nan]})
 

@@ -14,8 +14,8 @@ import yaml
 
 from lib.data.images import load_image, load_images
 from lib.data.master import read_master
-from lib.errors import DataError
 from lib.data.pack import Pack, PackedPixels, pack_images
+from lib.errors import DataError
 from tests.test_stages import assert_clean_error, run_stage
 
 SIZE = 48

@@ -4,10 +4,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib.errors import DataError
-from lib.data.mimic import LABELS, image_relpath
 from lib.config.params import QCParams
-from lib.data.qc import MASTER_FIELDS, master_lines, read_listing, run_qc, write_jsonl
+from lib.data.mimic import LABELS, image_relpath
+from lib.data.qc import (
+    MASTER_FIELDS,
+    master_lines,
+    read_holdout,
+    read_listing,
+    run_qc,
+    write_jsonl,
+)
+from lib.errors import DataError
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 64
 FINDINGS = "Moderate cardiomegaly. No pleural effusion or pneumothorax."
@@ -147,3 +154,49 @@ def test_master_lines_shape_and_jsonl(tmp_path):
     assert rec["text"].startswith("Moderate cardiomegaly")
     assert isinstance(rec["subject_id"], int) and rec["labels_missing"] is False
     assert np.all([json.loads(x)["split"] in ("train", "val", "test") for x in lines])
+
+
+def test_holdout_patients_leave_train_and_val_but_not_test(tmp_path):
+    images, reports = make_case(tmp_path, n_per_split=3)
+    by_split = images.groupby("split")["subject_id"].apply(list)
+    holdout = {by_split["train"][0], by_split["val"][1], by_split["test"][2], 99999999}
+    kept, m = run_qc(images, reports, tmp_path, 30, QCParams(), holdout=holdout)
+    assert m["dropped"] == {"holdout_patient": 2}
+    assert m["holdout_patients"] == 4 and m["holdout_patients_found"] == 3
+    assert m["holdout_patients_in_test"] == 1
+    assert by_split["test"][2] in set(kept["subject_id"])
+    assert not {by_split["train"][0], by_split["val"][1]} & set(kept["subject_id"])
+
+
+def test_read_holdout_takes_ids_a_subject_column_or_ms_cxr_paths(tmp_path):
+    plain = tmp_path / "ids.txt"
+    plain.write_text("10000032\n\n10000764\n")
+    assert read_holdout(plain) == {10000032, 10000764}
+    table = tmp_path / "ids.csv"
+    table.write_text("subject_id,note\n10000032,a\n10000980,b\n")
+    assert read_holdout(table) == {10000032, 10000980}
+    ms = tmp_path / "MS_CXR_Local_Alignment_v1.1.0.csv"
+    ms.write_text(
+        "dicom_id,category_name,label_text,path,x,y,w,h,image_width,image_height,split\n"
+        "d1,Edema,edema,files/p10/p10000032/s50414267/d1.jpg,1,1,5,5,64,64,test\n"
+        "d2,Edema,edema,files/p15/p15000001/s51000000/d2.jpg,1,1,5,5,64,64,train\n"
+    )
+    assert read_holdout(ms) == {10000032, 15000001}
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("10000032\nabc\n", "line 2 is 'abc'"),
+        ("subject_id,x\n1000x,1\n", "non-numeric"),
+        ("path,x\nimages/a.jpg,1\n", "not a MIMIC-CXR-JPG image path"),
+        ("who,what\n1,2\n", "'subject_id' or a 'path' column"),
+    ],
+)
+def test_read_holdout_errors_name_the_problem(tmp_path, text, needle):
+    f = tmp_path / "h.csv"
+    f.write_text(text)
+    with pytest.raises(DataError, match=needle):
+        read_holdout(f)
+    with pytest.raises(DataError, match="not found"):
+        read_holdout(tmp_path / "missing.txt")

@@ -3,7 +3,6 @@ import zipfile
 import pandas as pd
 import pytest
 
-from lib.errors import DataError
 from lib.data.reports import (
     ReportSource,
     decode_report,
@@ -12,6 +11,7 @@ from lib.data.reports import (
     parse_report,
     split_sections,
 )
+from lib.errors import DataError
 
 TITLE = " " * 33 + "FINAL REPORT\n"
 

@@ -1,8 +1,8 @@
 import pandas as pd
 import pytest
 
-from lib.errors import DataError
 from lib.data.splits import apply_split
+from lib.errors import DataError
 
 
 def images(rows):

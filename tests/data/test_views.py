@@ -3,10 +3,10 @@ import gzip
 import pandas as pd
 import pytest
 
-from lib.errors import DataError
 from lib.data.mimic import METADATA_COLUMNS
 from lib.data.tables import read_csv_checked
 from lib.data.views import filter_views
+from lib.errors import DataError
 
 
 def meta(rows):

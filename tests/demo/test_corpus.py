@@ -19,6 +19,7 @@ from lib.data.mimic import (
     LABELS,
     METADATA_COLUMNS,
     METADATA_FILE,
+    MS_CXR_COLUMNS,
     REPORTS_ZIP,
     SPLIT_FILE,
     STUDY_ID_PATTERN,
@@ -30,10 +31,13 @@ from lib.demo.corpus import (
     LABEL_RATES,
     build_tables,
     draw_states,
+    grounding_rows,
     images_digest,
     render_task,
     write_corpus,
 )
+from lib.demo.synth_images import render_cxr
+from lib.eval.grounding import read_boxes
 
 
 @pytest.fixture(scope="module")
@@ -226,3 +230,49 @@ def test_image_digest_follows_the_pixels(corpus):
         assert images_digest(corpus, tasks) != before
     finally:
         path.write_bytes(original)
+
+
+def test_grounding_tasks_are_positive_findings_of_frontal_test_images(big):
+    split = big["split"].set_index("dicom_id")["split"]
+    meta = big["metadata"].set_index("dicom_id")
+    label = big["chexpert"].set_index("study_id")
+    tasks = big["grounding"]
+    assert len(tasks) > 500
+    for g in tasks[:400]:
+        assert split[g.dicom_id] == "test"
+        assert meta.loc[g.dicom_id, "ViewPosition"] in ("PA", "AP")
+        study = int(meta.loc[g.dicom_id, "study_id"])
+        if study in label.index:  # a few studies have no label row (missing_label_fraction)
+            assert label.loc[study, g.label] == 1.0
+        assert g.phrase and g.label in dict(g.image.severity)
+
+
+def test_grounding_boxes_hold_what_the_finding_changes(tmp_path):
+    tables = build_tables(DemoParams(n_patients=200))
+    tasks = tables["grounding"][:40]
+    for g in tasks:
+        rows = grounding_rows(g)
+        assert rows, (g.label, g.phrase)
+        t = g.image
+        full = render_cxr(dict(t.severity), t.view, t.height, t.width,
+                          np.random.default_rng(list(t.seed)), dict(t.places))  # fmt: skip
+        rest = {k: v for k, v in t.severity if k != g.label}
+        bare = render_cxr(rest, t.view, t.height, t.width,
+                          np.random.default_rng(list(t.seed)), dict(t.places))  # fmt: skip
+        changed = np.abs(full.astype(int) - bare.astype(int)) > 8
+        inside = np.zeros_like(changed)
+        for r in rows:
+            inside[r["y"] : r["y"] + r["h"], r["x"] : r["x"] + r["w"]] = True
+        assert (changed & inside).sum() >= 0.9 * changed.sum(), (g.label, rows)
+        assert inside.mean() < 0.9  # a box, not the whole film
+        assert {r["label_text"] for r in rows} == {g.phrase}
+
+
+def test_grounding_file_is_ms_cxr_format_and_readable(tmp_path):
+    out = tmp_path / "ms_cxr.csv"
+    write_corpus(DemoParams(n_patients=60, workers=1), tmp_path / "root", grounding=out)
+    boxes = read_boxes(out)  # the evaluation's own reader and checks
+    assert list(boxes.columns) == list(MS_CXR_COLUMNS)
+    assert len(boxes) > 0 and set(boxes["split"]) == {"test"}
+    for _, row in boxes.iterrows():
+        assert (tmp_path / "root" / row.path).is_file()

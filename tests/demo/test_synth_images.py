@@ -158,7 +158,7 @@ def _ctr(strength: dict[str, float], seed: int) -> float:
     rng = np.random.default_rng(seed)
     scene = _Scene(128, 128, rng, lateral=False, ap=False, tilt=0.0)
     geo = _Frontal(rng, scene, ap=False, oblique=False, lordotic=False)
-    geo.adapt(strength, {"Cardiomegaly": np.random.default_rng(0)})
+    geo.adapt(strength, {"Cardiomegaly": np.random.default_rng(0)}, {})
     geo.build()
     return float(np.ptp(geo.heart[:, 0]) / (2 * geo.wide))
 
@@ -356,3 +356,62 @@ def test_finding_is_linearly_separable_at_32px(target, seed):
 
 def test_labels_cover_chexpert():
     assert set(FINDINGS) == set(LABELS) - {"No Finding"}
+
+
+def _drawn_columns(finding: str, place: str | None, seed: int) -> np.ndarray:
+    """Column profile of what drawing ``finding`` (at ``place``) changes in a PA film."""
+    places = {} if place is None else {finding: place}
+    base = render_cxr({}, "PA", 160, 160, np.random.default_rng(seed), places)
+    drawn = render_cxr({finding: 0.8}, "PA", 160, 160, np.random.default_rng(seed), places)
+    return np.abs(drawn.astype(int) - base.astype(int)).sum(axis=0)
+
+
+@pytest.mark.parametrize(
+    "finding",
+    ["Pleural Effusion", "Pneumothorax", "Atelectasis", "Consolidation", "Lung Lesion",
+     "Lung Opacity", "Pneumonia", "Pleural Other", "Fracture"],
+)  # fmt: skip
+def test_a_place_puts_the_finding_on_the_patients_side(finding):
+    # The patient's left is the image's right on a frontal film (radiological convention).
+    for seed in range(4):
+        left = _drawn_columns(finding, "left lower", seed)
+        right = _drawn_columns(finding, "right lower", seed)
+        half = len(left) // 2
+        assert left[half:].sum() > 3 * left[:half].sum(), (finding, seed)
+        assert right[:half].sum() > 3 * right[half:].sum(), (finding, seed)
+
+
+def test_both_sides_draw_on_both_sides():
+    cols = _drawn_columns("Pleural Effusion", "both lower", 0)
+    half = len(cols) // 2
+    assert cols[:half].sum() > 0.3 * cols[half:].sum()
+    assert cols[half:].sum() > 0.3 * cols[:half].sum()
+
+
+def test_the_level_of_a_place_moves_the_lesion_up_or_down():
+    for seed in range(4):
+        rows = {}
+        for level in ("upper", "lower"):
+            places = {"Lung Lesion": f"right {level}"}
+            base = render_cxr({}, "PA", 160, 160, np.random.default_rng(seed), places)
+            drawn = render_cxr(
+                {"Lung Lesion": 0.8}, "PA", 160, 160, np.random.default_rng(seed), places
+            )
+            diff = np.abs(drawn.astype(int) - base.astype(int)).sum(axis=1)
+            rows[level] = float((diff * np.arange(len(diff))).sum() / diff.sum())
+        assert rows["upper"] < rows["lower"], seed
+
+
+def test_a_place_changes_nothing_but_where_the_finding_is():
+    # Same generator, a place for a finding that is absent: the same image.
+    a = render_cxr({"Edema": 0.5}, "AP", 96, 96, np.random.default_rng(9))
+    b = render_cxr(
+        {"Edema": 0.5}, "AP", 96, 96, np.random.default_rng(9), {"Pneumothorax": "left upper"}
+    )
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("place", ["left", "top lower", "left lower lobe", "both upper x"])
+def test_a_bad_place_is_an_error_that_shows_the_form(place):
+    with pytest.raises(ValueError, match="right lower"):
+        render_cxr({}, "PA", 64, 64, np.random.default_rng(0), {"Pneumothorax": place})

@@ -466,3 +466,52 @@ def test_missing_labels_count_as_none():
 def test_bad_states_raise(states, needle):
     with pytest.raises(ValueError, match=needle):
         compose(states, 0)
+
+
+def _written(n: int = 1500, seed: int = 7):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        states = random_states(rng, p_none=float(rng.choice([0.3, 0.6, 0.9])))
+        out.append((states, sr.write_report(states, frontal_views=["PA"], n_images=2, rng=rng)))
+    return out
+
+
+def test_write_report_is_compose_report_with_places():
+    for seed in range(20):
+        states = random_states(np.random.default_rng(seed), p_none=0.3)
+        text, shape = compose(states, seed, views=["PA"], n_images=2)
+        rep = sr.write_report(
+            states, frontal_views=["PA"], n_images=2, rng=np.random.default_rng(seed)
+        )
+        assert (rep.text, rep.shape) == (text, shape)
+
+
+def test_phrases_are_sentences_of_the_report_stating_their_finding():
+    n_phrases = 0
+    for states, rep in _written():
+        if rep.shape == "placeholder":
+            assert rep.phrases == {} and rep.locations == {}
+            continue
+        stated = {lab for lab, st in states.items() if st is not None}
+        assert set(rep.phrases) <= stated
+        assert {lab for lab, st in states.items() if st == "pos"} <= set(rep.phrases)
+        for phrase in rep.phrases.values():
+            assert phrase in flat(rep.text)  # the words as written, wrapping aside
+            n_phrases += 1
+    assert n_phrases > 1000
+
+
+def test_a_findings_place_is_the_side_its_phrase_says():
+    sides = {"left": ("left",), "right": ("right",), "both": ("bilateral", "bibasilar", "bases")}
+    checked = 0
+    for _states, rep in _written():
+        for lab, loc in rep.locations.items():
+            assert loc in sr.LOCATIONS
+            phrase = rep.phrases[lab].lower()
+            said = [s for s, words in sides.items() if any(w in phrase for w in words)]
+            if lab in ("Support Devices",) or not said:
+                continue  # "right atrium" of a pacemaker lead; phrases without a side
+            assert loc.split()[0] in said, (lab, loc, phrase)
+            checked += 1
+    assert checked > 300

@@ -17,6 +17,7 @@ from lib.eval.compare import (
     check_same_rows,
     data_description,
     floor_verdicts,
+    grounding_section,
     paired_tests,
     results_markdown,
     summary_json,
@@ -289,3 +290,39 @@ def test_label_retrieval_table_lists_the_models_that_have_it():
     assert "| B |" not in text  # no label metrics: no row
     assert "| chance (random ranking) | 0.300 | 0.300 | — | — |" in text
     assert label_retrieval_section([("B", _metrics(0.5))], "95 %") == []
+
+
+def _g(maps, pointing):
+    s = {"mean": pointing, "low": pointing - 0.05, "high": pointing + 0.05}
+    entry = {"cnr": s, "pointing": s, "iou": s, "per_category": {"Edema": {"n": 3, "cnr": s}}}
+    sub = {"phrases": 10, **{k: entry for k in (*maps, "random", "centre")}}
+    return {
+        "maps": list(maps),
+        "floors": ["random", "centre"],
+        "images": 8,
+        "boxes_outside_crop": 1,
+        "unknown_dicom_ids": 2,
+        "official_test": sub,
+        "all": {**sub, "phrases": 12},
+    }
+
+
+def test_grounding_section_lists_maps_floors_and_published_figures():
+    lines = grounding_section(
+        {"A": _g(["similarity"], 0.3), "C": _g(["mask", "attention"], 0.4)}, "95 %", True
+    )
+    text = "\n".join(lines)
+    assert "| A | patch–phrase similarity | 0.300 [0.250, 0.350]" in text
+    assert "| C | mask z |" in text and "| C | phrase→patch attention |" in text
+    assert "*floor:* uniform random map" in text and "*floor:* centre prior" in text
+    assert "10 phrases of 8 images" in text and "12 on all images" in text
+    assert "Edema (3)" in text
+    assert "BioViL (CXR-BERT) 1.027" in text and "not comparable" in text
+    real = "\n".join(grounding_section({"A": _g(["similarity"], 0.3)}, "95 %", False))
+    assert "comparable on MS-CXR" in real
+
+
+def test_grounding_section_says_why_nothing_was_scored():
+    assert grounding_section({}, "95 %", True) == []
+    lines = grounding_section({"A": {"variant": "A", "skipped": "no image"}}, "95 %", False)
+    assert "- A: no image" in lines

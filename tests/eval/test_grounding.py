@@ -10,14 +10,22 @@ from PIL import Image
 from lib.data.images import load_image
 from lib.errors import DataError
 from lib.eval.grounding import (
+    CNR_CAP,
     COLUMNS,
+    SCORES,
     box_mask,
     centre_prior,
     cnr,
+    floor_maps,
+    match_phrases,
+    phrase_masks,
     pointing,
     random_map,
     read_boxes,
     scale_box,
+    score,
+    score_all,
+    summarise,
     topk_iou,
     upsample,
 )
@@ -114,3 +122,139 @@ def test_floors_and_upsampling():
     rng = np.random.default_rng(0)
     scores = [pointing(random_map((6, 6), 32, rng), mask) for _ in range(300)]
     assert np.mean(scores) == pytest.approx(mask.mean(), abs=0.05)
+
+
+# --- phrases, masks, summaries -----------------------------------------------------------
+
+
+def _split(dicoms, subjects, name):
+    from lib.data.master import Split
+
+    n = len(dicoms)
+    return Split(
+        images=[f"files/{d}.jpg" for d in dicoms],
+        study=np.arange(n, dtype=np.int64),
+        subject=np.asarray(subjects, dtype=np.int64),
+        texts=["x"] * n,
+        labels=np.zeros((n, 14), dtype=np.int8),
+        dicom=list(dicoms),
+    )
+
+
+def _boxes(rows):
+    return pd.DataFrame(
+        [dict(zip(COLUMNS, r, strict=True)) for r in rows], columns=list(COLUMNS)
+    ).astype({c: float for c in ("x", "y", "w", "h", "image_width", "image_height")})
+
+
+def test_match_phrases_groups_boxes_and_uses_the_masters_split():
+    boxes = _boxes(
+        [
+            # two boxes of one phrase; MS-CXR's own split column says "train": ignored
+            ("d1", "Pleural Effusion", "bilateral effusions", "p", 0, 0, 10, 10, 100, 80, "train"),
+            ("d1", "Pleural Effusion", "bilateral effusions", "p", 50, 0, 10, 10, 100, 80, "train"),
+            ("d1", "Cardiomegaly", "cardiomegaly", "p", 30, 30, 40, 30, 100, 80, "train"),
+            ("d2", "Pneumothorax", "left apical pneumothorax", "p", 1, 1, 5, 5, 64, 64, "val"),
+            ("zz", "Edema", "edema", "p", 1, 1, 5, 5, 64, 64, "test"),  # not in the master
+        ]
+    )
+    splits = {"test": _split(["d1"], [7], "test"), "train": _split(["d2"], [8], "train")}
+    ph = match_phrases(boxes, splits)
+    assert len(ph) == 3 and ph.unknown_dicom == ["zz"]
+    i = ph.category.index("Pleural Effusion")
+    assert ph.boxes[i] == [(0.0, 0.0, 10.0, 10.0), (50.0, 0.0, 10.0, 10.0)]
+    assert ph.split[i] == "test" and ph.subject[i] == 7 and ph.image[i] == "files/d1.jpg"
+    j = ph.category.index("Pneumothorax")
+    assert ph.split[j] == "train"  # the master's official split, not the file's "val"
+    assert tuple(ph.image_wh[i]) == (100.0, 80.0)
+
+
+def test_no_known_image_gives_an_empty_table_not_an_error():
+    boxes = _boxes([("zz", "Edema", "edema", "p", 1, 1, 5, 5, 64, 64, "test")])
+    ph = match_phrases(boxes, {"test": _split(["d1"], [1], "test")})
+    assert len(ph) == 0 and ph.unknown_dicom == ["zz"]
+
+
+def test_phrase_masks_go_through_the_resize_and_centre_crop():
+    boxes = _boxes(
+        [
+            # 200 x 100 image -> resized to 64 x 32 -> centre crop 32 x 32 drops 16 px each side
+            ("d1", "Edema", "edema", "p", 40, 0, 40, 50, 200, 100, "test"),
+            ("d2", "Edema", "edema", "p", 0, 0, 20, 20, 200, 100, "test"),  # cut away by the crop
+        ]
+    )
+    ph = match_phrases(boxes, {"test": _split(["d1", "d2"], [1, 2], "test")})
+    masks = phrase_masks(ph, 32)
+    expected = box_mask([(40 * 32 / 100 - 16, 0, 40 * 32 / 100, 50 * 32 / 100)], 32)
+    np.testing.assert_array_equal(masks[ph.dicom.index("d1")], expected)
+    assert not masks[ph.dicom.index("d2")].any()
+
+
+def test_summarise_means_intervals_subsets_and_categories():
+    boxes = _boxes(
+        [(f"d{i}", "Edema" if i % 2 else "Cardiomegaly", "t", "p", 0, 0, 4, 4, 8, 8, "test")
+         for i in range(8)]
+    )  # fmt: skip
+    splits = {
+        "test": _split([f"d{i}" for i in range(6)], [0, 0, 1, 2, 3, 4], "test"),
+        "train": _split(["d6", "d7"], [5, 6], "train"),
+    }
+    ph = match_phrases(boxes, splits)
+    values = np.arange(8, dtype=float) / 10
+    scores = {"mask": {s: values.copy() for s in SCORES}}
+    scorable = np.ones(8, dtype=bool)
+    scorable[ph.dicom.index("d5")] = False
+    out = summarise(scores, ph, scorable, n_rounds=200, seed=0, level=0.9)
+    test_rows = [i for i in range(8) if ph.split[i] == "test" and scorable[i]]
+    assert out["official_test"]["phrases"] == len(test_rows) == 5
+    assert out["all"]["phrases"] == 7
+    m = out["official_test"]["mask"]
+    assert m["cnr"]["mean"] == pytest.approx(values[test_rows].mean(), abs=1e-4)
+    assert m["cnr"]["low"] <= m["cnr"]["mean"] <= m["cnr"]["high"]
+    edema = [i for i in test_rows if ph.category[i] == "Edema"]
+    assert m["per_category"]["Edema"]["n"] == len(edema)
+    assert m["per_category"]["Edema"]["pointing"]["mean"] == pytest.approx(
+        values[edema].mean(), abs=1e-4
+    )
+
+
+def test_an_infinite_cnr_is_capped_in_the_mean():
+    boxes = _boxes([(f"d{i}", "Edema", "t", "p", 0, 0, 4, 4, 8, 8, "test") for i in range(2)])
+    ph = match_phrases(boxes, {"test": _split(["d0", "d1"], [0, 1], "test")})
+    scores = {"mask": {"cnr": np.array([np.inf, 1.0]), "pointing": np.ones(2), "iou": np.ones(2)}}
+    out = summarise(scores, ph, np.ones(2, dtype=bool), n_rounds=50, seed=0, level=0.9)
+    assert out["all"]["mask"]["cnr"]["mean"] == pytest.approx((CNR_CAP + 1) / 2)
+
+
+def test_floor_maps_are_seeded_and_the_centre_peaks_in_the_middle():
+    a = floor_maps((3, 3), 24, 5, seed=1)
+    b = floor_maps((3, 3), 24, 5, seed=1)
+    np.testing.assert_array_equal(a["random"], b["random"])
+    assert a["random"].shape == a["centre"].shape == (5, 24, 24)
+    assert not np.allclose(a["random"][0], a["random"][1])
+    c = a["centre"][0]
+    assert c[12, 12] == pytest.approx(c.max()) and c[0, 0] < 0.1 * c[12, 12]
+
+
+def test_score_all_equals_score_map_by_map():
+    rng = np.random.default_rng(0)
+    size = 24
+    maps = [upsample(rng.random((3, 3)), size) for _ in range(7)]
+    maps.append(np.full((size, size), 0.5))  # uniform: CNR 0, pointing = box share
+    mask_one = box_mask([(2, 3, 5, 6)], size)
+    maps.append(mask_one.astype(float))  # the box itself: CNR inf, pointing 1, IoU 1
+    masks = [box_mask([(rng.uniform(0, 12), rng.uniform(0, 12), 8, 6)], size) for _ in range(7)]
+    masks += [mask_one, mask_one]
+    fast = score_all(np.stack(maps), np.stack(masks))
+    for i, (m, b) in enumerate(zip(maps, masks, strict=True)):
+        slow = score(m, b)
+        for name in SCORES:
+            assert fast[name][i] == pytest.approx(slow[name], rel=1e-9), (i, name)
+
+
+def test_upsample_maps_a_batch_like_one_map_at_a_time():
+    rng = np.random.default_rng(1)
+    batch = rng.random((4, 2, 3))
+    np.testing.assert_allclose(
+        upsample(batch, 12), np.stack([upsample(b, 12) for b in batch]), rtol=0, atol=0
+    )

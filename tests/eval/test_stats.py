@@ -6,6 +6,7 @@ from sklearn.metrics import roc_auc_score
 
 from lib.eval.stats import (
     bootstrap_ci,
+    bootstrap_mean_ci,
     bootstrap_table,
     holm,
     paired_bootstrap,
@@ -236,3 +237,23 @@ def test_holm_known_answer():
     assert holm({"a": 0.6, "b": 0.7}) == {"a": 1.0, "b": 1.0}
     with pytest.raises(ValueError, match="lie in"):
         holm({"a": 1.5})
+
+
+def test_bootstrap_mean_ci_matches_bootstrap_ci_of_the_mean():
+    rng = np.random.default_rng(3)
+    patients = rng.integers(0, 25, size=120)
+    values = rng.normal(size=(120, 3))
+    fast = bootstrap_mean_ci(values, patients, n_rounds=300, seed=5, level=0.9)
+    for j in range(3):
+        slow = bootstrap_ci(
+            lambda idx, j=j: float(values[idx, j].mean()), patients, 300, 5, level=0.9
+        )
+        assert fast[j].point == pytest.approx(slow.point)
+        assert fast[j].low == pytest.approx(slow.low)
+        assert fast[j].high == pytest.approx(slow.high)
+        assert fast[j].n_rounds_used == 300
+
+
+def test_bootstrap_mean_ci_refuses_non_finite_values():
+    with pytest.raises(ValueError, match="finite"):
+        bootstrap_mean_ci(np.array([1.0, np.nan]), np.array([0, 1]), 10, 0)

@@ -1,0 +1,122 @@
+"""Phrase grounding of one model: every phrase of the grounding file scored on its maps.
+
+For each phrase (lib/eval/grounding.match_phrases) the model's maps of its image
+(lib/eval/phrase_maps.py) are upsampled to the model's input and scored against the
+phrase's boxes, mapped through the images' resize and centre crop (CNR, pointing game,
+top-k IoU); a uniform-random and a centre-prior map are scored the same way as floors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from lib.config.params import EvalParams
+from lib.eval.embed import Trained
+from lib.eval.grounding import (
+    SCORES,
+    Phrases,
+    floor_maps,
+    phrase_masks,
+    score_all,
+    summarise,
+    upsample,
+)
+from lib.eval.phrase_maps import map_kinds, phrase_maps
+
+# Rows of the figure: the first phrases of each category (in file order), this many each.
+FIGURE_PER_CATEGORY = 1
+
+
+@dataclass
+class Grounding:
+    """One model's grounding metrics, the rows of its figure and its maps."""
+
+    metrics: dict[str, Any]
+    figure_rows: list[int]  # phrase indices drawn in the figure
+    maps: dict[str, np.ndarray]  # kind -> (n, gh, gw) patch maps of every phrase
+    truth: Truth  # what it was scored against (reusable by the next model)
+
+
+@dataclass(frozen=True)
+class Truth:
+    """What every model of one input size and patch grid is scored against: the phrases'
+    box masks, which of them survive the crop, and the floors' scores."""
+
+    size: int
+    grid: tuple[int, int]
+    masks: np.ndarray  # (n, size, size) bool
+    scorable: np.ndarray  # (n,) bool: box neither cropped away nor covering everything
+    floors: dict[str, dict[str, np.ndarray]]  # floor -> score -> (n,), NaN where unscorable
+
+
+def truth_for(phrases: Phrases, size: int, grid: tuple[int, int], seed: int) -> Truth:
+    """The boxes on a ``size``-pixel input and the random / centre floors on ``grid``."""
+    n = len(phrases)
+    masks = phrase_masks(phrases, size)
+    flat = masks.reshape(n, -1)
+    scorable = flat.any(axis=1) & ~flat.all(axis=1)
+    floors = {k: _scores(m, masks, scorable) for k, m in floor_maps(grid, size, n, seed).items()}
+    return Truth(size, grid, masks, scorable, floors)
+
+
+def ground(
+    trained: Trained,
+    phrases: Phrases,
+    pixels_of: Callable[[list[int]], torch.Tensor],
+    params: EvalParams,
+    truth: Truth | None = None,
+) -> Grounding:
+    """Score every phrase; ``pixels_of(indices)`` gives the phrases' uint8 model inputs.
+    ``truth`` (``truth_for``) may be shared by models of one input size and patch grid."""
+    size = trained.backbone.image_size
+    trunk = trained.model.clip.visual.trunk
+    grid = (int(trunk.patch_embed.grid_size[0]), int(trunk.patch_embed.grid_size[1]))
+    if truth is None or (truth.size, truth.grid) != (size, grid):
+        truth = truth_for(phrases, size, grid, params.seed)
+    n = len(phrases)
+    kinds = map_kinds(trained.model)
+    maps = {k: np.zeros((n, *grid), dtype=np.float32) for k in kinds}
+    for start in range(0, n, params.batch_size):
+        idx = list(range(start, min(n, start + params.batch_size)))
+        batch = phrase_maps(trained, pixels_of(idx), [phrases.text[i] for i in idx])
+        for k in kinds:
+            maps[k][idx] = batch[k].numpy()
+    scores = {k: _scores(upsample(maps[k], size), truth.masks, truth.scorable) for k in kinds}
+    scores.update(truth.floors)
+    summary = summarise(
+        scores, phrases, truth.scorable, params.bootstrap, params.seed, params.ci_level
+    )
+    metrics = {
+        "variant": trained.variant.name,
+        "maps": list(kinds),
+        "floors": list(truth.floors),
+        "phrases": n,
+        "images": len(set(phrases.dicom)),
+        "boxes_outside_crop": int((~truth.scorable).sum()),
+        **summary,
+    }
+    return Grounding(metrics, figure_rows(phrases, truth.scorable), maps, truth)
+
+
+def _scores(maps: np.ndarray, masks: np.ndarray, scorable: np.ndarray) -> dict[str, np.ndarray]:
+    """score_all of the scorable rows; NaN elsewhere."""
+    values = {s: np.full(len(masks), np.nan) for s in SCORES}
+    rows = np.flatnonzero(scorable)
+    if len(rows):
+        for s, v in score_all(maps[rows], masks[rows]).items():
+            values[s][rows] = v
+    return values
+
+
+def figure_rows(phrases: Phrases, scorable: np.ndarray) -> list[int]:
+    """The first scorable official-test phrase of each category (categories sorted)."""
+    rows: dict[str, list[int]] = {}
+    for i, (cat, split) in enumerate(zip(phrases.category, phrases.split, strict=True)):
+        if scorable[i] and split == "test" and len(rows.setdefault(cat, [])) < FIGURE_PER_CATEGORY:
+            rows[cat].append(i)
+    return [i for cat in sorted(rows) for i in rows[cat]]

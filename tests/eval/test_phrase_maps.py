@@ -1,0 +1,133 @@
+"""Phrase maps of a model (lib/eval/phrase_maps.py) and the grounding run (lib/eval/ground.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_model
+
+from lib.config.params import DemoParams, EvalParams, ModelParams, TrainParams
+from lib.config.variants import Variant
+from lib.data.images import load_images
+from lib.data.master import read_master
+from lib.demo.corpus import build_tables, write_grounding
+from lib.eval.embed import load_trained
+from lib.eval.ground import ground
+from lib.eval.grounding import match_phrases, read_boxes
+from lib.eval.phrase_maps import map_kinds, phrase_maps
+from lib.model.backbone import load_backbone
+from lib.model.patch_ib import PatchIBModel
+
+MODES = {
+    "A": {},
+    "B": {"use_local_alignment": True},
+    "C": {"use_local_alignment": True, "use_masking": True},
+    "E": {"use_local_alignment": True, "use_masking": True, "mask_mode": "drop", "drop_layer": 1},
+}
+KINDS = {
+    "A": ("similarity",),
+    "B": ("attention", "similarity"),
+    "C": ("mask", "attention", "similarity"),
+    "E": ("mask", "attention"),
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_backbone, tmp_path_factory):
+    base = tmp_path_factory.mktemp("models")
+    out = {}
+    for seed, (name, over) in enumerate(MODES.items()):
+        mp = ModelParams(
+            backbone=f"local-dir:{tiny_backbone}", local_dim=16, keep_ratio=0.5, **over
+        )
+        torch.manual_seed(seed)
+        model = PatchIBModel(load_backbone(mp.backbone), mp)
+        d = base / name
+        d.mkdir()
+        save_model(model, str(d / "model.safetensors"))
+        cfg = {**Variant(name, mp, TrainParams(device="cpu")).to_dict(), "best_epoch": 1}
+        (d / "config.json").write_text(json.dumps(cfg))
+        out[name] = load_trained(d, "cpu")
+    return out
+
+
+@pytest.fixture(scope="module")
+def phrases_and_pixels(small_master, tmp_path_factory):
+    """The small corpus' own MS-CXR-format file (same DemoParams as conftest's corpus)."""
+    master, root = small_master
+    tables = build_tables(DemoParams(n_patients=120, seed=11, image_size=64))
+    csv = tmp_path_factory.mktemp("ms") / "ms.csv"
+    write_grounding(tables["grounding"], csv, workers=1)
+    phrases = match_phrases(read_boxes(csv), read_master(master))
+    return phrases, load_images(root, phrases.image, 32, threads=2)
+
+
+@pytest.mark.parametrize("name", list(MODES))
+def test_each_variant_has_its_maps(trained, name):
+    assert map_kinds(trained[name].model) == KINDS[name]
+
+
+@pytest.mark.parametrize("name", list(MODES))
+def test_maps_shapes_and_ranges(trained, phrases_and_pixels, name):
+    phrases, pixels = phrases_and_pixels
+    n = min(5, len(phrases))
+    maps = phrase_maps(trained[name], pixels[:n], phrases.text[:n])
+    assert set(maps) == set(KINDS[name])
+    for m in maps.values():
+        assert m.shape == (n, 2, 2) and torch.isfinite(m).all()
+    if "attention" in maps:  # a distribution over the grid
+        torch.testing.assert_close(maps["attention"].sum(dim=(1, 2)), torch.ones(n))
+    if "mask" in maps:
+        assert ((maps["mask"] > 0) & (maps["mask"] < 1)).all()
+    if "similarity" in maps:
+        assert (maps["similarity"].abs() <= 1 + 1e-5).all()
+
+
+def test_e_attends_only_to_the_patches_it_kept(trained, phrases_and_pixels):
+    phrases, pixels = phrases_and_pixels
+    model = trained["E"]
+    maps = phrase_maps(model, pixels[:4], phrases.text[:4])
+    from lib.data.images import to_model_input
+
+    bb = model.backbone
+    with torch.no_grad():
+        img = model.model.encode_image(to_model_input(pixels[:4], bb.mean, bb.std))
+    att = maps["attention"].reshape(4, -1)
+    for i in range(4):
+        dropped = torch.ones(4, dtype=torch.bool)
+        dropped[img.kept_index[i]] = False
+        assert (att[i][dropped] == 0).all() and (att[i][~dropped] > 0).all()
+
+
+def test_maps_depend_on_the_phrase(trained, phrases_and_pixels):
+    _, pixels = phrases_and_pixels
+    img = pixels[:1].repeat(2, 1, 1)
+    maps = phrase_maps(trained["B"], img, ["left pleural effusion", "cardiomegaly"])
+    assert not torch.allclose(maps["attention"][0], maps["attention"][1])
+    assert not torch.allclose(maps["similarity"][0], maps["similarity"][1])
+
+
+def test_ground_scores_every_phrase_with_floors(trained, phrases_and_pixels):
+    phrases, pixels = phrases_and_pixels
+    params = EvalParams(bootstrap=50, batch_size=7)
+    result = ground(trained["C"], phrases, lambda idx: pixels[idx], params)
+    m = result.metrics
+    assert m["maps"] == list(KINDS["C"]) and m["floors"] == ["random", "centre"]
+    assert m["phrases"] == len(phrases) > 0
+    test = m["official_test"]
+    assert test["phrases"] + m["boxes_outside_crop"] >= 1
+    for kind in (*KINDS["C"], "random", "centre"):
+        for score in ("cnr", "pointing", "iou"):
+            s = test[kind][score]
+            assert s["low"] <= s["mean"] <= s["high"]
+        assert 0 <= test[kind]["pointing"]["mean"] <= 1
+    assert result.maps["mask"].shape == (len(phrases), 2, 2)
+    # one figure row per category, each an official-test phrase
+    cats = [phrases.category[i] for i in result.figure_rows]
+    assert len(cats) == len(set(cats)) and all(
+        phrases.split[i] == "test" for i in result.figure_rows
+    )
+    again = ground(trained["C"], phrases, lambda idx: pixels[idx], params)
+    assert again.metrics == m  # deterministic
