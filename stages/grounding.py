@@ -19,6 +19,7 @@ from lib.config.loader import load_params
 from lib.data.images import load_images
 from lib.data.master import read_master
 from lib.data.pack import Pack
+from lib.data.qc import read_holdout
 from lib.errors import DataError
 from lib.eval.embed import load_trained
 from lib.eval.ground import Grounding, Truth, ground
@@ -43,8 +44,10 @@ def main() -> None:
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args()
 
-    p = load_params(args.params).eval
-    phrases = match_phrases(read_boxes(args.boxes), read_master(args.master))
+    params = load_params(args.params)
+    p, source = params.eval, params.data.holdout_patients_from
+    holdout = read_holdout(Path(source)) if source else None
+    phrases = match_phrases(read_boxes(args.boxes), read_master(args.master), holdout)
     unknown = {
         "unknown_dicom_ids": len(phrases.unknown_dicom),
         "unknown_dicom_examples": phrases.unknown_dicom[:_UNKNOWN_LISTED],
@@ -81,7 +84,10 @@ def main() -> None:
                 f"{k} pointing {test[k]['pointing']['mean']} CNR {test[k]['cnr']['mean']}"
                 for k in (*result.metrics["maps"], *result.metrics["floors"])
             )
-            print(f"grounding@{name}: {len(phrases)} phrases; official test: {summary}")
+            print(
+                f"grounding@{name}: {len(phrases)} phrases, {test['phrases']} scorable of "
+                f"official-test images: {summary}"
+            )
 
 
 def _reader(
@@ -90,7 +96,9 @@ def _reader(
     """The phrases' uint8 model inputs by phrase index: from the pack, or decoded."""
 
     def pixels_of(idx: list[int]) -> torch.Tensor:
-        if pack is None:
+        # Held-out patients' images are not in the master file, so not in the pack either:
+        # decoded from data.root by the same function the pack used.
+        if pack is None or any(phrases.split[i] == "holdout" for i in idx):
             return load_images(root, [phrases.image[i] for i in idx], size, threads)
         if pack.image_size != size:
             raise DataError(

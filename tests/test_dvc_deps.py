@@ -271,6 +271,8 @@ def test_dangling_deps_are_found(tmp_path):
 def test_every_stage_declares_the_files_other_stages_write(stages, params):
     named_by_qc = [params["qc"].get("image_listing"), params["data"].get("holdout_patients_from")]
     named = {"qc": [p for p in named_by_qc if p]}
+    if params["data"].get("holdout_patients_from"):
+        named["grounding"] = [params["data"]["holdout_patients_from"]]
     problems = data_problems(stages, exempt=[params["data"]["root"]], named=named)
     assert not problems, "\n".join(problems)
 

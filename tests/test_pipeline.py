@@ -189,6 +189,57 @@ def test_evaluation_writes_the_report_metrics_and_plots(repo):
     assert (repo.parent / "dvc_plots/index.html").stat().st_size > 10_000
 
 
+def test_grounding_scores_every_model_against_the_floors(repo):
+    names = [*"ABCDE", "pretrained"]
+    for name in names:
+        g = json.loads((repo / f"metrics/grounding/{name}.json").read_text())
+        assert g["phrases"] > 0 and g["unknown_dicom_ids"] == 0, name
+        test = g["official_test"]
+        for kind in (*g["maps"], "random", "centre"):
+            assert 0 <= test[kind]["pointing"]["mean"] <= 1, (name, kind)
+        assert (repo / f"plots/grounding/{name}.png").stat().st_size > 10_000
+    assert json.loads((repo / "metrics/grounding/C.json").read_text())["maps"] == [
+        "mask",
+        "attention",
+        "similarity",
+    ]
+    report = (repo / "metrics/results.md").read_text()
+    assert "## Phrase grounding (MS-CXR format)" in report
+    assert "*floor:* centre prior" in report and "BioViL (CXR-BERT) 1.027" in report
+
+
+def test_another_ms_cxr_file_needs_no_code_change(repo, tmp_path):
+    """data.grounding pointed at another MS-CXR-format file (other rows, other column order,
+    and an image this corpus does not have) is read as it is."""
+    with (repo / "data/demo/ms-cxr/MS_CXR_Local_Alignment_v1.1.0.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    keep = [r for r in rows if r["category_name"] in ("Cardiomegaly", "Pleural Effusion")]
+    stranger = {**keep[0], "dicom_id": "00000000-11111111-22222222-33333333-44444444"}
+    other = tmp_path / "MS_CXR_Local_Alignment_v1.1.0.csv"
+    columns = list(reversed(list(rows[0])))
+    with other.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=columns)
+        w.writeheader()
+        w.writerows([*keep, stranger])
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["grounding"] = str(other)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        # -s: this stage alone (it runs before the tests that change the data or models)
+        out = sh(["dvc", "repro", "-s", "grounding"], repo)
+        assert ran_stages(out) == {"grounding"}
+        g = json.loads((repo / "metrics/grounding/A.json").read_text())
+        phrases = {(r["dicom_id"], r["category_name"], r["label_text"]) for r in keep}
+        assert g["phrases"] == len(phrases) and g["unknown_dicom_ids"] == 1
+        assert set(g["official_test"]["similarity"]["per_category"]) == {
+            "Cardiomegaly",
+            "Pleural Effusion",
+        }
+    finally:
+        sh(["git", "checkout", "params.yaml"], repo)
+        sh(["dvc", "repro", "-s", "grounding"], repo)
+
+
 def test_trained_models_beat_an_untrained_one(repo, tmp_path):
     """The untrained model (model A on a randomly initialised demo backbone: neither
     pretrained nor fine-tuned) through the same embed and eval stages: every trained model
@@ -272,8 +323,9 @@ def test_changing_eval_params_retrains_and_reembeds_nothing(repo):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         out = sh(["dvc", "repro", "--dry"], repo)
-        # ... and the reference rows' evaluations (the backbone's, the pixels' probe)
-        refs = {"eval_pretrained", "pixel_probe"}
+        # ... and the reference rows' evaluations (the backbone's, the pixels' probe), and
+        # the grounding stage, whose intervals come from the same bootstrap rounds
+        refs = {"eval_pretrained", "pixel_probe", "grounding"}
         assert ran_stages(out) == {f"eval@{n}" for n in "ABCDE"} | {"compare"} | refs
     finally:
         sh(["git", "checkout", "params.yaml"], repo)
@@ -360,53 +412,3 @@ def test_pointing_params_at_another_copy_needs_no_code_change(repo, tmp_path):
         assert all((other / r["image"]).is_file() for r in records)
     finally:
         sh(["git", "checkout", "params.yaml"], repo)
-
-
-def test_grounding_scores_every_model_against_the_floors(repo):
-    names = [*"ABCDE", "pretrained"]
-    for name in names:
-        g = json.loads((repo / f"metrics/grounding/{name}.json").read_text())
-        assert g["phrases"] > 0 and g["unknown_dicom_ids"] == 0, name
-        test = g["official_test"]
-        for kind in (*g["maps"], "random", "centre"):
-            assert 0 <= test[kind]["pointing"]["mean"] <= 1, (name, kind)
-        assert (repo / f"plots/grounding/{name}.png").stat().st_size > 10_000
-    assert json.loads((repo / "metrics/grounding/C.json").read_text())["maps"] == [
-        "mask",
-        "attention",
-        "similarity",
-    ]
-    report = (repo / "metrics/results.md").read_text()
-    assert "## Phrase grounding (MS-CXR format)" in report
-    assert "*floor:* centre prior" in report and "BioViL (CXR-BERT) 1.027" in report
-
-
-def test_another_ms_cxr_file_needs_no_code_change(repo, tmp_path):
-    """data.grounding pointed at another MS-CXR-format file (other rows, other column order,
-    and an image this corpus does not have) is read as it is."""
-    with (repo / "data/demo/ms-cxr/MS_CXR_Local_Alignment_v1.1.0.csv").open() as fh:
-        rows = list(csv.DictReader(fh))
-    keep = [r for r in rows if r["category_name"] in ("Cardiomegaly", "Pleural Effusion")]
-    stranger = {**keep[0], "dicom_id": "00000000-11111111-22222222-33333333-44444444"}
-    other = tmp_path / "MS_CXR_Local_Alignment_v1.1.0.csv"
-    columns = list(reversed(list(rows[0])))
-    with other.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=columns)
-        w.writeheader()
-        w.writerows([*keep, stranger])
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"]["grounding"] = str(other)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    try:
-        out = sh(["dvc", "repro", "grounding"], repo)
-        assert ran_stages(out) == {"grounding"}
-        g = json.loads((repo / "metrics/grounding/A.json").read_text())
-        phrases = {(r["dicom_id"], r["category_name"], r["label_text"]) for r in keep}
-        assert g["phrases"] == len(phrases) and g["unknown_dicom_ids"] == 1
-        assert set(g["official_test"]["similarity"]["per_category"]) == {
-            "Cardiomegaly",
-            "Pleural Effusion",
-        }
-    finally:
-        sh(["git", "checkout", "params.yaml"], repo)
-        sh(["dvc", "repro", "grounding"], repo)

@@ -50,6 +50,8 @@ NO_FINDING = "No Finding"
 # The 13 findings: every label but No Finding (which says there is none).
 FINDINGS: tuple[str, ...] = tuple(lb for lb in LABELS if lb != NO_FINDING)
 CHEXPERT_COLUMNS: tuple[str, ...] = ("subject_id", "study_id", *LABELS)
+# The patient of an image path in the MIMIC-CXR-JPG layout: files/pXX/pNNNNNNNN/sNNNNNNNN/...
+SUBJECT_IN_PATH = r"(?:^|/)p\d{2}/p(\d{8})/"
 # MS-CXR v1.1.0 (MS_CXR_Local_Alignment_v1.1.0.csv, phrase grounding on MIMIC-CXR images):
 # one row per box, in pixels of the original image.
 MS_CXR_COLUMNS: tuple[str, ...] = (

@@ -19,7 +19,7 @@ import pandas as pd
 
 from lib.config.params import QCParams
 from lib.data.labels import IGNORE
-from lib.data.mimic import LABELS, image_relpath
+from lib.data.mimic import LABELS, SUBJECT_IN_PATH, image_relpath
 from lib.data.splits import SPLITS, find_leakage
 from lib.data.tables import DropLog
 from lib.errors import DataError
@@ -74,7 +74,7 @@ def read_listing(path: Path) -> set[str]:
         return {line.strip().removeprefix("./") for line in fh if line.strip()}
 
 
-_SUBJECT_IN_PATH = re.compile(r"(?:^|/)p\d{2}/p(\d{8})/")
+_SUBJECT_IN_PATH = re.compile(SUBJECT_IN_PATH)
 
 
 def read_holdout(path: Path) -> set[int]:
@@ -87,7 +87,8 @@ def read_holdout(path: Path) -> set[int]:
     if not path.is_file():
         raise DataError(f"{path}: not found; fix data.holdout_patients_from or set it to null")
     head = path.read_text(encoding="utf-8").splitlines()[:1]
-    if head and "," in head[0]:
+    first = head[0].split(",")[0].strip() if head else ""
+    if "," in (head or [""])[0] or first in ("subject_id", "path"):  # a CSV with a header
         df = pd.read_csv(path, dtype=str)
         if "subject_id" in df.columns:
             values = df["subject_id"].dropna().str.strip()

@@ -135,6 +135,10 @@ class GroundingTask:
 # of the frontal images of the test split, each with the report's phrase and its boxes.
 GROUNDING_SPLITS = ("test",)
 GROUNDING_VIEWS = ("PA", "AP")
+# Findings left out of it: which bone the renderer breaks (a rib or the clavicle, which rib)
+# is not tied to the report's words ("left fifth rib", "vertebral body"), so the box could
+# hold another fracture than the phrase names. (MS-CXR has no fracture category either.)
+GROUNDING_EXCLUDED = ("Fracture",)
 
 
 def draw_states(
@@ -319,7 +323,9 @@ def build_tables(
                             tasks[-1], dicom, label, report.phrases[label], str(patient_split[pi])
                         )
                         for label, state in states.items()
-                        if state == "pos" and label in report.phrases
+                        if state == "pos"
+                        and label in report.phrases
+                        and label not in GROUNDING_EXCLUDED
                     ]
     metadata = pd.DataFrame(meta_rows, columns=list(METADATA_COLUMNS))
     metadata["ViewPosition"] = metadata["ViewPosition"].replace("", None)

@@ -1096,4 +1096,15 @@ def write_report(
         addendum = _body_section("ADDENDUM", sep.join(r.sample(ADDENDUM_SENTENCES, k)), r)
         lines = [ADDENDUM_TITLE, *addendum, BLANK, SEPARATOR, *lines]
     locations = {lab: c["_loc"] for lab, c in w.ctx.items() if "_loc" in c}
+    # "Small right pleural effusion with adjacent opacity": the other finding shares the
+    # effusion's side and lies at the base, whatever level the effusion's side-only slot
+    # was drawn with.
+    effusion_sentence = w.phrases.get("Pleural Effusion")
+    for lab, loc in locations.items():
+        if (
+            effusion_sentence is not None
+            and lab != "Pleural Effusion"
+            and w.phrases.get(lab) == effusion_sentence
+        ):
+            locations[lab] = f"{loc.split()[0]} lower"
     return Report("\n".join(lines) + "\n", shape, locations, dict(w.phrases))

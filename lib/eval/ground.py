@@ -20,11 +20,10 @@ from lib.eval.embed import Trained
 from lib.eval.grounding import (
     SCORES,
     Phrases,
-    floor_maps,
     phrase_masks,
-    score_all,
+    score_floors,
+    score_patch_maps,
     summarise,
-    upsample,
 )
 from lib.eval.phrase_maps import map_kinds, phrase_maps
 
@@ -60,7 +59,9 @@ def truth_for(phrases: Phrases, size: int, grid: tuple[int, int], seed: int) -> 
     masks = phrase_masks(phrases, size)
     flat = masks.reshape(n, -1)
     scorable = flat.any(axis=1) & ~flat.all(axis=1)
-    floors = {k: _scores(m, masks, scorable) for k, m in floor_maps(grid, size, n, seed).items()}
+    rows = np.flatnonzero(scorable)
+    found = score_floors(grid, masks[rows], seed) if len(rows) else {}
+    floors = {k: _spread(found.get(k, {}), rows, n) for k in ("random", "centre")}
     return Truth(size, grid, masks, scorable, floors)
 
 
@@ -86,7 +87,11 @@ def ground(
         batch = phrase_maps(trained, pixels_of(idx), [phrases.text[i] for i in idx])
         for k in kinds:
             maps[k][idx] = batch[k].numpy()
-    scores = {k: _scores(upsample(maps[k], size), truth.masks, truth.scorable) for k in kinds}
+    rows = np.flatnonzero(truth.scorable)
+    scores = {
+        k: _spread(score_patch_maps(maps[k][rows], truth.masks[rows]) if len(rows) else {}, rows, n)
+        for k in kinds
+    }
     scores.update(truth.floors)
     summary = summarise(
         scores, phrases, truth.scorable, params.bootstrap, params.seed, params.ci_level
@@ -103,14 +108,12 @@ def ground(
     return Grounding(metrics, figure_rows(phrases, truth.scorable), maps, truth)
 
 
-def _scores(maps: np.ndarray, masks: np.ndarray, scorable: np.ndarray) -> dict[str, np.ndarray]:
-    """score_all of the scorable rows; NaN elsewhere."""
-    values = {s: np.full(len(masks), np.nan) for s in SCORES}
-    rows = np.flatnonzero(scorable)
-    if len(rows):
-        for s, v in score_all(maps[rows], masks[rows]).items():
-            values[s][rows] = v
-    return values
+def _spread(scores: dict[str, np.ndarray], rows: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    """Scores of the scorable ``rows`` placed into (n,) arrays, NaN for the others."""
+    out = {s: np.full(n, np.nan) for s in SCORES}
+    for s, v in scores.items():
+        out[s][rows] = v
+    return out
 
 
 def figure_rows(phrases: Phrases, scorable: np.ndarray) -> list[int]:

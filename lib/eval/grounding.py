@@ -23,7 +23,7 @@ import pandas as pd
 
 from lib.data.images import resize_shape
 from lib.data.master import Split
-from lib.data.mimic import MS_CXR_COLUMNS
+from lib.data.mimic import MS_CXR_COLUMNS, SUBJECT_IN_PATH
 from lib.errors import DataError
 from lib.eval.stats import bootstrap_mean_ci
 
@@ -43,6 +43,14 @@ def read_boxes(path: Path) -> pd.DataFrame:
         raise DataError(
             f"{path}: missing columns {missing}; an MS-CXR v1.1.0 file has {list(COLUMNS)}"
         )
+    for col in ("dicom_id", "category_name", "label_text", "path"):
+        empty = df[col].isna() | (df[col].astype(str).str.strip() == "")
+        if empty.any():
+            rows = (np.flatnonzero(empty) + 2).tolist()[:5]  # +2: header line, 1-based
+            raise DataError(
+                f"{path}: column {col!r} is empty on {int(empty.sum())} lines (e.g. {rows}); "
+                "every box needs its image, category, phrase and image path: fill or drop them"
+            )
     for col in _NUMERIC:
         values = pd.to_numeric(df[col], errors="coerce")
         bad = values.isna()
@@ -206,13 +214,20 @@ class Phrases:
         return len(self.dicom)
 
 
-def match_phrases(boxes: pd.DataFrame, splits: Mapping[str, Split]) -> Phrases:
+def match_phrases(
+    boxes: pd.DataFrame, splits: Mapping[str, Split], holdout: set[int] | None = None
+) -> Phrases:
     """Group ``read_boxes``'s rows into phrases and find each image in the master file.
 
     Images the master file lacks (another view, dropped by QC, not in this corpus) are left
     out and listed in ``unknown_dicom``; when none is found the result is empty (the
     grounding stages then report that they scored nothing, and why). The split of an image
     is MIMIC-CXR's official one from the master file, never the file's own column.
+
+    ``holdout`` (``data.holdout_patients_from``): patients that qc kept out of training and
+    validation. Their images are not in the master file (but for official-test ones), so
+    those of the file are taken from its ``path`` column, split "holdout": no model saw
+    them, and they count in the "all" subset.
     """
     where: dict[str, tuple[str, int, str]] = {}
     for name, split in splits.items():
@@ -220,6 +235,11 @@ def match_phrases(boxes: pd.DataFrame, splits: Mapping[str, Split]) -> Phrases:
             split.dicom, split.subject.tolist(), split.images, strict=True
         ):
             where[d] = (name, int(subject), image)
+    if holdout:
+        subjects = boxes["path"].str.extract(SUBJECT_IN_PATH)[0]
+        for dicom, subject, image in zip(boxes["dicom_id"], subjects, boxes["path"], strict=True):
+            if dicom not in where and isinstance(subject, str) and int(subject) in holdout:
+                where[dicom] = ("holdout", int(subject), image)
     known = boxes["dicom_id"].isin(where)
     unknown = sorted(set(boxes.loc[~known, "dicom_id"]))
     out: dict[str, list] = {k: [] for k in ("dicom", "category", "text", "boxes", "wh")}
@@ -304,12 +324,36 @@ def score_all(saliency: np.ndarray, masks: np.ndarray) -> dict[str, np.ndarray]:
 
 def floor_maps(grid: tuple[int, int], size: int, n: int, seed: int) -> dict[str, np.ndarray]:
     """The floors' maps for n phrases: a fresh ``random_map`` each (seeded; the values of n
-    successive calls, drawn at once) and the ``centre_prior``."""
+    successive calls, drawn at once) and the ``centre_prior``. Fine for small n; see
+    ``score_floors`` for many phrases."""
     rng = np.random.default_rng(seed)
     return {
         "random": upsample(rng.random((n, *grid)), size),
         "centre": np.broadcast_to(centre_prior(size), (n, size, size)),
     }
+
+
+def score_patch_maps(patch_maps: np.ndarray, masks: np.ndarray) -> dict[str, np.ndarray]:
+    """``score_all`` of (n, gh, gw) patch maps, upsampled to the masks' size a chunk at a
+    time (n full-size float64 maps at 224 px would be ~0.5 GB for MS-CXR's 1,162)."""
+    size = masks.shape[-1]
+    out = {name: np.empty(len(masks)) for name in SCORES}
+    for start in range(0, len(masks), _SCORE_CHUNK):
+        sl = slice(start, start + _SCORE_CHUNK)
+        for name, v in score_all(upsample(patch_maps[sl], size), masks[sl]).items():
+            out[name][sl] = v
+    return out
+
+
+def score_floors(
+    grid: tuple[int, int], masks: np.ndarray, seed: int
+) -> dict[str, dict[str, np.ndarray]]:
+    """The floors' scores against (n, S, S) masks: the random maps of ``floor_maps`` (same
+    values), upsampled a chunk at a time, and the centre prior."""
+    n, size = len(masks), masks.shape[-1]
+    grids = np.random.default_rng(seed).random((n, *grid))
+    centre = np.broadcast_to(centre_prior(size), (n, size, size))
+    return {"random": score_patch_maps(grids, masks), "centre": score_all(centre, masks)}
 
 
 def summarise(
@@ -339,6 +383,10 @@ def summarise(
         columns = [(kind, name) for kind in scores for name in SCORES]
         for group, sel in groups.items():
             if not sel.any():
+                if group == "all":  # nothing scorable: every score present, undefined
+                    for kind, name in columns:
+                        sub[kind]["n"] = 0
+                        sub[kind][name] = {"mean": None, "low": None, "high": None}
                 continue
             idx = np.flatnonzero(sel)
             # Every map's every score in one bootstrap: the same resamples for all.

@@ -172,6 +172,9 @@ def test_read_holdout_takes_ids_a_subject_column_or_ms_cxr_paths(tmp_path):
     plain = tmp_path / "ids.txt"
     plain.write_text("10000032\n\n10000764\n")
     assert read_holdout(plain) == {10000032, 10000764}
+    one_column = tmp_path / "one.csv"
+    one_column.write_text("subject_id\n10000032\n")
+    assert read_holdout(one_column) == {10000032}
     table = tmp_path / "ids.csv"
     table.write_text("subject_id,note\n10000032,a\n10000980,b\n")
     assert read_holdout(table) == {10000032, 10000980}

@@ -515,3 +515,15 @@ def test_a_findings_place_is_the_side_its_phrase_says():
             assert loc.split()[0] in said, (lab, loc, phrase)
             checked += 1
     assert checked > 300
+
+
+def test_a_finding_stated_with_the_effusion_lies_at_the_base_on_its_side():
+    checked = 0
+    for _, rep in _written(3000, seed=11):
+        effusion = rep.phrases.get("Pleural Effusion")
+        for lab, loc in rep.locations.items():
+            if lab != "Pleural Effusion" and rep.phrases.get(lab) == effusion:
+                side = rep.locations["Pleural Effusion"].split()[0]
+                assert loc == f"{side} lower", (lab, loc, effusion)
+                checked += 1
+    assert checked > 20

@@ -25,6 +25,8 @@ from lib.eval.grounding import (
     scale_box,
     score,
     score_all,
+    score_floors,
+    score_patch_maps,
     summarise,
     topk_iou,
     upsample,
@@ -258,3 +260,92 @@ def test_upsample_maps_a_batch_like_one_map_at_a_time():
     np.testing.assert_allclose(
         upsample(batch, 12), np.stack([upsample(b, 12) for b in batch]), rtol=0, atol=0
     )
+
+
+def test_holdout_patients_images_come_from_the_file_when_not_in_the_master():
+    boxes = _boxes(
+        [
+            (
+                "d1",
+                "Edema",
+                "edema",
+                "files/p10/p10000001/s50000001/d1.jpg",
+                1,
+                1,
+                5,
+                5,
+                64,
+                64,
+                "t",
+            ),
+            (
+                "h1",
+                "Edema",
+                "edema",
+                "files/p12/p12000002/s50000002/h1.jpg",
+                1,
+                1,
+                5,
+                5,
+                64,
+                64,
+                "t",
+            ),
+            (
+                "x1",
+                "Edema",
+                "edema",
+                "files/p13/p13000003/s50000003/x1.jpg",
+                1,
+                1,
+                5,
+                5,
+                64,
+                64,
+                "t",
+            ),
+        ]
+    )
+    splits = {"test": _split(["d1"], [10000001], "test")}
+    ph = match_phrases(boxes, splits, holdout={12000002, 10000001})
+    assert ph.dicom == ["d1", "h1"] and ph.unknown_dicom == ["x1"]
+    i = ph.dicom.index("h1")
+    assert ph.split[i] == "holdout" and ph.subject[i] == 12000002
+    assert ph.image[i] == "files/p12/p12000002/s50000002/h1.jpg"
+    assert ph.split[ph.dicom.index("d1")] == "test"  # in the master: its official split
+
+
+def test_no_scorable_official_test_phrase_gives_undefined_scores_not_missing_keys():
+    boxes = _boxes([("d0", "Edema", "t", "p", 0, 0, 4, 4, 8, 8, "test")])
+    ph = match_phrases(boxes, {"train": _split(["d0"], [0], "train")})
+    scores = {"mask": {s: np.ones(1) for s in SCORES}}
+    out = summarise(scores, ph, np.ones(1, dtype=bool), n_rounds=20, seed=0, level=0.9)
+    assert out["official_test"]["phrases"] == 0
+    assert out["official_test"]["mask"]["pointing"] == {"mean": None, "low": None, "high": None}
+    assert out["all"]["mask"]["pointing"]["mean"] == 1.0
+
+
+@pytest.mark.parametrize("col", ["dicom_id", "category_name", "label_text", "path"])
+def test_an_empty_text_field_is_an_error_naming_column_and_line(tmp_path, col):
+    df = _boxes([("d1", "Edema", "edema", "p/x.jpg", 1, 1, 5, 5, 64, 64, "test")] * 2)
+    df.loc[1, col] = ""
+    path = tmp_path / "boxes.csv"
+    df.to_csv(path, index=False)
+    with pytest.raises(DataError, match=rf"column '{col}' is empty on 1 lines \(e.g. \[3\]\)"):
+        read_boxes(path)
+
+
+def test_chunked_patch_and_floor_scores_equal_the_full_size_ones():
+    rng = np.random.default_rng(2)
+    masks = np.stack(
+        [box_mask([(rng.uniform(0, 10), rng.uniform(0, 10), 9, 7)], 20) for _ in range(5)]
+    )
+    patch = rng.random((5, 3, 3))
+    full = score_all(upsample(patch, 20), masks)
+    chunked = score_patch_maps(patch, masks)
+    floors = score_floors((3, 3), masks, seed=4)
+    ref = floor_maps((3, 3), 20, 5, seed=4)
+    for name in SCORES:
+        np.testing.assert_allclose(chunked[name], full[name])
+        for kind in ("random", "centre"):
+            np.testing.assert_allclose(floors[kind][name], score_all(ref[kind], masks)[name])

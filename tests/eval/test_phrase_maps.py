@@ -131,3 +131,24 @@ def test_ground_scores_every_phrase_with_floors(trained, phrases_and_pixels):
     )
     again = ground(trained["C"], phrases, lambda idx: pixels[idx], params)
     assert again.metrics == m  # deterministic
+
+
+def test_the_stage_decodes_held_out_images_that_the_pack_lacks(small_master):
+    """stages/grounding.py: a batch holding a held-out patient's image (not in the master
+    file, so not in the pack) is decoded from data.root like the pack's own images."""
+    import dataclasses
+
+    from stages.grounding import _reader
+
+    master, root = small_master
+    test = read_master(master)["test"]
+
+    class NoPack:  # any use of the pack would fail the test
+        def __getattr__(self, name):
+            raise AssertionError(f"pack.{name} used for a held-out image")
+
+    phrases = dataclasses.make_dataclass("P", ["image", "split", "dicom"])(
+        image=test.images[:2], split=["holdout", "test"], dicom=test.dicom[:2]
+    )
+    pixels = _reader(phrases, NoPack(), None, root, 32, 1)([0, 1])
+    torch.testing.assert_close(pixels, load_images(root, test.images[:2], 32, threads=1))
