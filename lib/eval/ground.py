@@ -18,6 +18,7 @@ import torch
 from lib.config.params import EvalParams
 from lib.eval.embed import Trained
 from lib.eval.grounding import (
+    FLOORS,
     SCORES,
     Phrases,
     phrase_masks,
@@ -61,7 +62,7 @@ def truth_for(phrases: Phrases, size: int, grid: tuple[int, int], seed: int) -> 
     scorable = flat.any(axis=1) & ~flat.all(axis=1)
     rows = np.flatnonzero(scorable)
     found = score_floors(grid, masks[rows], seed) if len(rows) else {}
-    floors = {k: _spread(found.get(k, {}), rows, n) for k in ("random", "centre")}
+    floors = {k: _spread(found.get(k, {}), rows, n) for k in FLOORS}
     return Truth(size, grid, masks, scorable, floors)
 
 

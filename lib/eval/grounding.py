@@ -8,7 +8,8 @@ ground truth is the union of its boxes. MS-CXR's own ``split`` column is not MIM
 official split and is never used as one.
 
 Maps are 2-D arrays over the model's input (``size`` × ``size`` pixels), e.g. a patch map
-upsampled with :func:`upsample`. Pure NumPy.
+upsampled with :func:`upsample`. NumPy and pandas only; the models' maps come from
+lib/eval/phrase_maps.py.
 """
 
 from __future__ import annotations
@@ -192,7 +193,6 @@ SUBSETS: tuple[str, ...] = ("official_test", "all")
 FLOORS: tuple[str, ...] = ("random", "centre")
 SCORES: tuple[str, ...] = ("cnr", "pointing", "iou")
 CNR_CAP = 100.0
-_UNKNOWN_LISTED = 20
 
 
 @dataclass(frozen=True)
