@@ -270,6 +270,9 @@ class ModelParams:
     # Masked-out patches are replaced by feature noise instead of being left out of a
     # weighted mean (lib/model/patch_ib.py, PatchIBModel._masked).
     mask_noise: bool = False
+    # C–E: weight of the mask-guide term (lib/model/losses.py, mask_guide_loss), which
+    # teaches the mask where its report's words attend; 0 = the specification's objective.
+    mask_guide_weight: float = 0.0
 
     def validate(self) -> None:
         if not self.backbone.startswith(("local-dir:", "hf-hub:")):
@@ -280,6 +283,16 @@ class ModelParams:
             raise ParamsError(f"model.keep_ratio = {self.keep_ratio} must be in (0, 1]")
         for key in ("topk_temperature", "temperature", "local_temperature", "local_dim"):
             _positive(f"model.{key}", getattr(self, key))
+        if self.mask_guide_weight < 0:
+            raise ParamsError(
+                f"model.mask_guide_weight = {self.mask_guide_weight} must be >= 0 (0 = off)"
+            )
+        if self.use_masking and self.mask_guide_weight > 0 and not self.use_local_alignment:
+            raise ParamsError(
+                f"model.mask_guide_weight = {self.mask_guide_weight} needs "
+                "model.use_local_alignment: true (the guide is the local alignment's "
+                "attention); set mask_guide_weight: 0 for a mask without local alignment"
+            )
         if self.drop_layer < 1:
             raise ParamsError(f"model.drop_layer = {self.drop_layer} must be >= 1")
         if self.local_mode not in ("all_pairs", "within_pair"):

@@ -85,7 +85,14 @@ def without_inert_settings(model: ModelParams) -> ModelParams:
         if not model.use_masking:
             unused.append("local_dim")  # the patch projection serves masking too
     if not model.use_masking:
-        unused += ["mask_mode", "keep_ratio", "sparse_weight", "cons_weight", "mask_noise"]
+        unused += [
+            "mask_mode",
+            "keep_ratio",
+            "sparse_weight",
+            "cons_weight",
+            "mask_noise",
+            "mask_guide_weight",
+        ]
     if not (model.use_masking and model.mask_mode == "topk"):
         unused.append("topk_temperature")
     if not (model.use_masking and model.mask_mode == "drop"):

@@ -4,6 +4,8 @@
 - ``local_alignment_loss``: GLoRIA-style word→patch attention, contrastive over the batch.
 - ``sparsity_loss`` / ``consistency_loss``: the information-bottleneck terms of the masked
   variants — keep about ``keep_ratio`` of the patches, and keep what they say about the report.
+- ``mask_guide_loss``: our addition (``model.mask_guide_weight``): the mask learns where the
+  report's words attend, so that it chooses patches at all.
 - ``compute_losses``: the terms a variant's ``ModelParams`` switch on, unweighted, plus the
   weighted ``total`` that is back-propagated.
 
@@ -318,6 +320,36 @@ def consistency_loss(
     return kl + nce
 
 
+def mask_guide_loss(
+    mask: Tensor, patch_emb: Tensor, word_emb: Tensor, word_mask: Tensor | None, temperature: float
+) -> Tensor:
+    """KL(t ‖ z / Σz): the mask's share of each patch against where its report's words look.
+
+    mask (B, N') z of the patches in patch_emb (B, N', l) (all N patches in C and D; the K
+    kept ones in E); word_emb (B, L, l); word_mask (B, L) bool, None = all real. t_i is the
+    local alignment's attention of report i's words over image i's patches,
+    softmax_j(cos(word, patch_j) / temperature), averaged over its real words, detached: the
+    teacher. Gradients reach the mask head only.
+
+    Why (not in the specification; ``model.mask_guide_weight``, 0 = off): L_sparse fixes
+    the mask's mean and L_cons asks the z-weighted patch mean to behave like the full
+    image, and a uniform z = keep_ratio meets both exactly, since the weighted mean of a
+    uniform mask *is* the full mean. Nothing in them asks the mask to choose. This term
+    asks it to keep the patches its report is grounded in, which the local alignment
+    already finds.
+    """
+    words = F.normalize(word_emb.detach().float(), dim=-1)
+    patches = F.normalize(patch_emb.detach().float(), dim=-1)
+    att = (words @ patches.transpose(1, 2) / temperature).softmax(dim=-1)  # (B, L, N')
+    if word_mask is None:
+        target = att.mean(dim=1)
+    else:
+        real = word_mask.to(att.dtype)[..., None]  # (B, L, 1)
+        target = (att * real).sum(1) / real.sum(1).clamp_min(1.0)  # (B, N')
+    share = mask.float() / mask.float().sum(dim=1, keepdim=True).clamp_min(1e-6)
+    return F.kl_div(share.clamp_min(1e-12).log(), target, reduction="batchmean")
+
+
 def compute_losses(
     img: Any, txt: Any, logit_scale: Tensor, params: ModelParams
 ) -> dict[str, Tensor]:
@@ -326,8 +358,9 @@ def compute_losses(
     img: has global_emb, and (as the variant needs) patch_emb, patch_weight, mask,
     masked_emb (the model's ImageOutput); txt: global_emb, word_emb, word_mask (TextOutput).
     Keys: "clip" always; "local" with params.use_local_alignment; "sparse" and "cons" with
-    params.use_masking; "total" = clip + local_weight·local + sparse_weight·sparse +
-    cons_weight·cons. The local InfoNCE uses the same direction weights as the global one.
+    params.use_masking, and "guide" if also params.mask_guide_weight > 0; "total" = clip +
+    local_weight·local + sparse_weight·sparse + cons_weight·cons + mask_guide_weight·guide.
+    The local InfoNCE uses the same direction weights as the global one.
     """
     w_i2t, w_t2i = params.contrastive_weight_i2t, params.contrastive_weight_t2i
     out = {"clip": clip_loss(img.global_emb, txt.global_emb, logit_scale, w_i2t, w_t2i)}
@@ -352,6 +385,15 @@ def compute_losses(
         out["sparse"] = sparsity_loss(mask, params.keep_ratio)
         out["cons"] = consistency_loss(masked_emb, img.global_emb, txt.global_emb, logit_scale)
         total = total + params.sparse_weight * out["sparse"] + params.cons_weight * out["cons"]
+    if params.use_masking and params.mask_guide_weight > 0:
+        out["guide"] = mask_guide_loss(
+            _need(img, "patch_weight", "mask_guide_weight"),
+            _need(img, "patch_emb", "mask_guide_weight"),
+            _need(txt, "word_emb", "mask_guide_weight"),
+            getattr(txt, "word_mask", None),
+            params.local_temperature,
+        )
+        total = total + params.mask_guide_weight * out["guide"]
     out["total"] = total
     return out
 

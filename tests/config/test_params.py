@@ -58,6 +58,7 @@ def test_unknown_section_is_rejected():
         ("eval", "no_finding_prompts", ["normal"], r"\[positive prompt, negative prompt\]"),
         ("train", "val_no_finding_prompts", ["a", " "], "both non-empty"),
         ("train", "nproc_per_node", 3, "divide"),
+        ("model", "mask_guide_weight", -1.0, "must be >= 0"),
         ("pack", "workers", -1, "0 = every core"),
         ("pack", "max_failed_fraction", 2.0, "fraction"),
         ("pack", "decoder", "cuda", "'pillow'.*'nvjpeg'"),
@@ -72,6 +73,12 @@ def test_bad_values_name_key_and_value(section, key, value, match):
     with pytest.raises(ParamsError, match=match) as err:
         parse_params({section: {key: value}})
     assert f"{section}." in str(err.value)
+
+
+def test_mask_guide_without_local_alignment_says_how_to_fix():
+    raw = {"model": {"mask_guide_weight": 3.0}, "models": {"M": {"use_masking": True}}}
+    with pytest.raises(ParamsError, match="needs model.use_local_alignment.*mask_guide_weight: 0"):
+        parse_params(raw)
 
 
 def test_int_is_accepted_for_float_and_null_for_optional():

@@ -30,6 +30,7 @@ def test_shared_change_reaches_only_variants_that_do_not_override_it():
     [
         ({"keep_ratio": 0.3}, "CDE"),
         ({"mask_noise": True}, "CDE"),
+        ({"mask_guide_weight": 1.0}, "CDE"),
         ({"local_temperature": 0.2}, "BCDE"),
         ({"local_mode": "within_pair"}, "BCDE"),
         ({"local_dim": 32}, "BCDE"),

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -12,6 +13,7 @@ from lib.model.losses import (
     compute_losses,
     consistency_loss,
     local_alignment_loss,
+    mask_guide_loss,
     sparsity_loss,
 )
 
@@ -339,6 +341,56 @@ def test_consistency_kl_part_and_teacher_detached():
     assert masked.grad.abs().sum() > 0
 
 
+# ---------------------------------------------------------------- mask_guide_loss
+
+
+def guide_reference(mask, patch_emb, word_emb, word_mask, temperature):
+    """The guide loss image by image and word by word, in float64."""
+    total = 0.0
+    for i in range(mask.shape[0]):
+        patches = [p / p.norm() for p in patch_emb[i].double()]
+        target = torch.zeros(len(patches), dtype=torch.float64)
+        rows = zip(word_emb[i].double(), word_mask[i], strict=True)
+        words = [w / w.norm() for w, real in rows if real]
+        for w in words:
+            target += torch.softmax(torch.stack([w @ p for p in patches]) / temperature, 0)
+        target /= len(words)
+        share = mask[i].double() / mask[i].double().sum()
+        total += float((target * (target.log() - share.log())).sum())
+    return total / mask.shape[0]
+
+
+def test_mask_guide_matches_reference_and_ignores_padding():
+    g = torch.Generator().manual_seed(30)
+    mask = torch.rand(3, 7, generator=g) * 0.9 + 0.05
+    patches, words = torch.randn(3, 7, 8, generator=g), torch.randn(3, 5, 8, generator=g)
+    word_mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]).bool()
+    loss = mask_guide_loss(mask, patches, words, word_mask, 0.1)
+    ref = guide_reference(mask, patches, words, word_mask, 0.1)
+    assert loss.item() == pytest.approx(ref, rel=1e-4)
+    padded = words.clone()
+    padded[~word_mask] = torch.randn(int((~word_mask).sum()), 8, generator=g)
+    torch.testing.assert_close(mask_guide_loss(mask, patches, padded, word_mask, 0.1), loss)
+
+
+def test_mask_guide_is_zero_for_a_mask_proportional_to_the_attention():
+    patches, words = torch.randn(2, 6, 8), torch.randn(2, 4, 8)
+    att = F.normalize(words, dim=-1) @ F.normalize(patches, dim=-1).transpose(1, 2) / 0.1
+    target = att.softmax(-1).mean(1)  # (2, 6)
+    loss = mask_guide_loss(0.7 * target / target.max(), patches, words, None, 0.1)
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    uniform = mask_guide_loss(torch.full((2, 6), 0.5), patches, words, None, 0.1)
+    assert uniform.item() > 0.01  # a uniform mask is not what the words attend to
+
+
+def test_mask_guide_trains_the_mask_only():
+    mask = torch.rand(2, 6).clamp_min(0.05).requires_grad_()
+    patches, words = torch.randn(2, 6, 8).requires_grad_(), torch.randn(2, 4, 8).requires_grad_()
+    mask_guide_loss(mask, patches, words, None, 0.1).backward()
+    assert mask.grad.abs().sum() > 0
+    assert patches.grad is None and words.grad is None  # the attention is the teacher
+
+
 # ---------------------------------------------------------------- compute_losses
 
 
@@ -374,6 +426,20 @@ def test_compute_losses_terms_and_total():
     torch.testing.assert_close(out["sparse"], sparsity_loss(img.mask, 0.5))
     expected = out["clip"] + 2.0 * out["local"] + 3.0 * out["sparse"] + 0.5 * out["cons"]
     torch.testing.assert_close(out["total"], expected)
+
+
+def test_compute_losses_adds_the_weighted_guide_for_masked_variants():
+    img, txt = outputs()
+    scale = torch.tensor(2.0)
+    base = ModelParams(use_local_alignment=True, use_masking=True)
+    guided = compute_losses(img, txt, scale, dataclasses.replace(base, mask_guide_weight=2.5))
+    plain = compute_losses(img, txt, scale, base)
+    assert "guide" not in plain
+    expected = mask_guide_loss(img.patch_weight, img.patch_emb, txt.word_emb, txt.word_mask, 0.1)
+    torch.testing.assert_close(guided["guide"], expected)
+    torch.testing.assert_close(guided["total"], plain["total"] + 2.5 * expected)
+    b_only = ModelParams(use_local_alignment=True, mask_guide_weight=2.5)
+    assert "guide" not in compute_losses(img, txt, scale, b_only)  # no mask, nothing to guide
 
 
 def test_compute_losses_model_a_is_clip_only():
