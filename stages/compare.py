@@ -84,6 +84,7 @@ def main() -> None:
             references,
             spread_markdown(spread, keys, names[0]),
             grounding,
+            [fraction_key(f) for f in sorted(p.finetune_fractions)] if p.finetune else [],
         )
         tmp.write_text(report, encoding="utf-8")
 

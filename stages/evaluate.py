@@ -13,7 +13,7 @@ from lib.config.loader import load_params
 from lib.config.variants import variant_name
 from lib.data.master import read_master
 from lib.data.pack import Pack
-from lib.eval.embeddings import Embeddings
+from lib.eval.embeddings import Embeddings, load_finetune
 from lib.eval.evaluate import evaluate, fraction_key
 from lib.eval.plots import save_model_plots
 from lib.io import atomic_path, write_json
@@ -39,7 +39,8 @@ def main() -> None:
     if args.pack:  # the rows embed@ embedded: without the images the pack could not decode
         pack = Pack.open(args.pack)
         splits = {name: pack.usable(split) for name, split in splits.items()}
-    result = evaluate(emb, splits, prompt_emb, neg_emb, p)
+    ft_scores, ft_meta = load_finetune(args.embeddings)  # empty unless eval.finetune
+    result = evaluate(emb, splits, prompt_emb, neg_emb, p, ft_scores, ft_meta)
 
     with atomic_path(args.out) as tmp:
         tmp.mkdir()

@@ -202,6 +202,32 @@ def test_fresh_repro_agrees_with_the_committed_metrics(repo):
                 assert abs(fresh[key] - committed[key]) <= 0.02, (name, key)
 
 
+def test_finetune_switch_scores_the_fine_tuned_encoder(repo):
+    """eval.finetune (one short epoch at 100 % here): embed@A fine-tunes, eval@A and compare
+    report it; switched off again, A's metrics come back unchanged."""
+    before = json.loads((repo / "metrics/eval/A.json").read_text())
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["eval"].update(finetune=True, finetune_fractions=[1.0], finetune_epochs=1)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stages = ["embed@A", "eval@A", "compare"]
+    try:
+        assert set(stages) <= ran_stages(sh(["dvc", "repro", "--dry"], repo))
+        assert not any(
+            s.startswith("train@") for s in ran_stages(sh(["dvc", "repro", "--dry"], repo))
+        )
+        sh(["dvc", "repro", "-s", *stages], repo)
+        m = json.loads((repo / "metrics/eval/A.json").read_text())
+        assert 0.5 < m["finetune_100pct_mean_auc"] <= 1
+        assert m["finetune_100pct_mean_auc_ci_low"] <= m["finetune_100pct_mean_auc"]
+        report = (repo / "metrics/results.md").read_text()
+        assert "## Fine-tuning by fraction of labelled train images" in report
+    finally:
+        sh(["git", "checkout", "params.yaml"], repo)
+        sh(["dvc", "repro", "-s", *stages], repo)
+    after = json.loads((repo / "metrics/eval/A.json").read_text())
+    assert after == before
+
+
 def test_grounding_scores_every_model_against_the_floors(repo):
     names = [*"ABCDE", "pretrained"]
     for name in names:

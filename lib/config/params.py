@@ -508,6 +508,14 @@ class EvalParams:
     # this many train images (a seeded subsample; bounds memory and time at MIMIC scale).
     pixel_pca_dim: int = 256
     pixel_pca_max_images: int = 20000
+    # ConVIRT's fine-tuning evaluation (lib/eval/finetune.py, in embed@X): the image encoder
+    # + a linear head trained on these fractions of the labelled train images (the probe's
+    # nested rows, eval.seed), the epoch with the best val mean AUC scored on test.
+    finetune: bool = False
+    finetune_fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
+    finetune_epochs: int = 10
+    finetune_lr: float = 3.0e-4
+    finetune_batch_size: int = 32
 
     def validate(self) -> None:
         if "{}" not in self.prompt_template:
@@ -536,6 +544,14 @@ class EvalParams:
             )
         if len(set(self.probe_fractions)) != len(self.probe_fractions):
             raise ParamsError(f"eval.probe_fractions = {list(self.probe_fractions)} repeats one")
+        ft = list(self.finetune_fractions)
+        if not ft or any(not 0 < f <= 1 for f in ft) or len(set(ft)) != len(ft):
+            raise ParamsError(
+                f"eval.finetune_fractions = {ft}: distinct fractions in (0, 1], e.g. "
+                "[0.01, 0.1, 1.0]"
+            )
+        for key in ("finetune_epochs", "finetune_lr", "finetune_batch_size"):
+            _positive(f"eval.{key}", getattr(self, key))
         for key in ("probe_c", "bootstrap", "batch_size", "num_workers", "pixel_pca_dim"):
             _positive(f"eval.{key}", getattr(self, key))
         if self.pixel_pca_max_images < self.pixel_pca_dim:

@@ -354,6 +354,30 @@ def grounding_section(
     return lines
 
 
+def finetune_section(
+    rows: Sequence[tuple[str, Mapping[str, Any]]], fractions: Sequence[str]
+) -> list[str]:
+    """The fine-tuning table (eval.finetune; lib/eval/finetune.py) of the models that have
+    it, by fraction: mean AUC with its interval. Empty when no model was fine-tuned."""
+    done = [(n, m) for n, m in rows if any(f"finetune_{f}_mean_auc" in m for f in fractions)]
+    if not done:
+        return []
+    lines = [
+        "",
+        "## Fine-tuning by fraction of labelled train images (ConVIRT protocol), mean AUC",
+        "",
+        "The image encoder (projection heads removed) and a linear head, every weight trained "
+        "on the probe's rows; the epoch with the best validation mean AUC, scored on test.",
+        "",
+        "| Model | " + " | ".join(fractions) + " |",
+        "|" + " --- |" * (len(fractions) + 1),
+    ]
+    for name, m in done:
+        cells = [_with_ci(m, f"finetune_{f}_mean_auc", _num) for f in fractions]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def results_markdown(
     metrics: Mapping[str, Mapping[str, Any]],
     efficiency: Mapping[str, Mapping[str, Any]],
@@ -365,6 +389,7 @@ def results_markdown(
     references: Mapping[str, Mapping[str, Any]] | None = None,
     seed_section: Sequence[str] = (),
     grounding: Mapping[str, Mapping[str, Any]] | None = None,
+    finetune_fractions: Sequence[str] = (),
 ) -> str:
     """The results report: our table (seed format, with intervals) with the reference rows
     (``REFERENCES``: name -> its metrics) and whether each model beats them, the probe, the
@@ -435,6 +460,11 @@ def results_markdown(
     ]:
         cells = [_with_ci(m, f"probe_{f}_mean_auc", _num) for f in fractions]
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    lines += finetune_section(
+        [(n, metrics[n]) for n in names]
+        + [(reference_label(r, m), m) for r, m in references.items()],
+        finetune_fractions,
+    )
 
     lines += label_retrieval_section(
         [(n, metrics[n]) for n in names]

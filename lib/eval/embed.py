@@ -51,8 +51,11 @@ class Trained:
         return autocast_and_scaler(self.device, self.variant.train.use_amp)[0]()
 
 
-def load_trained(model_dir: Path, device_name: str = "auto") -> Trained:
-    """The best checkpoint written by train@X (model.safetensors + config.json)."""
+def load_trained(
+    model_dir: Path, device_name: str = "auto", dtype: torch.dtype | None = None
+) -> Trained:
+    """The best checkpoint written by train@X (model.safetensors + config.json), on the
+    inference dtype of its device (lib.device.inference_dtype) unless ``dtype`` is given."""
     config, weights = model_dir / "config.json", model_dir / "model.safetensors"
     for path in (config, weights):
         if not path.is_file():
@@ -68,7 +71,7 @@ def load_trained(model_dir: Path, device_name: str = "auto") -> Trained:
             f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}); retrain with "
             f"`dvc repro -f train@{variant.name}`"
         )
-    dtype = inference_dtype(device, variant.train.use_amp)
+    dtype = dtype or inference_dtype(device, variant.train.use_amp)
     return Trained(model.to(device=device, dtype=dtype).eval(), backbone, variant, device, dtype)
 
 

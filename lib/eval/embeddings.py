@@ -142,3 +142,21 @@ def _read_npz(path: Path, stage: str) -> dict[str, np.ndarray]:
         raise DataError(f"{path}: not found; run `dvc repro` ({stage} stage) first")
     with np.load(path) as npz:
         return {k: npz[k] for k in npz.files}
+
+
+# Written by embed@X with eval.finetune (lib/eval/finetune.py): test logits by fraction key.
+FINETUNE_FILE = "finetune.npz"
+FINETUNE_META = "finetune.json"
+
+
+def load_finetune(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, dict[str, object]]]:
+    """(fine-tuned test logits by fraction key, their metadata) from embed@X's ``folder``;
+    both empty when eval.finetune was off."""
+    import json
+
+    if not (folder / FINETUNE_FILE).is_file():
+        return {}, {}
+    with np.load(folder / FINETUNE_FILE) as npz:
+        scores = {k: npz[k] for k in npz.files}
+    meta = json.loads((folder / FINETUNE_META).read_text(encoding="utf-8"))
+    return scores, meta

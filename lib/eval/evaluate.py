@@ -17,6 +17,7 @@ import numpy as np
 from lib.config.params import EvalParams
 from lib.data.master import Split
 from lib.data.mimic import LABELS
+from lib.errors import DataError
 from lib.eval.embeddings import Embeddings, study_reports
 from lib.eval.label_retrieval import PRECISION_KS, label_retrieval_metrics
 from lib.eval.metrics import (
@@ -28,13 +29,8 @@ from lib.eval.metrics import (
     summarize_ranks,
     zero_shot_scores,
 )
-from lib.eval.probe import ProbeResult, fit_probe
+from lib.eval.probe import ProbeResult, fit_probe, fraction_key
 from lib.eval.stats import Interval, TableMetric, bootstrap_table
-
-
-def fraction_key(fraction: float) -> str:
-    """0.01 -> "1pct", 0.1 -> "10pct", 1.0 -> "100pct" (metric-name friendly)."""
-    return f"{fraction * 100:g}pct"
 
 
 def label_key(label: str) -> str:
@@ -57,6 +53,8 @@ class QueryRows:
     labels: np.ndarray  # (N, 14) 1 / 0 / -1
     zero_shot: np.ndarray  # (N, 14) zero-shot scores
     probe: dict[str, np.ndarray] = field(default_factory=dict)  # fraction key -> (N, 14)
+    # fine-tuned encoder's test logits (eval.finetune), fraction key -> (N, 14)
+    finetune: dict[str, np.ndarray] = field(default_factory=dict)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         out = {
@@ -68,6 +66,7 @@ class QueryRows:
             "zero_shot": self.zero_shot,
         }
         out.update({f"probe_{k}": v for k, v in self.probe.items()})
+        out.update({f"finetune_{k}": v for k, v in self.finetune.items()})
         return out
 
     FILE = "rows.npz"
@@ -83,6 +82,7 @@ class QueryRows:
     @classmethod
     def from_arrays(cls, a: Mapping[str, np.ndarray]) -> QueryRows:
         probe = {k.removeprefix("probe_"): a[k] for k in a if k.startswith("probe_")}
+        ft = {k.removeprefix("finetune_"): a[k] for k in a if k.startswith("finetune_")}
         return cls(
             patient=a["patient"],
             n_images=int(a["n_images"]),
@@ -91,6 +91,7 @@ class QueryRows:
             labels=a["labels"],
             zero_shot=a["zero_shot"],
             probe=probe,
+            finetune=ft,
         )
 
 
@@ -104,6 +105,7 @@ def row_metrics(rows: QueryRows, ks: tuple[int, ...], probes: bool = True) -> Ta
     scored = [("zero_shot", rows.zero_shot)]
     if probes:
         scored += [(f"probe_{k}", s) for k, s in rows.probe.items()]
+        scored += [(f"finetune_{k}", s) for k, s in rows.finetune.items()]
 
     def table(idx: np.ndarray) -> dict[str, float | None]:
         img = idx[idx < n]
@@ -158,8 +160,12 @@ def evaluate(
     prompt_emb: np.ndarray,
     neg_prompt_emb: np.ndarray | None,
     params: EvalParams,
+    finetune: Mapping[str, np.ndarray] | None = None,
+    finetune_meta: Mapping[str, Any] | None = None,
 ) -> EvalResult:
-    """Every test metric of one model from its embeddings (see the module docstring)."""
+    """Every test metric of one model from its embeddings (see the module docstring);
+    ``finetune``: the fine-tuned encoders' test logits by fraction key (eval.finetune,
+    lib/eval/finetune.py), scored like the probe, with ``finetune_meta`` in the details."""
     emb.check_aligned(splits)
     test = splits["test"]
     report_study, report_texts = study_reports(test)
@@ -204,6 +210,16 @@ def evaluate(
         for f in params.probe_fractions
     }
 
+    # Fine-tuning at each data fraction (scores computed in embed@X).
+    finetune = dict(finetune or {})
+    for k, scores in finetune.items():
+        if scores.shape != (len(x_test), len(LABELS)):
+            raise DataError(
+                f"fine-tuning scores {k} have shape {scores.shape}, not ({len(x_test)}, "
+                f"{len(LABELS)}) for the test split; re-run embed@ (dvc repro)"
+            )
+    ft_tables = {k: auc_per_label(s, test.labels, LABELS) for k, s in finetune.items()}
+
     # Bootstrap rows: images, then report texts (patient of the study the text came from).
     subject_of_study = dict(zip(test.study.tolist(), test.subject.tolist(), strict=True))
     text_patient = np.array(
@@ -217,6 +233,7 @@ def evaluate(
         labels=test.labels,
         zero_shot=zs,
         probe={k: r.test_scores for k, r in probes.items()},
+        finetune=finetune,
     )
     intervals = bootstrap_table(
         row_metrics(rows, ks), rows.patient, params.bootstrap, params.seed, params.ci_level
@@ -243,6 +260,9 @@ def evaluate(
         m[f"probe_{k}_labels_scored"] = (
             len(LABELS) - len(r.undefined_labels) - len(r.untrainable_labels)
         )
+    for k, t in ft_tables.items():
+        _with_ci(m, f"finetune_{k}_mean_auc", t["mean_auc"], intervals[f"finetune_{k}_mean_auc"])
+        _with_ci(m, f"finetune_{k}_mean_ap", t["mean_ap"], intervals[f"finetune_{k}_mean_ap"])
     m.update(
         label_retrieval_metrics(
             x_test,
@@ -279,6 +299,10 @@ def evaluate(
             "single_prompt_auc": None if single is None else single["auc"],
         },
         "probe": {k: r.to_dict() for k, r in probes.items()},
+        "finetune": {
+            k: {**dict((finetune_meta or {}).get(k, {})), "auc": t["auc"], "ap": t["ap"]}
+            for k, t in ft_tables.items()
+        },
         "ci_level": params.ci_level,
         "bootstrap_rounds": params.bootstrap,
         "seed": params.seed,

@@ -94,6 +94,11 @@ class ProbeResult:
         }
 
 
+def fraction_key(fraction: float) -> str:
+    """0.01 -> "1pct", 0.1 -> "10pct", 1.0 -> "100pct" (metric-name friendly)."""
+    return f"{fraction * 100:g}pct"
+
+
 def subsample(n: int, fraction: float, seed: int) -> np.ndarray:
     """Sorted indices of round(fraction · n) rows of n (at least 1), drawn without replacement.
 

@@ -16,6 +16,7 @@ from lib.eval.compare import (
     TESTED,
     check_same_rows,
     data_description,
+    finetune_section,
     floor_verdicts,
     grounding_section,
     paired_tests,
@@ -326,3 +327,18 @@ def test_grounding_section_says_why_nothing_was_scored():
     assert grounding_section({}, "95 %", True) == []
     lines = grounding_section({"A": {"variant": "A", "skipped": "no image"}}, "95 %", False)
     assert "- A: no image" in lines
+
+
+def test_finetune_section_lists_the_fine_tuned_models_only():
+    def ft(v):
+        return {"finetune_1pct_mean_auc": v, "finetune_1pct_mean_auc_ci_low": v - 0.1,
+                "finetune_1pct_mean_auc_ci_high": v + 0.1}  # fmt: skip
+
+    rows = [("A", ft(0.7)), ("B", {}), ("C", ft(0.8))]
+    lines = finetune_section(rows, ["1pct"])
+    assert (
+        "## Fine-tuning by fraction of labelled train images (ConVIRT protocol), mean AUC" in lines
+    )
+    assert "| A | 0.700 [0.600, 0.800] |" in lines and "| C | 0.800 [0.700, 0.900] |" in lines
+    assert not any(line.startswith("| B |") for line in lines)
+    assert finetune_section([("B", {})], ["1pct"]) == []  # eval.finetune off: no section

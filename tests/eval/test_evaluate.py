@@ -15,7 +15,7 @@ from lib.data.mimic import LABELS
 from lib.errors import DataError
 from lib.eval.embeddings import Embeddings, study_reports
 from lib.eval.evaluate import QueryRows, evaluate, fraction_key, label_key, row_metrics
-from lib.eval.metrics import retrieval_metrics, zero_shot_scores
+from lib.eval.metrics import auc_per_label, retrieval_metrics, zero_shot_scores
 from lib.eval.probe import fit_probe
 from lib.eval.stats import bootstrap_ci
 
@@ -191,3 +191,28 @@ def test_ignored_labels_are_left_out(small_master):
     scores = zero_shot_scores(emb["test_image"], pos, neg, scale=10.0)
     ref = roc_auc_score(labels[keep, 0], scores[keep, 0])
     assert res.metrics["zero_shot_auc_Atelectasis"] == pytest.approx(ref, abs=1e-6)
+
+
+def test_finetune_scores_are_scored_like_the_probe(case):
+    """eval.finetune: embed@X's fine-tuned test logits get AUC / AP with intervals, their
+    runs' metadata in the details, and travel with the rows to compare."""
+    splits, emb, pos, neg, _ = case
+    test = splits["test"]
+    noise = np.random.default_rng(0).normal(0, 0.7, (len(test), len(LABELS)))
+    ft = {"100pct": (np.clip(test.labels, 0, 1) + noise).astype(np.float32)}
+    meta = {"100pct": {"best_epoch": 2, "n_train": 99}}
+    res = evaluate(Embeddings.from_arrays(emb), splits, pos, neg, PARAMS, ft, meta)
+    m = res.metrics
+    expected = auc_per_label(ft["100pct"], test.labels, LABELS)
+    assert m["finetune_100pct_mean_auc"] == pytest.approx(expected["mean_auc"], abs=1e-5)
+    assert m["finetune_100pct_mean_auc_ci_low"] <= m["finetune_100pct_mean_auc"]
+    assert m["finetune_100pct_mean_auc"] <= m["finetune_100pct_mean_auc_ci_high"]
+    assert res.details["finetune"]["100pct"]["best_epoch"] == 2
+    back = QueryRows.from_arrays(res.rows.to_arrays())
+    assert np.array_equal(back.finetune["100pct"], ft["100pct"]) and back.probe.keys() == {
+        "10pct",
+        "100pct",
+    }
+    assert "finetune_100pct_mean_auc" not in case[4].metrics  # off: no such metric
+    with pytest.raises(DataError, match="re-run embed@"):
+        evaluate(Embeddings.from_arrays(emb), splits, pos, neg, PARAMS, {"1pct": ft["100pct"][1:]})

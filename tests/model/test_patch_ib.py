@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from lib.config.params import ModelParams
 from lib.errors import ParamsError
 from lib.model.backbone import load_backbone, write_demo_backbone
-from lib.model.patch_ib import PatchIBModel, num_kept, soft_topk, weighted_mean
+from lib.model.patch_ib import PatchIBModel, length_groups, num_kept, soft_topk, weighted_mean
 from tests.conftest import TINY_BACKBONE
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing here may reach the network
@@ -313,3 +313,40 @@ def test_weighted_mean():
     torch.testing.assert_close(
         weighted_mean(tokens, torch.tensor([[1.0, 3.0]])), torch.tensor([[2.5, 1.5]])
     )
+
+
+# --- text tower in length groups ----------------------------------------------------------
+
+
+def test_length_groups_cut_where_padding_is_wasted():
+    short, long = [1] * 3 + [0] * 9, [1] * 12
+    attention = torch.tensor([long, short, short, long, short, short])
+    (rows_a, width_a), (rows_b, width_b) = length_groups(attention)
+    assert sorted(rows_a.tolist()) == [1, 2, 4, 5] and width_a == 3
+    assert sorted(rows_b.tolist()) == [0, 3] and width_b == 12
+    # Lengths that are all alike, or a saving under MIN_GROUP_SAVING: one call.
+    assert length_groups(torch.ones(6, 12, dtype=torch.long)) is None
+    nearly = torch.tensor([[1] * 11 + [0]] * 5 + [[1] * 12])
+    assert length_groups(nearly) is None
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"use_local_alignment": True}])
+def test_grouped_text_tower_equals_each_report_alone(backbone, kwargs):
+    """A batch of short and long reports (two tower calls) gives every report the outputs
+    it has when encoded alone, with no padding at all."""
+    model = make(backbone, **kwargs).eval()
+    texts = ["no effusion."] * 3 + [" ".join(TEXTS)] * 2 + ["clear lungs."] * 3
+    tokens = backbone.tokenizer(texts)
+    assert length_groups((tokens != backbone.pad_id).long()) is not None
+    with torch.no_grad():
+        out = model.encode_text(tokens)
+        for i in range(len(texts)):
+            n = int((tokens[i] != backbone.pad_id).sum())
+            alone = model.encode_text(tokens[i : i + 1, :n])
+            torch.testing.assert_close(out.global_emb[i], alone.global_emb[0], atol=1e-5, rtol=0)
+            if out.word_emb is not None:
+                real = out.word_mask[i]
+                assert torch.equal(real[:n], alone.word_mask[0]) and not real[n:].any()
+                torch.testing.assert_close(
+                    out.word_emb[i, :n][real[:n]], alone.word_emb[0][real[:n]], atol=1e-5, rtol=0
+                )
