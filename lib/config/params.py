@@ -221,10 +221,16 @@ class PretrainParams:
     # Training texts cut to this many tokens ([CLS] ... [SEP]); 0 = backbone.context_length.
     # Held-out validation, fine-tuning and evaluation always see whole texts.
     max_text_tokens: int = 0
+    # report | sentence: as train.text_sampling, for the pretraining corpus's texts.
+    text_sampling: str = "report"
 
     def validate(self) -> None:
         for key in ("n_patients", "epochs", "lr", "temperature"):
             _positive(f"pretrain.{key}", getattr(self, key))
+        if self.text_sampling not in ("report", "sentence"):
+            raise ParamsError(
+                f"pretrain.text_sampling = {self.text_sampling!r}: use report or sentence"
+            )
         _fraction("pretrain.caption_fraction", self.caption_fraction)
         if self.max_text_tokens != 0 and self.max_text_tokens < 8:
             raise ParamsError(
@@ -272,6 +278,8 @@ class ModelParams:
     mask_noise: bool = False
     # C–E: weight of the mask-guide term (lib/model/losses.py, mask_guide_loss), which
     # teaches the mask where its report's words attend; 0 = the specification's objective.
+    # Read only by variants with both a mask and local alignment (the guide is the local
+    # alignment's attention); a mask without local alignment trains without it.
     mask_guide_weight: float = 0.0
 
     def validate(self) -> None:
@@ -286,12 +294,6 @@ class ModelParams:
         if self.mask_guide_weight < 0:
             raise ParamsError(
                 f"model.mask_guide_weight = {self.mask_guide_weight} must be >= 0 (0 = off)"
-            )
-        if self.use_masking and self.mask_guide_weight > 0 and not self.use_local_alignment:
-            raise ParamsError(
-                f"model.mask_guide_weight = {self.mask_guide_weight} needs "
-                "model.use_local_alignment: true (the guide is the local alignment's "
-                "attention); set mask_guide_weight: 0 for a mask without local alignment"
             )
         if self.drop_layer < 1:
             raise ParamsError(f"model.drop_layer = {self.drop_layer} must be >= 1")
@@ -389,10 +391,19 @@ class TrainParams:
     # Processes (GPUs) of one machine: > 1 makes stage train@X launch itself under torchrun
     # with DistributedDataParallel; batch_size stays the global batch.
     nproc_per_node: int = 1
+    # The text of a training pair: the whole report (the specification), or one sentence of
+    # it drawn afresh each step from (seed, epoch, batch) (ConVIRT). Validation, embedding
+    # and evaluation always use the whole report.
+    text_sampling: str = "report"
     # Augmentation of training batches only (never validation or evaluation).
     augment: AugmentParams = dataclasses.field(default_factory=AugmentParams)
 
     def validate(self) -> None:
+        if self.text_sampling not in ("report", "sentence"):
+            raise ParamsError(
+                f"train.text_sampling = {self.text_sampling!r}: use report (the whole report) "
+                "or sentence (one random sentence of it per step, as ConVIRT)"
+            )
         if self.nproc_per_node < 1 or self.batch_size % self.nproc_per_node:
             raise ParamsError(
                 f"train.nproc_per_node = {self.nproc_per_node} must be >= 1 and divide "

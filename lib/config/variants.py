@@ -91,8 +91,9 @@ def without_inert_settings(model: ModelParams) -> ModelParams:
             "sparse_weight",
             "cons_weight",
             "mask_noise",
-            "mask_guide_weight",
         ]
+    if not (model.use_masking and model.use_local_alignment):
+        unused.append("mask_guide_weight")  # the guide is the local alignment's attention
     if not (model.use_masking and model.mask_mode == "topk"):
         unused.append("topk_temperature")
     if not (model.use_masking and model.mask_mode == "drop"):

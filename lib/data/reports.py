@@ -164,6 +164,17 @@ def split_sections(text: str) -> list[tuple[str, str]]:
     return sections
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_WORD = re.compile(r"[A-Za-z0-9]")
+
+
+def split_sentences(text: str) -> list[str]:
+    """The sentences of a report text: cut after ".", "!" or "?" followed by whitespace;
+    pieces without a letter or digit ("—", "...") are dropped. Never empty for a text that
+    has a word: a text with no sentence end is one sentence; a text with no word gives []."""
+    return [s.strip() for s in _SENTENCE_END.split(text) if _WORD.search(s)]
+
+
 def parse_report(text: str) -> ParsedReport:
     last: dict[str, str] = {}
     for name, content in split_sections(text):

@@ -188,6 +188,7 @@ def pretrain_variant(params: Params, spec: str) -> Variant:
         warmup_steps=pre.warmup_steps,
         patience=pre.epochs,  # no early stop: the best held-out epoch is kept
         nproc_per_node=1,
+        text_sampling=pre.text_sampling,
         **{k: getattr(params.train, k) for k in TRAIN_KEYS},
     )
     model.validate()
@@ -226,7 +227,8 @@ def make_trainer(
     pre = params.pretrain
     train_rows, held_rows = holdout(corpus.split, pre.holdout_fraction, pre.seed)
     pixels = torch.from_numpy(corpus.pixels)
-    train = Data.in_memory(corpus.split.subset(train_rows), pixels[train_rows], backbone)
+    sentences = pre.text_sampling == "sentence"
+    train = Data.in_memory(corpus.split.subset(train_rows), pixels[train_rows], backbone, sentences)
     if pre.max_text_tokens:
         sep = int(backbone.tokenizer.tokenizer.sep_token_id)
         cut = truncate_tokens(train.tokens, pre.max_text_tokens, backbone.pad_id, sep)

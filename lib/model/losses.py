@@ -358,7 +358,7 @@ def compute_losses(
     img: has global_emb, and (as the variant needs) patch_emb, patch_weight, mask,
     masked_emb (the model's ImageOutput); txt: global_emb, word_emb, word_mask (TextOutput).
     Keys: "clip" always; "local" with params.use_local_alignment; "sparse" and "cons" with
-    params.use_masking, and "guide" if also params.mask_guide_weight > 0; "total" = clip +
+    params.use_masking, and "guide" with both and mask_guide_weight > 0; "total" = clip +
     local_weight·local + sparse_weight·sparse + cons_weight·cons + mask_guide_weight·guide.
     The local InfoNCE uses the same direction weights as the global one.
     """
@@ -385,7 +385,7 @@ def compute_losses(
         out["sparse"] = sparsity_loss(mask, params.keep_ratio)
         out["cons"] = consistency_loss(masked_emb, img.global_emb, txt.global_emb, logit_scale)
         total = total + params.sparse_weight * out["sparse"] + params.cons_weight * out["cons"]
-    if params.use_masking and params.mask_guide_weight > 0:
+    if params.use_masking and params.use_local_alignment and params.mask_guide_weight > 0:
         out["guide"] = mask_guide_loss(
             _need(img, "patch_weight", "mask_guide_weight"),
             _need(img, "patch_emb", "mask_guide_weight"),

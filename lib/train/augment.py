@@ -51,10 +51,19 @@ def is_active(p: AugmentParams) -> bool:
     )
 
 
+SENTENCES = 0x73656E  # "sen": the stream of train.text_sampling's sentence draws
+
+
 def augment_generator(seed: int, epoch: int, batch: int) -> torch.Generator:
     """The CPU generator of one training batch: the same (seed, epoch, batch) gives the same
     draws on every run, resume, rank and device."""
-    state = np.random.SeedSequence([seed, epoch, batch, _STREAM]).generate_state(1, np.uint64)
+    return batch_generator(seed, epoch, batch, _STREAM)
+
+
+def batch_generator(seed: int, epoch: int, batch: int, stream: int) -> torch.Generator:
+    """A CPU generator of one training batch's draws of one kind (``stream``), independent
+    of the other kinds'."""
+    state = np.random.SeedSequence([seed, epoch, batch, stream]).generate_state(1, np.uint64)
     return torch.Generator().manual_seed(int(state[0]))
 
 

@@ -31,6 +31,7 @@ from lib.data.images import load_images, to_model_input
 from lib.data.master import Split, first_per_study
 from lib.data.mimic import LABELS
 from lib.data.pack import Pack, PackedPixels
+from lib.data.reports import split_sentences
 from lib.device import autocast_and_scaler, peak_memory, resolve_device
 from lib.errors import PipelineError
 from lib.eval.metrics import (
@@ -44,7 +45,14 @@ from lib.io import atomic_path
 from lib.model.backbone import Backbone, load_backbone
 from lib.model.losses import MAX_LOGIT_SCALE, compute_losses
 from lib.model.patch_ib import PatchIBModel, trim_padding
-from lib.train.augment import apply_draws, augment_generator, draw, is_active
+from lib.train.augment import (
+    SENTENCES,
+    apply_draws,
+    augment_generator,
+    batch_generator,
+    draw,
+    is_active,
+)
 from lib.train.batches import study_aware_batches
 from lib.train.distributed import DistInfo, gather_outputs, init_distributed, shard_batch
 from lib.train.live import EpochLog
@@ -132,6 +140,10 @@ class Data:
     tokens: torch.Tensor  # (T, L) long, one row per unique text
     text_of: torch.Tensor  # (N,) index into tokens
     split: Split
+    # With sentences (train.text_sampling: sentence): every sentence of every unique text,
+    # tokenized, (S, L) long, and each text's (first row, count) in it, (T, 2) long.
+    sentence_tokens: torch.Tensor | None = None
+    sentence_span: torch.Tensor | None = None
 
     @classmethod
     def build(
@@ -141,25 +153,41 @@ class Data:
         backbone: Backbone,
         threads: int = 4,
         pack: Pack | None = None,
+        sentences: bool = False,
     ) -> Data:
         """From the pack (memory-mapped; the split must be ``pack.usable``) or, without one,
-        by decoding the JPEGs under ``root``."""
+        by decoding the JPEGs under ``root``; ``sentences`` also tokenizes each sentence."""
         if pack is not None:
             pixels = pack.pixels(split, backbone.image_size)
         else:
             pixels = load_images(root, split.images, backbone.image_size, threads)
-        return cls.in_memory(split, pixels, backbone)
+        return cls.in_memory(split, pixels, backbone, sentences)
 
     @classmethod
     def in_memory(
-        cls, split: Split, pixels: torch.Tensor | PackedPixels, backbone: Backbone
+        cls,
+        split: Split,
+        pixels: torch.Tensor | PackedPixels,
+        backbone: Backbone,
+        sentences: bool = False,
     ) -> Data:
         """From pixels already at hand, (N, S, S) uint8 aligned with ``split``."""
         unique = sorted(set(split.texts))
         index = {t: i for i, t in enumerate(unique)}
         tokens = backbone.tokenizer(unique) if unique else torch.zeros(0, 1, dtype=torch.long)
         text_of = torch.tensor([index[t] for t in split.texts], dtype=torch.long)
-        return cls(pixels=pixels, tokens=tokens, text_of=text_of, split=split)
+        data = cls(pixels=pixels, tokens=tokens, text_of=text_of, split=split)
+        if not sentences:
+            return data
+        # A text without a sentence end is one sentence; one with no word stays whole (QC
+        # has already dropped reports shorter than data.min_report_chars).
+        pieces = [split_sentences(t) or [t] for t in unique]
+        flat = [p for ps in pieces for p in ps]
+        counts = torch.tensor([len(ps) for ps in pieces], dtype=torch.long)
+        starts = torch.cumsum(counts, 0) - counts
+        data.sentence_tokens = backbone.tokenizer(flat) if flat else torch.zeros(0, 1).long()
+        data.sentence_span = torch.stack([starts, counts], dim=1)
+        return data
 
 
 class Trainer:
@@ -281,21 +309,42 @@ class Trainer:
 
     # ----------------------------------------------------------------- loops
     def batches(
-        self, data: Data, idx: np.ndarray, augment_at: tuple[int, int, int] | None = None
+        self, data: Data, idx: np.ndarray, train_at: tuple[int, int, int] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Model inputs of images ``idx``; ``augment_at`` = (epoch, batch index, global batch
-        size) augments them (``train.augment``): training batches pass it, nothing else does."""
+        """Model inputs of images ``idx``; ``train_at`` = (epoch, batch index, global batch
+        size) marks a training batch (nothing else passes it): its images are augmented
+        (``train.augment``) and, with ``train.text_sampling: sentence``, each report is one
+        of its sentences."""
         index = torch.as_tensor(idx)
         pixels = data.pixels[index]  # uint8: 4× fewer bytes to the device than float
         if self.device.type == "cuda":
             pixels = pixels.pin_memory()
         pixels = pixels.to(self.device, non_blocking=True)
-        if augment_at is not None and is_active(self.tp.augment):
-            x = self.augment(pixels, *augment_at)
+        if train_at is not None and is_active(self.tp.augment):
+            x = self.augment(pixels, *train_at)
         else:
             x = to_model_input(pixels, self.backbone.mean, self.backbone.std)
-        tok = trim_padding(data.tokens[data.text_of[index]], self.backbone.pad_id)
+        texts = data.text_of[index]
+        if train_at is not None and self.tp.text_sampling == "sentence":
+            tok = data.sentence_tokens[self.sentence_rows(data, texts, *train_at)]
+        else:
+            tok = data.tokens[texts]
+        tok = trim_padding(tok, self.backbone.pad_id)
         return x, tok.to(self.device, non_blocking=True)
+
+    def sentence_rows(
+        self, data: Data, texts: torch.Tensor, epoch: int, i: int, n_global: int
+    ) -> torch.Tensor:
+        """Rows of ``data.sentence_tokens``: one sentence of each text, drawn uniformly for
+        the whole global batch from (seed, epoch, batch), this rank's shard taken (as the
+        augmentation's draws), so a resumed or distributed run draws the same."""
+        if data.sentence_tokens is None or data.sentence_span is None:
+            raise ValueError("train.text_sampling: sentence needs Data built with sentences")
+        u = torch.rand(n_global, generator=batch_generator(self.tp.seed, epoch, i, SENTENCES))
+        start = self.dist.rank * len(texts) if self.ddp is not None else 0
+        span = data.sentence_span[texts]  # (b, 2): first row, count
+        pick = (u[start : start + len(texts)] * span[:, 1]).long().clamp_max(span[:, 1] - 1)
+        return span[:, 0] + pick
 
     def augment(self, pixels: torch.Tensor, epoch: int, i: int, n_global: int) -> torch.Tensor:
         """uint8 (b, S, S) on the device → augmented, normalised float (b, 3, S, S).
@@ -335,7 +384,7 @@ class Trainer:
             last = i + 1 == len(batches)
             step = (i + 1) % t.gradient_accumulation_steps == 0 or last
             local = shard_batch(idx, self.dist.rank, self.dist.world_size) if self.ddp else idx
-            x, tok = self.batches(self.train_data, local, augment_at=(epoch, i, len(idx)))
+            x, tok = self.batches(self.train_data, local, train_at=(epoch, i, len(idx)))
             # Gradients are reduced across ranks only on the micro-batch that steps.
             sync = contextlib.nullcontext() if step or self.ddp is None else self.ddp.no_sync()
             with sync:
@@ -565,7 +614,8 @@ def train_variant(
     threads = variant.train.num_workers
     if pack is not None:
         splits = {name: pack.usable(split) for name, split in splits.items()}
-    train = Data.build(splits["train"], data_root, backbone, threads, pack)
+    sentences = variant.train.text_sampling == "sentence"
+    train = Data.build(splits["train"], data_root, backbone, threads, pack, sentences)
     val = Data.build(splits["val"], data_root, backbone, threads, pack)
     trainer = Trainer(
         variant,

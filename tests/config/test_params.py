@@ -3,6 +3,7 @@ import yaml
 
 from lib.config.loader import load_params, parse_params
 from lib.config.params import AugmentParams, DataParams, Params
+from lib.config.variants import resolve_all
 from lib.errors import ParamsError
 
 
@@ -62,6 +63,7 @@ def test_unknown_section_is_rejected():
         ("eval", "finetune_fractions", [0.1, 0.1], r"distinct fractions in \(0, 1\]"),
         ("eval", "finetune_fractions", [1.5], r"distinct fractions in \(0, 1\]"),
         ("eval", "finetune_epochs", 0, "must be > 0"),
+        ("train", "text_sampling", "word", "use report .* or sentence"),
         ("eval", "finetune_lr", 0.0, "must be > 0"),
         ("pack", "workers", -1, "0 = every core"),
         ("pack", "max_failed_fraction", 2.0, "fraction"),
@@ -79,10 +81,11 @@ def test_bad_values_name_key_and_value(section, key, value, match):
     assert f"{section}." in str(err.value)
 
 
-def test_mask_guide_without_local_alignment_says_how_to_fix():
+def test_mask_guide_is_ignored_by_a_mask_without_local_alignment():
+    """`dvc exp run -S model.use_masking=true` gives A and B a mask without local alignment:
+    they train without the guide (it is the local alignment's attention), not fail."""
     raw = {"model": {"mask_guide_weight": 3.0}, "models": {"M": {"use_masking": True}}}
-    with pytest.raises(ParamsError, match="needs model.use_local_alignment.*mask_guide_weight: 0"):
-        parse_params(raw)
+    assert resolve_all(parse_params(raw))["M"].model.mask_guide_weight == 0.0
 
 
 def test_int_is_accepted_for_float_and_null_for_optional():

@@ -10,6 +10,7 @@ from lib.data.reports import (
     normalize_section_name,
     parse_report,
     split_sections,
+    split_sentences,
 )
 from lib.errors import DataError
 
@@ -221,3 +222,16 @@ def test_parallel_extraction_equals_serial(tmp_path, monkeypatch):
     parallel, m2 = extract_reports(studies, source, ("findings", "impression"), workers=2)
     pd.testing.assert_frame_equal(serial, parallel)
     assert m1 == m2 and m1["decoded_as_latin1"] == 1 and m1["status"]["ok"] == 301
+
+
+def test_split_sentences_keeps_every_worded_sentence_and_nothing_empty():
+    text = "Heart size is normal.  No effusion!  Is there a pneumothorax? No. - ... Lines: 2.5 cm"
+    assert split_sentences(text) == [
+        "Heart size is normal.",
+        "No effusion!",
+        "Is there a pneumothorax?",
+        "No.",
+        "Lines: 2.5 cm",
+    ]  # "2.5" is not a sentence end (no space after the point); "- ..." has no word
+    assert split_sentences("no acute process") == ["no acute process"]
+    assert split_sentences(" . ... ") == []

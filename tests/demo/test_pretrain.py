@@ -156,7 +156,11 @@ def test_fine_tuning_keys_do_not_change_the_pretraining():
         base,
         model=ModelParams(use_masking=True, use_local_alignment=True, keep_ratio=0.3),
         train=dataclasses.replace(
-            base.train, lr=0.5, epochs=9, augment=AugmentParams(enabled=True)
+            base.train,
+            lr=0.5,
+            epochs=9,
+            augment=AugmentParams(enabled=True),
+            text_sampling="sentence",
         ),
     )
     assert pretrain_variant(other, "local-dir:x") == pretrain_variant(base, "local-dir:x")
@@ -214,3 +218,15 @@ def test_max_text_tokens_cuts_the_training_texts_only(tmp_path, corpus):
     trainer = make_trainer(tiny_params(max_text_tokens=12), corpus, tmp_path / "i", tmp_path / "s")
     assert trainer.train_data.tokens.shape[1] == 12
     assert trainer.val_data.tokens.shape[1] > 12  # held-out texts stay whole
+
+
+def test_sentence_sampling_in_pretraining_draws_from_the_training_texts_only(tmp_path, corpus):
+    with pytest.raises(ParamsError, match="pretrain.text_sampling"):
+        PretrainParams(text_sampling="words").validate()
+    params = tiny_params(text_sampling="sentence", max_text_tokens=12)
+    trainer = make_trainer(params, corpus, tmp_path / "i", tmp_path / "s")
+    assert trainer.v.train.text_sampling == "sentence"
+    train, val = trainer.train_data, trainer.val_data
+    assert train.sentence_tokens is not None and val.sentence_tokens is None  # val: whole texts
+    assert train.tokens.shape[1] == 12  # whole texts still cut for the record
+    assert len(train.sentence_tokens) >= len(train.tokens)

@@ -359,18 +359,18 @@ def test_loop_batch_inputs(setup, tiny_backbone, tmp_path, spy):
     idx = np.arange(8)
     plain = to_model_input(train.pixels[torch.as_tensor(idx)], backbone.mean, backbone.std)
     off = trainer_with(setup, tiny_backbone, tmp_path, AugmentParams(enabled=False))
-    x, _ = off.batches(train, idx, augment_at=(0, 0, 8))
+    x, _ = off.batches(train, idx, train_at=(0, 0, 8))
     assert torch.equal(x, plain) and not spy  # off: the un-augmented input, bit for bit
     on = trainer_with(setup, tiny_backbone, tmp_path, ALL_ON)
-    x, _ = on.batches(train, idx, augment_at=(0, 0, 8))
+    x, _ = on.batches(train, idx, train_at=(0, 0, 8))
     assert x.shape == plain.shape and x.dtype == plain.dtype and len(spy) == 1
     assert not torch.allclose(x, plain)
-    assert torch.equal(x, on.batches(train, idx, augment_at=(0, 0, 8))[0])  # same draws
+    assert torch.equal(x, on.batches(train, idx, train_at=(0, 0, 8))[0])  # same draws
     # The three channels stay equal (grey), inside the normalised range of [0, 1].
     lo = (0 - torch.tensor(backbone.mean)) / torch.tensor(backbone.std)
     hi = (1 - torch.tensor(backbone.mean)) / torch.tensor(backbone.std)
     assert bool((x >= lo.view(1, 3, 1, 1) - 1e-5).all() and (x <= hi.view(1, 3, 1, 1) + 1e-5).all())
-    assert torch.equal(on.batches(train, idx)[0], plain)  # no augment_at: never augmented
+    assert torch.equal(on.batches(train, idx)[0], plain)  # no train_at: never augmented
 
 
 def test_a_rank_augments_its_shard_as_the_whole_batch_would(setup, tiny_backbone, tmp_path):
@@ -378,8 +378,8 @@ def test_a_rank_augments_its_shard_as_the_whole_batch_would(setup, tiny_backbone
     train, _, _ = setup
     trainer = trainer_with(setup, tiny_backbone, tmp_path, ALL_ON)
     idx = np.arange(8)
-    whole, _ = trainer.batches(train, idx, augment_at=(1, 3, 8))
+    whole, _ = trainer.batches(train, idx, train_at=(1, 3, 8))
     trainer.dist, trainer.ddp = DistInfo(rank=1, world_size=2), object()  # only checked for None
     shard = shard_batch(idx, 1, 2)
-    mine, _ = trainer.batches(train, shard, augment_at=(1, 3, 8))
+    mine, _ = trainer.batches(train, shard, train_at=(1, 3, 8))
     assert torch.allclose(mine, whole[4:], atol=1e-5)

@@ -12,6 +12,7 @@ import torch
 from lib.config.params import ModelParams, TrainParams
 from lib.config.variants import Variant
 from lib.data.master import read_master
+from lib.data.reports import split_sentences
 from lib.model.backbone import load_backbone
 from lib.train.loop import Data, Trainer, TrainingError, fingerprint, phase_of
 
@@ -180,3 +181,55 @@ def test_compiled_step_equals_eager(setup, tiny_backbone, tmp_path):
     assert sorted(comp_grads) == sorted(eager_grads)
     for name, g in eager_grads.items():
         torch.testing.assert_close(comp_grads[name], g, rtol=1e-3, atol=1e-5, msg=name)
+
+
+# --- train.text_sampling: sentence (ConVIRT) -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def with_sentences(small_master, tiny_backbone):
+    master, root = small_master
+    backbone = load_backbone(f"local-dir:{tiny_backbone}")
+    return Data.build(read_master(master)["train"], root, backbone, sentences=True), backbone
+
+
+def test_sentence_tables_hold_each_reports_sentences_in_order(with_sentences):
+    data, backbone = with_sentences
+    texts = sorted(set(data.split.texts))
+    for t in (0, len(texts) // 2, len(texts) - 1):
+        start, count = data.sentence_span[t].tolist()
+        expected = split_sentences(texts[t]) or [texts[t]]
+        assert count == len(expected) >= 1
+        rows = data.sentence_tokens[start : start + count]
+        assert torch.equal(rows, backbone.tokenizer(expected)[:, : rows.shape[1]])
+    assert int(data.sentence_span[:, 1].sum()) == len(data.sentence_tokens)
+
+
+def test_training_batches_draw_one_sentence_per_report(setup, with_sentences, tmp_path):
+    data, backbone = with_sentences
+    variant = make_variant(tmp_path, text_sampling="sentence")
+    trainer = Trainer(variant, data, setup[2], backbone, tmp_path, "run", torch.device("cpu"))
+    idx = torch.arange(16).numpy()
+    _, tok = trainer.batches(data, idx, train_at=(1, 2, 16))
+    _, again = trainer.batches(data, idx, train_at=(1, 2, 16))
+    assert torch.equal(tok, again)  # the same (seed, epoch, batch): the same sentences
+    texts = sorted(set(data.split.texts))
+    decode = backbone.tokenizer.tokenizer.decode
+    for row, i in zip(tok, idx, strict=True):
+        sentence = decode(row, skip_special_tokens=True)
+        assert sentence.strip()  # never empty
+        own = split_sentences(texts[int(data.text_of[i])])
+        choices = {decode(t, skip_special_tokens=True) for t in backbone.tokenizer(own)}
+        assert sentence in choices  # one sentence of this image's own report
+    _, full = trainer.batches(data, idx)  # not a training batch: whole reports
+    assert torch.equal(full, data.tokens[data.text_of[torch.as_tensor(idx)]][:, : full.shape[1]])
+    pad = backbone.pad_id
+    assert (tok != pad).sum() < (full != pad).sum()  # a sentence is shorter than its report
+
+
+def test_sentence_sampling_needs_sentence_tables(setup, tmp_path):
+    _, train, val, backbone = setup
+    variant = make_variant(tmp_path, text_sampling="sentence")
+    trainer = Trainer(variant, train, val, backbone, tmp_path, "run", torch.device("cpu"))
+    with pytest.raises(ValueError, match="needs Data built with sentences"):
+        trainer.batches(train, torch.arange(4).numpy(), train_at=(0, 0, 4))
