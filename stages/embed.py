@@ -4,10 +4,7 @@ checkpoint; record inference efficiency and the Patch-IB maps of the explainabil
 from __future__ import annotations
 
 import argparse
-import functools
 from pathlib import Path
-
-import torch
 
 from lib.cli import run
 from lib.config.loader import load_params
@@ -36,24 +33,17 @@ def main() -> None:
     splits, pixels_of = split_pixels(read_master(args.master), pack, args.root, size, p.num_workers)
     result = embed_splits(trained, splits, pixels_of, p)
     maps = explain_maps(trained, result.test_pixels, splits["test"], p.explain_images)
-    save_finetune = None
-    if p.finetune:  # from the fp32 checkpoint (inference may run on bf16 weights)
+    runs = {}
+    if p.finetune:
         from lib.eval.finetune import finetune_all, save_runs  # sklearn: only when on
 
-        source = (
-            trained
-            if trained.dtype == torch.float32
-            else load_trained(args.model, p.device, torch.float32)
-        )
-        save_finetune = functools.partial(
-            save_runs, runs=finetune_all(source, splits, pixels_of, p)
-        )
+        runs = finetune_all(trained, splits, pixels_of, p, args.model)
     with atomic_path(args.out) as tmp:
         tmp.mkdir()
         result.embeddings.save(tmp)
         maps.save(tmp)
-        if save_finetune is not None:
-            save_finetune(tmp)
+        if runs:
+            save_runs(tmp, runs)
     write_json(args.efficiency, result.efficiency)
     sizes = {s: len(split) for s, split in splits.items()}
     reports = len(result.embeddings.report_study)

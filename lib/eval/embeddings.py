@@ -5,6 +5,7 @@ NumPy only: reading embeddings needs no torch (the model side is lib/eval/embed.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,8 +153,6 @@ FINETUNE_META = "finetune.json"
 def load_finetune(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, dict[str, object]]]:
     """(fine-tuned test logits by fraction key, their metadata) from embed@X's ``folder``;
     both empty when eval.finetune was off."""
-    import json
-
     if not (folder / FINETUNE_FILE).is_file():
         return {}, {}
     with np.load(folder / FINETUNE_FILE) as npz:

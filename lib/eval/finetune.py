@@ -17,8 +17,8 @@ Protocol, beside the linear probe (lib/eval/probe.py), which keeps the encoder f
 - Selection: after each epoch the validation mean AUC (labels defined on val); the epoch with
   the best one gives the test scores (logits).
 
-Deterministic on the CPU for a given seed; one full pass over the test split per epoch is
-the cost of selection.
+Deterministic on the CPU for a given seed. Selection costs a pass over val every epoch, and
+over test whenever val improves.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from lib.data.mimic import LABELS
 from lib.data.pack import PackedPixels
 from lib.device import autocast_and_scaler
 from lib.errors import DataError
-from lib.eval.embed import Trained
+from lib.eval.embed import Trained, load_trained
 from lib.eval.embeddings import FINETUNE_FILE, FINETUNE_META
 from lib.eval.metrics import IGNORE_LABEL, auc_per_label
 from lib.eval.probe import fraction_key, subsample
@@ -132,7 +132,6 @@ def finetune_fraction(
     gen = torch.Generator().manual_seed(params.seed)
     bb, bs = trained.backbone, params.finetune_batch_size
     best: tuple[float, int, np.ndarray] | None = None
-    last_auc: float | None = None
     for epoch in range(1, params.finetune_epochs + 1):
         model.train()
         order = torch.randperm(len(rows), generator=gen)
@@ -150,8 +149,7 @@ def finetune_fraction(
                 scaler.step(opt)
                 scaler.update()
         val = auc_per_label(predict(model, pixels["val"], trained, bs), labels["val"], LABELS)
-        last_auc = val["mean_auc"]
-        score = -np.inf if last_auc is None else last_auc
+        score = -np.inf if val["mean_auc"] is None else val["mean_auc"]
         if best is None or score > best[0]:
             best = (score, epoch, predict(model, pixels["test"], trained, bs))
     assert best is not None  # finetune_epochs >= 1 (validated)
@@ -171,8 +169,13 @@ def finetune_all(
     splits: Mapping[str, Split],
     pixels_of: Callable[[Split], Pixels],
     params: EvalParams,
+    model_dir: Path,
 ) -> dict[str, FinetuneRun]:
-    """Every fraction of ``eval.finetune_fractions``, each from the trained weights."""
+    """Every fraction of ``eval.finetune_fractions``, each from the trained weights: those
+    of ``trained`` when they are float32, else reloaded in float32 from ``model_dir``
+    (inference may run on bf16 weights)."""
+    if trained.dtype != torch.float32:
+        trained = load_trained(model_dir, str(trained.device), torch.float32)
     names = ("train", "val", "test")
     pixels = {s: pixels_of(splits[s]) for s in names}
     labels = {s: splits[s].labels for s in names}
