@@ -1,14 +1,16 @@
 """Benchmark: training and inference throughput, model FLOPs utilisation and peak memory of
-models A–E, phase 1 (towers frozen) and phase 2 (everything trains).
+models A–E and ConVIRT, phase 1 (towers frozen) and phase 2 (everything trains).
 
     python benchmarks/train_throughput.py --size biomedclip --batches 64,256   # on a GPU
     python benchmarks/train_throughput.py --size demo --device cpu             # the demo backbone
     python benchmarks/train_throughput.py --size biomedclip --variants A --phases 2 --compile
     python benchmarks/train_throughput.py --variants BE --local-mode both      # GLoRIA vs MGCA
     python benchmarks/train_throughput.py --variants AE --profile out/          # kernel tables
+    python benchmarks/train_throughput.py --variants A,ConVIRT --phases 2      # vs ConVIRT
 
 Random weights (a BiomedCLIP-shaped backbone written by the demo-backbone code: timm
-ViT-B/16 at 224 px, a 12-layer 768-wide BERT, context 256) and synthetic batches: it
+ViT-B/16 at 224 px, a 12-layer 768-wide BERT, context 256; for ConVIRT, timm's ResNet-50
+beside the same BERT, at ``--size demo`` the demo's ResNet) and synthetic batches: it
 measures the model and the optimizer step, not the input pipeline (the pack and loader serve
 tens of thousands of images/s, benchmarks/README.md). Each step is the training loop's: AMP
 on CUDA (bf16 where supported), ``lib.train.optim.adamw`` over the LLRD groups (fused on a
@@ -40,9 +42,10 @@ from lib.config.loader import load_params
 from lib.config.params import BackboneParams, ModelParams
 from lib.config.variants import resolve_all
 from lib.device import autocast_and_scaler, peak_memory
-from lib.model.backbone import load_backbone, write_demo_backbone
+from lib.model.backbone import load_backbone, write_convirt_backbone, write_demo_backbone
+from lib.model.build import Model, build_model
 from lib.model.losses import MAX_LOGIT_SCALE, compute_losses
-from lib.model.patch_ib import PatchIBModel, trim_padding
+from lib.model.patch_ib import trim_padding
 from lib.train.optim import adamw, param_groups
 
 SIZES = {
@@ -106,12 +109,12 @@ class Result:
 class Stepper:
     """One training step as lib/train/loop.py takes it, optionally compiled."""
 
-    def __init__(self, model: PatchIBModel, params: ModelParams, device: torch.device,
+    def __init__(self, model: Model, params: ModelParams, device: torch.device,
                  phase: int, compile_: bool) -> None:  # fmt: skip
         self.model, self.params = model, params
         model.set_backbone_frozen(phase == 1)
         model.train()
-        llrd = 1.0 if phase == 1 else 0.85
+        llrd = 1.0 if phase == 1 or params.architecture == "convirt" else 0.85
         self.opt = adamw(param_groups(model, 1e-5, 0.05, llrd), 1e-5, device)
         self.autocast, self.scaler = autocast_and_scaler(device, use_amp=True)
         self.losses = torch.compile(self._losses) if compile_ else self._losses
@@ -172,7 +175,7 @@ def measure(step: Stepper, x: torch.Tensor, tok: torch.Tensor, steps: int,
 
 
 @torch.no_grad()
-def inference(model: PatchIBModel, x: torch.Tensor, steps: int, device: torch.device,
+def inference(model: Model, x: torch.Tensor, steps: int, device: torch.device,
               bf16_weights: bool) -> tuple[float, torch.Tensor]:  # fmt: skip
     """(image embeddings per second, the embeddings of x), as embed@X computes them: bf16
     weights (lib.device.inference_dtype) or float32 weights under autocast."""
@@ -225,7 +228,7 @@ def main() -> None:
     ap.add_argument("--phases", default="1,2")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--words", type=int, default=60, help="words per synthetic report")
-    ap.add_argument("--variants", default="ABCDE")
+    ap.add_argument("--variants", default="A,B,C,D,E,ConVIRT", help="comma-separated (or ABCDE)")
     ap.add_argument("--local-mode", choices=["all_pairs", "within_pair", "both"],
                     default="all_pairs", help="model.local_mode of B–E")  # fmt: skip
     ap.add_argument("--compile", action="store_true", help="torch.compile the step")
@@ -237,6 +240,11 @@ def main() -> None:
     device = torch.device(args.device)
     bparams = SIZES[args.size] or load_params().backbone
     variants = resolve_all(load_params())
+    names = (
+        args.variants.split(",")
+        if "," in args.variants or args.variants in variants
+        else list(args.variants)
+    )
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
     batches = [int(b) for b in args.batches.split(",")]
@@ -246,6 +254,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "backbone"
         write_demo_backbone(folder, fake_texts(200, args.words), bparams)
+        # ConVIRT: the same BERT beside a ResNet (timm's ResNet-50 at real size).
+        convirt = Path(tmp) / "convirt"
+        resnet = None if args.size == "demo" else "resnet50"
+        write_convirt_backbone(convirt, folder, load_params().convirt_backbone, timm_name=resnet)
         loaded = load_backbone(f"local-dir:{folder}")
         tokenizer, pad_id = loaded.tokenizer, loaded.pad_id
         print(
@@ -257,7 +269,7 @@ def main() -> None:
             f"TFLOP/s | MFU | {kind} (GiB) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
         )
         inference_rows = []
-        for v in args.variants:
+        for v in names:
             mp = variants[v].model
             if mp.mask_mode == "drop":
                 mp = dataclasses.replace(mp, drop_layer=bparams.vision_depth // 2)
@@ -265,13 +277,16 @@ def main() -> None:
                 if mp.use_local_alignment:
                     mp = dataclasses.replace(mp, local_mode=mode)
                 torch.manual_seed(0)
-                model = PatchIBModel(load_backbone(f"local-dir:{folder}"), mp).to(device)
+                where = convirt if mp.architecture == "convirt" else folder
+                model = build_model(load_backbone(f"local-dir:{where}"), mp).to(device)
                 for batch in batches:
                     x = torch.randn(batch, 3, bparams.image_size, bparams.image_size,
                                     device=device)  # fmt: skip
                     tok = trim_padding(tokenizer(fake_texts(batch, args.words)), pad_id)
                     tok = tok.to(device)
                     for phase in phases:
+                        if phase == 1 and not variants[v].train.staged_training:
+                            continue  # ConVIRT trains everything from the first step
                         row = f"| {v} | {mode} | {batch} | {phase} |"
                         try:
                             step = Stepper(model, mp, device, phase, args.compile)

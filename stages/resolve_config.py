@@ -1,7 +1,8 @@
-"""Stage resolve_config: write each variant's effective config (model + train) to JSON.
+"""Stage resolve_config: write each variant's effective config (model + train, and the
+digest of its backbone folder) to JSON.
 
-train@<variant> depends on its file only, so changing a param retrains exactly the
-variants whose effective config changed.
+train@<variant> depends on its file only, so changing a param, or the backbone folder the
+variant fine-tunes, retrains exactly the variants whose effective config changed.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from lib.cli import run
 from lib.config.loader import load_params
-from lib.config.variants import resolve_all
+from lib.config.variants import resolve_all, with_backbone_digest
 from lib.io import atomic_path
 
 
@@ -23,6 +24,7 @@ def main() -> None:
     args = ap.parse_args()
 
     for name, variant in resolve_all(load_params(args.params)).items():
+        variant = with_backbone_digest(variant)
         with atomic_path(args.out_dir / f"{name}.json") as tmp:
             tmp.write_text(json.dumps(variant.to_dict(), indent=2, sort_keys=True) + "\n")
         print(f"resolve_config: {name} -> {args.out_dir / f'{name}.json'}")

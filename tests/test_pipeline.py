@@ -19,6 +19,7 @@ import yaml
 from lib.data.mimic import LABELS
 
 REPO = Path(__file__).resolve().parents[1]
+MODELS = (*"ABCDE", "ConVIRT")  # params.yaml's models, A the baseline first
 ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": ""}
 pytestmark = pytest.mark.slow
 
@@ -99,7 +100,7 @@ def test_replicate_seeds_add_runs_and_retrain_no_primary_model(repo):
         planned = ran_stages(sh(["dvc", "repro", "--dry"], repo))
         # Only the replicates (and compare, which reads them) are added: no variant config
         # changes, so no train@X, embed@X or eval@X runs that would not have run anyway.
-        assert planned - before == {f"replicate@{m}-1" for m in "ABCDE"} | {"compare"} - before
+        assert planned - before == {f"replicate@{m}-1" for m in MODELS} | {"compare"} - before
         sh(["dvc", "repro", "replicate@A-1"], repo)
         rep = json.loads((repo / "metrics/eval/replicates/A-seed1.json").read_text())
         primary = json.loads((repo / "metrics/eval/A.json").read_text())
@@ -119,7 +120,7 @@ def test_replicate_seeds_add_runs_and_retrain_no_primary_model(repo):
 def test_models_are_trained_and_learn(repo):
     """Model A on the demo: val Recall@10 well above chance, zero-shot AUC above 0.5, and
     the training loss falls."""
-    for name in "ABCDE":
+    for name in MODELS:
         assert (repo / f"models/{name}/model.safetensors").stat().st_size > 10_000
         cfg = json.loads((repo / f"models/{name}/config.json").read_text())
         assert cfg["name"] == name and cfg["best_epoch"] >= 1
@@ -135,20 +136,21 @@ def test_models_are_trained_and_learn(repo):
 
 def test_evaluation_writes_the_report_metrics_and_plots(repo):
     summary = json.loads((repo / "metrics/summary.json").read_text())
-    assert list(summary["models"]) == list("ABCDE") and summary["demo_data"] is True
-    assert set(summary["tests_vs_A"]) == set("BCDE")
+    assert list(summary["models"]) == list(MODELS) and summary["demo_data"] is True
+    assert set(summary["tests_vs_A"]) == set(MODELS) - {"A"}
     for t in summary["tests_vs_A"]["B"].values():
         assert 0 < t["p_value"] <= t["p_holm"] <= 1
     report = (repo / "metrics/results.md").read_text()
     for needle in (
         "| **A** Global CLIP baseline |",
         "| **E** Token drop (hard) |",
+        "| **ConVIRT** ConVIRT (ResNet + BERT, MLP heads) |",
         "MAIRA-2",
         "not computed by this pipeline",
         "synthetic demo corpus",
     ):
         assert needle in report, needle
-    for name in "ABCDE":
+    for name in MODELS:
         m = json.loads((repo / f"metrics/eval/{name}.json").read_text())
         for key in ("i2t_R@1", "t2i_R@10", "zero_shot_mean_auc", "probe_100pct_mean_ap"):
             assert m[f"{key}_ci_low"] <= m[key] <= m[f"{key}_ci_high"], (name, key)
@@ -166,7 +168,7 @@ def test_evaluation_writes_the_report_metrics_and_plots(repo):
         assert (repo / f"plots/compare/{png}.png").stat().st_size > 10_000
     # The reference rows: the backbone with no fine-tuning, and the raw-pixel probe.
     assert set(summary["references"]) == {"pretrained", "pixels"}
-    assert set(summary["probe_100pct_mean_auc_beats"]) == set("ABCDE")
+    assert set(summary["probe_100pct_mean_auc_beats"]) == set(MODELS)
     for needle in (
         "| *reference:* pretrained backbone, no fine-tuning |",
         "| *reference:* raw pixels + PCA(256) probe | — |",
@@ -194,7 +196,7 @@ def test_fresh_repro_agrees_with_the_committed_metrics(repo):
     fresh `dvc repro` lie within 0.02 of the committed metrics. On the machine that made
     them they are identical; CI runs this on its own machine, which makes it the
     cross-machine check (measured seed sd of A: 0.002 zero-shot, 0.0004 probe)."""
-    for name in (*"ABCDE", "pretrained", "pixels"):
+    for name in (*MODELS, "pretrained", "pixels"):
         fresh = json.loads((repo / f"metrics/eval/{name}.json").read_text())
         committed = json.loads((REPO / f"metrics/eval/{name}.json").read_text())
         for key in ("zero_shot_mean_auc", "probe_100pct_mean_auc"):
@@ -228,7 +230,7 @@ def test_finetune_switch_scores_the_fine_tuned_encoder(repo):
 
 
 def test_grounding_scores_every_model_against_the_floors(repo):
-    names = [*"ABCDE", "pretrained"]
+    names = [*MODELS, "pretrained"]
     for name in names:
         g = json.loads((repo / f"metrics/grounding/{name}.json").read_text())
         assert g["phrases"] > 0 and g["unknown_dicom_ids"] == 0, name
@@ -240,6 +242,10 @@ def test_grounding_scores_every_model_against_the_floors(repo):
         "mask",
         "attention",
         "similarity",
+    ]
+    # ConVIRT's map: each cell of its ResNet's last feature map through its image head.
+    assert json.loads((repo / "metrics/grounding/ConVIRT.json").read_text())["maps"] == [
+        "similarity"
     ]
     # The masks point at the findings (model.mask_guide_weight): their interval lies above
     # the random floor's (measured 0.43 against 0.14; 0.20, 0.15, 0.14 without the guide).
@@ -353,7 +359,7 @@ def test_trained_models_beat_an_untrained_one(repo, tmp_path):
     chance = np.mean([base[f"chance_{d}_R@{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)])
     assert base["mean_recall"] < 2 * chance
     assert abs(base["zero_shot_mean_auc"] - 0.5) < 0.2
-    for name in "ABCDE":
+    for name in MODELS:
         m = json.loads((repo / f"metrics/eval/{name}.json").read_text())
         assert m["mean_recall"] > 10 * base["mean_recall"], name
         assert m["zero_shot_mean_auc"] > base["zero_shot_mean_auc"] + 0.05, name
@@ -369,7 +375,7 @@ def test_changing_eval_params_retrains_and_reembeds_nothing(repo):
         # ... and the reference rows' evaluations (the backbone's, the pixels' probe), and
         # the grounding stage, whose intervals come from the same bootstrap rounds
         refs = {"eval_pretrained", "pixel_probe", "grounding"}
-        assert ran_stages(out) == {f"eval@{n}" for n in "ABCDE"} | {"compare"} | refs
+        assert ran_stages(out) == {f"eval@{n}" for n in MODELS} | {"compare"} | refs
     finally:
         sh(["git", "checkout", "params.yaml"], repo)
 
@@ -384,7 +390,7 @@ def test_changing_a_prompt_reembeds_and_retrains_nothing(repo):
         # --dry lists the stages whose own inputs changed (eval@X and compare follow once
         # the embeddings they read change): the embed stages only, no training.
         ran = ran_stages(sh(["dvc", "repro", "--dry"], repo))
-        assert ran == {f"embed@{n}" for n in "ABCDE"} | {"embed_pretrained"}
+        assert ran == {f"embed@{n}" for n in MODELS} | {"embed_pretrained"}
     finally:
         sh(["git", "checkout", "params.yaml"], repo)
 
@@ -400,8 +406,29 @@ def test_use_masking_retrains_exactly_the_variants_it_changes(repo):
     changed = {path for path in json.loads(diff)}
     for path in ("metrics/train/A.json", "metrics/eval/B.json", "metrics/summary.json"):
         assert path in changed, path
-    assert "metrics/train/C.json" not in changed and "metrics/eval/C.json" not in changed
+    for name in ("C", "ConVIRT"):
+        assert f"metrics/train/{name}.json" not in changed, name
+        assert f"metrics/eval/{name}.json" not in changed, name
     sh(["dvc", "plots", "diff", "-o", str(repo.parent / "plots_diff")], repo)
+    sh(["git", "checkout", "--", "."], repo)
+    sh(["dvc", "checkout", "--force"], repo)
+
+
+def test_a_convirt_param_retrains_convirt_alone(repo):
+    """`dvc exp run -S models.ConVIRT.<param>=...` (issue 12): ConVIRT is retrained,
+    embedded and scored again, and no other model is touched."""
+    out = sh(["dvc", "exp", "run", "-S", "models.ConVIRT.train.epochs=1"], repo)
+    ran = ran_stages(out)
+    assert {s for s in ran if s.startswith(("train", "embed", "eval"))} == {
+        "train@ConVIRT",
+        "embed@ConVIRT",
+        "eval@ConVIRT",
+    }
+    assert "compare" in ran and not ran & {"demo_backbone", "pretrained", "pixel_probe"}
+    changed = set(json.loads(sh(["dvc", "metrics", "diff", "--json"], repo)))
+    assert "metrics/train/ConVIRT.json" in changed
+    assert not changed & {f"metrics/eval/{n}.json" for n in "ABCDE"}
+    assert json.loads((repo / "models/ConVIRT/config.json").read_text())["train"]["epochs"] == 1
     sh(["git", "checkout", "--", "."], repo)
     sh(["dvc", "checkout", "--force"], repo)
 

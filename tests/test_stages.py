@@ -104,3 +104,39 @@ def test_bad_params_key_is_reported(tmp_path):
 def test_every_stage_has_help(stage):
     proc = run_stage(stage, "--help")
     assert proc.returncode == 0 and "--out" in proc.stdout
+
+
+def _convirt_backbone(tmp_path: Path, params: dict) -> subprocess.CompletedProcess:
+    import yaml
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, values in params.items():
+        raw[section] = {**raw[section], **values}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    return run_stage(
+        "convirt_backbone",
+        "--text-from",
+        str(tmp_path / "demo"),
+        "--out",
+        str(tmp_path / "out"),
+        "--metrics",
+        str(tmp_path / "m.json"),
+        "--params",
+        str(tmp_path / "params.yaml"),
+    )
+
+
+def test_convirt_backbone_is_skipped_when_no_variant_uses_it(tmp_path):
+    import json
+
+    elsewhere = {"backbone": "local-dir:configs/backbones/convirt-resnet50-bioclinicalbert"}
+    proc = _convirt_backbone(tmp_path, {"models": {"ConVIRT": elsewhere}})
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((tmp_path / "m.json").read_text())
+    assert "no variant's backbone is" in record["skipped"]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["skipped.json"]
+
+
+def test_convirt_demo_backbone_needs_the_demo_bert(tmp_path):
+    proc = _convirt_backbone(tmp_path, {"model": {"backbone": "hf-hub:org/real-clip"}})
+    assert_clean_error(proc, "models.ConVIRT.backbone", "convirt-resnet50-bioclinicalbert")

@@ -20,10 +20,13 @@ from lib.errors import ParamsError
 LabelPolicy = Literal["positive_only", "u_ones", "u_zeros", "u_ignore"]
 ReportSection = Literal["findings", "impression"]
 ImageCheck = Literal["exists", "header"]
+Architecture = Literal["patch_ib", "convirt"]
 
 LABEL_POLICIES: tuple[str, ...] = typing.get_args(LabelPolicy)
 # The backbone that stage demo_backbone writes (dvc.yaml: vars paths.backbone).
 DEMO_BACKBONE = "local-dir:data/backbone/demo"
+# ConVIRT's demo backbone, written by stage convirt_backbone (vars paths.convirt_backbone).
+CONVIRT_DEMO_BACKBONE = "local-dir:data/backbone/convirt_demo"
 # Zero-shot prompts of "No Finding" (positive, negative): the impression of a normal study.
 NO_FINDING_PROMPTS: tuple[str, ...] = (
     "A chest x-ray showing no acute cardiopulmonary process",
@@ -201,6 +204,21 @@ class BackboneParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class ConvirtBackboneParams:
+    """ConVIRT's demo backbone (stage convirt_backbone): a bottleneck ResNet in miniature
+    (ResNet-50's blocks at 1/4 of its widths, ``depth`` blocks per stage), random from
+    ``seed``, beside the text tower of the demo backbone."""
+
+    seed: int = 0
+    width: int = 16  # stage widths width·(1, 2, 4, 8), features 32·width (ResNet-50: 64)
+    depth: int = 1  # bottleneck blocks per stage (ResNet-50: 3, 4, 6, 3)
+
+    def validate(self) -> None:
+        _positive("convirt_backbone.width", self.width)
+        _positive("convirt_backbone.depth", self.depth)
+
+
+@dataclasses.dataclass(frozen=True)
 class PretrainParams:
     """CLIP pretraining of the demo backbone (stage demo_backbone) on a synthetic corpus of
     its own: the demo's stand-in for BiomedCLIP's PMC-15M pretraining. Its patients are
@@ -281,6 +299,18 @@ class ModelParams:
     # Read only by variants with both a mask and local alignment (the guide is the local
     # alignment's attention); a mask without local alignment trains without it.
     mask_guide_weight: float = 0.0
+    # patch_ib: the PatchIBModel of A–E on a timm-ViT + HF-BERT CLIP (BiomedCLIP's layout);
+    # convirt: ConVIRT (lib/model/convirt.py) on a CNN (timm ResNet) + HF-BERT backbone, its
+    # towers followed by two-layer ReLU MLP heads in -> head_dim -> head_dim.
+    architecture: Architecture = "patch_ib"
+    learn_temperature: bool = True  # False: the InfoNCE temperature stays model.temperature
+    head_dim: int = 512  # convirt: width of the MLP heads (ConVIRT: 2048->512->512, 768->...)
+    # convirt: the text tower's embeddings and its lowest layers kept frozen throughout
+    # (ConVIRT froze the embeddings and the first 6 of ClinicalBERT's 12 layers).
+    frozen_text_layers: int = 0
+    # convirt: pooling of the text tower's outputs. max: over the real tokens (ConVIRT's);
+    # cls: the [CLS] token; mean: mean of the real tokens.
+    text_pool: Literal["max", "cls", "mean"] = "max"
 
     def validate(self) -> None:
         if not self.backbone.startswith(("local-dir:", "hf-hub:")):
@@ -301,6 +331,23 @@ class ModelParams:
             raise ParamsError(
                 f"model.local_mode = {self.local_mode!r}: use all_pairs (GLoRIA, every pair of "
                 "the batch) or within_pair (MGCA, token-level inside each matching pair)"
+            )
+        _positive("model.head_dim", self.head_dim)
+        if self.frozen_text_layers < 0:
+            raise ParamsError(
+                f"model.frozen_text_layers = {self.frozen_text_layers} must be >= 0 (0 = none)"
+            )
+        if self.architecture == "convirt" and (self.use_local_alignment or self.use_masking):
+            raise ParamsError(
+                "model.architecture = 'convirt' has no patch tokens for local alignment or a "
+                "mask (its image tower is a CNN): set use_local_alignment and use_masking to "
+                "false for that variant, or architecture: patch_ib"
+            )
+        if self.architecture == "patch_ib" and self.frozen_text_layers:
+            raise ParamsError(
+                f"model.frozen_text_layers = {self.frozen_text_layers} is read by "
+                "architecture: convirt only (A–E freeze whole towers in phase 1: "
+                "train.staged_training); set it to 0"
             )
         if self.mask_mode != "soft" and not self.use_masking:
             raise ParamsError(
@@ -586,6 +633,9 @@ class Params:
     data: DataParams = dataclasses.field(default_factory=DataParams)
     qc: QCParams = dataclasses.field(default_factory=QCParams)
     backbone: BackboneParams = dataclasses.field(default_factory=BackboneParams)
+    convirt_backbone: ConvirtBackboneParams = dataclasses.field(
+        default_factory=ConvirtBackboneParams
+    )
     pretrain: PretrainParams = dataclasses.field(default_factory=PretrainParams)
     model: ModelParams = dataclasses.field(default_factory=ModelParams)
     train: TrainParams = dataclasses.field(default_factory=TrainParams)
@@ -601,6 +651,7 @@ _SECTION_TYPES: dict[str, type] = {
     "data": DataParams,
     "qc": QCParams,
     "backbone": BackboneParams,
+    "convirt_backbone": ConvirtBackboneParams,
     "pretrain": PretrainParams,
     "model": ModelParams,
     "train": TrainParams,

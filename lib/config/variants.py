@@ -17,13 +17,14 @@ from typing import Any
 from lib.config.params import ModelParams, Params, TrainParams, as_dict, build_section
 from lib.errors import DataError, ParamsError
 
-VARIANTS: tuple[str, ...] = ("A", "B", "C", "D", "E")
+VARIANTS: tuple[str, ...] = ("A", "B", "C", "D", "E", "ConVIRT")
 DESCRIPTIONS = {
     "A": "Global CLIP baseline",
     "B": "+ Local alignment",
     "C": "+ Patch-IB",
     "D": "Top-K (soft)",
     "E": "Token drop (hard)",
+    "ConVIRT": "ConVIRT (ResNet + BERT, MLP heads)",
 }
 
 
@@ -32,6 +33,9 @@ class Variant:
     name: str
     model: ModelParams
     train: TrainParams
+    # tree_digest of the model.backbone folder (local-dir:) when the config was resolved:
+    # train@X depends on its config file, which so changes whenever the folder does.
+    backbone_digest: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -39,14 +43,17 @@ class Variant:
             "description": DESCRIPTIONS.get(self.name, ""),
             "model": as_dict(self.model),
             "train": as_dict(self.train),
+            "backbone_digest": self.backbone_digest,
         }
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], source: str) -> Variant:
+        digest = raw.get("backbone_digest")
         return cls(
             name=str(raw["name"]),
             model=build_section(ModelParams, raw["model"], "model", source),
             train=build_section(TrainParams, raw["train"], "train", source),
+            backbone_digest=str(digest) if digest is not None else None,
         )
 
 
@@ -80,6 +87,8 @@ def without_inert_settings(model: ModelParams) -> ModelParams:
     """
     default = ModelParams()
     unused: list[str] = []
+    if model.architecture != "convirt":
+        unused += ["head_dim", "frozen_text_layers", "text_pool"]
     if not model.use_local_alignment:
         unused += ["local_mode", "local_weight", "local_temperature"]
         if not model.use_masking:
@@ -115,6 +124,26 @@ def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 
 def resolve_all(params: Params, source: str = "params.yaml") -> dict[str, Variant]:
     return {name: resolve_variant(params, name, source) for name in params.models}
+
+
+def with_backbone_digest(variant: Variant) -> Variant:
+    """``variant`` with the digest of its ``local-dir:`` backbone folder (lib.io.tree_digest),
+    so that its resolved config, and the stages that depend on it, change with the folder.
+    An ``hf-hub:`` backbone lives in the Hugging Face cache, outside the pipeline: no digest.
+    A local folder that is missing is an error naming the stage that writes it."""
+    from lib.io import tree_digest  # pandas: only for the stage that resolves configs
+
+    spec = variant.model.backbone
+    if not spec.startswith("local-dir:"):
+        return variant
+    folder = Path(spec.removeprefix("local-dir:")).expanduser()
+    if not folder.exists():
+        raise DataError(
+            f"models.{variant.name}: backbone folder {folder} ({spec}) not found; run "
+            "`dvc repro` (stages demo_backbone / convirt_backbone write the demo's), or fix "
+            f"model.backbone / models.{variant.name}.backbone"
+        )
+    return dataclasses.replace(variant, backbone_digest=tree_digest(folder))
 
 
 def variant_name(model_dir: Path) -> str:

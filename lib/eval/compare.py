@@ -144,18 +144,28 @@ def paired_tests(
     if baseline not in rows:
         raise DataError(f"no evaluation of the baseline model {baseline}; evaluate it first")
     check_same_rows(rows)
-    table_a = row_metrics(rows[baseline], ks, probes=False)
     keys = [k for k, _ in TESTED]
 
     def only(table):
         return lambda idx: {k: v for k, v in table(idx).items() if k in keys}
+
+    # Every comparison draws the same rounds (same seed): the baseline's table is computed
+    # once per round and reused, not once per compared model.
+    baseline_table = only(row_metrics(rows[baseline], ks, probes=False))
+    seen: dict[bytes, Mapping[str, float | None]] = {}
+
+    def table_a(idx: np.ndarray) -> Mapping[str, float | None]:
+        key = idx.tobytes()
+        if key not in seen:
+            seen[key] = baseline_table(idx)
+        return seen[key]
 
     out: dict[str, dict[str, dict[str, float | None]]] = {}
     for name, r in rows.items():
         if name == baseline:
             continue
         tests = paired_bootstrap_table(
-            only(table_a),
+            table_a,
             only(row_metrics(r, ks, probes=False)),
             rows[baseline].patient,
             n_rounds,
@@ -647,7 +657,6 @@ def explain_columns(
     its mask z where it masks (E: only the kept tokens), else its finding-word attention."""
     names = list(explain)
     ref = explain[names[0]]
-    grid = tuple(int(g) for g in ref.grid)
     for n in names[1:]:
         if not np.array_equal(explain[n].dicom, ref.dicom):
             raise DataError(
@@ -656,6 +665,7 @@ def explain_columns(
             )
     columns = []
     for n, e in explain.items():
+        grid = tuple(int(g) for g in e.grid)  # ViT patches, or a CNN's last feature map
         if not np.isnan(e.mask).all():
             masks = [
                 np.where(kept, m, np.nan).reshape(grid)

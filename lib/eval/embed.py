@@ -30,14 +30,15 @@ from lib.errors import DataError
 from lib.eval.embeddings import Embeddings, study_reports
 from lib.eval.metrics import label_prompts
 from lib.model.backbone import Backbone, load_backbone
-from lib.model.patch_ib import PatchIBModel, trim_padding
+from lib.model.build import Model, build_model
+from lib.model.patch_ib import trim_padding
 
 
 @dataclass
 class Trained:
     """A trained variant, ready for inference (eval mode, on its device)."""
 
-    model: PatchIBModel
+    model: Model
     backbone: Backbone
     variant: Variant
     device: torch.device
@@ -63,7 +64,7 @@ def load_trained(
     variant = Variant.from_dict(json.loads(config.read_text(encoding="utf-8")), str(config))
     device = resolve_device(device_name, "eval.device")
     backbone = load_backbone(variant.model.backbone, device=device)
-    model = PatchIBModel(backbone, variant.model)
+    model = build_model(backbone, variant.model)
     missing, unexpected = load_model(model, str(weights), strict=False)
     if missing or unexpected:
         raise DataError(
@@ -218,9 +219,8 @@ def embed_splits(
     return EmbedRun(embeddings, pixels, efficiency(trained, timed, seconds))
 
 
-def _n_patches(model: PatchIBModel) -> int:
-    trunk = model.clip.visual.trunk
-    return int(np.prod(trunk.patch_embed.grid_size))
+def _n_patches(model: Model) -> int:
+    return int(np.prod(model.grid))
 
 
 def _sync(device: torch.device) -> None:

@@ -114,8 +114,7 @@ class Maps:
 def explain(trained: Trained, pixels: torch.Tensor, split: Split, examples: list[Example]) -> Maps:
     """Masks and keyword attention of one model on the examples (pixels: the split's uint8)."""
     model, bb, device = trained.model, trained.backbone, trained.device
-    trunk = model.clip.visual.trunk
-    gh, gw = (int(g) for g in trunk.patch_embed.grid_size)
+    gh, gw = model.grid
     n_patch = gh * gw
     n = len(examples)
     mask = np.full((n, n_patch), np.nan, dtype=np.float32)

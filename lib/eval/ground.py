@@ -76,8 +76,7 @@ def ground(
     """Score every phrase; ``pixels_of(indices)`` gives the phrases' uint8 model inputs.
     ``truth`` (``truth_for``) may be shared by models of one input size and patch grid."""
     size = trained.backbone.image_size
-    trunk = trained.model.clip.visual.trunk
-    grid = (int(trunk.patch_embed.grid_size[0]), int(trunk.patch_embed.grid_size[1]))
+    grid = trained.model.grid
     if truth is None or (truth.size, truth.grid) != (size, grid):
         truth = truth_for(phrases, size, grid, params.seed)
     n = len(phrases)

@@ -8,10 +8,11 @@ Which maps a variant has (lib/eval/grounding.py scores them against boxes):
   the local alignment (``model.local_temperature``), weighted by z where the loss weights
   it, averaged over the phrase's words. E attends only to the patches it kept; the others
   get 0.
-- ``similarity`` (A–D and the pretrained backbone): the cosine between each patch token,
-  taken through the global image head (as the pooled token is), and the phrase's global
-  text embedding; no gradient and no extra training (MaskCLIP's reading of a CLIP). E has
-  none: past its drop layer only the kept tokens exist.
+- ``similarity`` (A–D, ConVIRT and the pretrained backbone): the cosine between each patch
+  token, taken through the global image head (as the pooled token is), and the phrase's
+  global text embedding; no gradient and no extra training (MaskCLIP's reading of a CLIP).
+  ConVIRT's "patches" are the cells of its ResNet's last feature map (``patch_tokens``). E
+  has none: past its drop layer only the kept tokens exist.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ import torch.nn.functional as F
 
 from lib.data.images import to_model_input
 from lib.eval.embed import Trained
-from lib.model.patch_ib import ImageOutput, PatchIBModel, trim_padding
+from lib.model.build import Model
+from lib.model.patch_ib import ImageOutput, trim_padding
 
 MAP_KINDS: tuple[str, ...] = ("mask", "attention", "similarity")
 
 
-def map_kinds(model: PatchIBModel) -> tuple[str, ...]:
+def map_kinds(model: Model) -> tuple[str, ...]:
     """The maps of ``MAP_KINDS`` that ``model`` has (module docstring)."""
     p = model.params
     kinds = []
@@ -40,7 +42,7 @@ def map_kinds(model: PatchIBModel) -> tuple[str, ...]:
 
 
 def word_patch_attention(
-    model: PatchIBModel, words: torch.Tensor, img: ImageOutput, i: int, n_patch: int
+    model: Model, words: torch.Tensor, img: ImageOutput, i: int, n_patch: int
 ) -> torch.Tensor:
     """(n_patch,) mean attention of ``words`` (t, l) of one text over the patches of image
     ``i`` of ``img``: the local alignment's softmax, weighted by z and renormalised where
@@ -69,8 +71,7 @@ def phrase_maps(
     """Maps of each (image, phrase) pair: uint8 images (B, S, S) and B phrases ->
     kind -> (B, gh, gw) float32 on the CPU, for the kinds of ``map_kinds``."""
     model, bb, device = trained.model, trained.backbone, trained.device
-    trunk = model.clip.visual.trunk
-    gh, gw = (int(g) for g in trunk.patch_embed.grid_size)
+    gh, gw = model.grid
     n, n_patch = len(phrases), gh * gw
     if pixels.shape[0] != n:
         raise ValueError(f"{pixels.shape[0]} images but {n} phrases")
@@ -82,8 +83,7 @@ def phrase_maps(
         img = model.encode_image(x)
         txt = model.encode_text(ids)
         if "similarity" in kinds:
-            tokens = trunk.forward_features(x)[:, model.num_prefix :]  # (B, N, W)
-            patches = F.normalize(model.clip.visual.head(trunk.fc_norm(tokens)).float(), dim=-1)
+            patches = model.patch_tokens(x)  # (B, N, d)
             sim = torch.einsum("bnd,bd->bn", patches, txt.global_emb.float())
             out["similarity"] = sim
     if "mask" in kinds:

@@ -45,7 +45,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import torch
 from torch import nn
 
-from lib.config.params import BackboneParams
+from lib.config.params import BackboneParams, ConvirtBackboneParams
 from lib.errors import DataError, ParamsError
 from lib.io import atomic_path
 
@@ -57,11 +57,21 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 CLIP_CONFIG = "open_clip_config.json"
+# A Hugging Face BERT folder's config and tokenizer files (those the demo backbone writes).
+BERT_FILES = (
+    "config.json",
+    "special_tokens_map.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+)
 WEIGHTS = "open_clip_model.safetensors"
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4, [PAD] = 0
 PARAMS_KEY = "model.backbone"
 
 TIMM_NAME = re.compile(r"patchib_vit_p(\d+)_i(\d+)_w(\d+)_d(\d+)_h(\d+)(_cs)?")
+# ConVIRT's demo image tower: a bottleneck ResNet of stage widths w·(1, 2, 4, 8), d blocks each.
+RESNET_NAME = re.compile(r"patchib_resnet_w(\d+)_d(\d+)")
 # Registered timm entrypoints live in a module of their own: timm's register_model appends the
 # name to its module's __all__, which must not be lib.model.backbone's.
 _TIMM_MODULE = "patchib_timm_models"
@@ -85,7 +95,7 @@ class Backbone:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     context_length: int
-    vision_depth: int  # ViT blocks
+    vision_depth: int  # ViT blocks (a ResNet's stages)
     text_depth: int  # BERT layers
     pad_id: int
     special_ids: tuple[int, ...]  # [PAD], [CLS], [SEP]: positions that are not words
@@ -151,6 +161,9 @@ def ensure_timm_model(name: str) -> None:
 
     if timm.is_model(name):
         return
+    if RESNET_NAME.fullmatch(name):
+        _register_resnet(name)
+        return
     arch = parse_timm_model_name(name)
     model_args = dict(
         img_size=arch.image_size,
@@ -185,6 +198,60 @@ def ensure_timm_model(name: str) -> None:
             pretrained_cfg=pretrained_cfg or default_cfg,
             feature_cfg=dict(out_indices=arch.depth - 1, feature_cls="getter"),
             **{**model_args, **kwargs},
+        )
+
+    module = sys.modules.setdefault(_TIMM_MODULE, types.ModuleType(_TIMM_MODULE))
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__module__ = module.__name__
+    register_model(entrypoint)
+
+
+def resnet_model_name(params: ConvirtBackboneParams) -> str:
+    """The timm name of ConVIRT's demo ResNet, e.g. ``patchib_resnet_w16_d1``."""
+    return f"patchib_resnet_w{params.width}_d{params.depth}"
+
+
+def _register_resnet(name: str) -> None:
+    """Register ``patchib_resnet_w<w>_d<d>``: timm's ResNet with ResNet-50's bottleneck blocks
+    (expansion 4, so 32·w pooled features), stage widths w·(1, 2, 4, 8) and d blocks per
+    stage, a stem of width w; output stride 32 as ResNet-50."""
+    from timm.models import build_model_with_cfg, register_model
+    from timm.models.resnet import Bottleneck, ResNet
+
+    match = RESNET_NAME.fullmatch(name)
+    assert match is not None
+    width, depth = (int(g) for g in match.groups())
+    if min(width, depth) < 1:
+        raise BackboneConfigError(
+            f"timm model {name!r}: width and depth must be > 0; rewrite the backbone with "
+            "valid convirt_backbone.* params"
+        )
+    default_cfg = {
+        "num_classes": 0,
+        "mean": CLIP_MEAN,
+        "std": CLIP_STD,
+        "first_conv": "conv1",
+        "classifier": "fc",
+    }
+
+    def entrypoint(pretrained: bool = False, pretrained_cfg: Any = None, **kwargs: Any) -> ResNet:
+        if pretrained:
+            raise BackboneConfigError(
+                f"timm model {name!r} has no pretrained weights; its weights come from the "
+                f"backbone folder's {WEIGHTS}"
+            )
+        args = dict(
+            block=Bottleneck,
+            layers=(depth,) * 4,
+            channels=tuple(width * 2**i for i in range(4)),
+            stem_width=width,
+        )
+        return build_model_with_cfg(
+            ResNet,
+            name,
+            pretrained=False,
+            pretrained_cfg=pretrained_cfg or default_cfg,
+            **{**args, **kwargs},
         )
 
     module = sys.modules.setdefault(_TIMM_MODULE, types.ModuleType(_TIMM_MODULE))
@@ -408,6 +475,87 @@ def write_demo_backbone(out_dir: Path, texts: Iterable[str], params: BackbonePar
         save_file(state, tmp / WEIGHTS, metadata={"format": "pt"})
 
 
+def convirt_open_clip_config(
+    text_config: dict[str, Any], image_size: int, timm_name: str
+) -> dict[str, Any]:
+    """open_clip_config.json of ConVIRT's demo backbone: the timm CNN ``timm_name`` (the
+    demo ResNet) with its own pooled features and the demo backbone's BERT (``text_config``:
+    that folder's width and context length), neither with a projection: ConVIRT's MLP heads
+    are the model's (lib/model/convirt.py)."""
+    return {
+        "model_cfg": {
+            # The towers' outputs are used as they are: the text "projection" is the identity
+            # when embed_dim is BERT's width.
+            "embed_dim": int(text_config["width"]),
+            "vision_cfg": {
+                "timm_model_name": timm_name,
+                "timm_model_pretrained": False,
+                "timm_pool": "avg",
+                "timm_proj": "none",
+                "image_size": image_size,
+            },
+            "text_cfg": {
+                "hf_model_name": ".",
+                "hf_tokenizer_name": ".",
+                "hf_proj_type": None,
+                "hf_pooler_type": "mean_pooler",  # unused: ConVIRT pools itself (text_pool)
+                "context_length": int(text_config["context_length"]),
+            },
+        },
+        "preprocess_cfg": {"mean": list(CLIP_MEAN), "std": list(CLIP_STD)},
+    }
+
+
+def write_convirt_backbone(
+    out_dir: Path, text_from: Path, params: ConvirtBackboneParams, timm_name: str | None = None
+) -> None:
+    """Write ConVIRT's demo backbone as an open_clip ``local-dir:`` folder, reproducibly.
+
+    The image tower is the demo ResNet at random from ``params.seed`` (ConVIRT starts from an
+    ImageNet ResNet-50; the demo has no natural-image corpus to pretrain one on), or the
+    timm model ``timm_name`` at random (benchmarks: ``resnet50``). The text tower is the
+    BERT of the demo backbone in ``text_from`` (its config, tokenizer and pretrained
+    weights), ConVIRT's stand-in for ClinicalBERT.
+    """
+    from safetensors.torch import load_file, save_file
+
+    params.validate()
+    source = load_backbone(f"local-dir:{text_from}")
+    text_state = {
+        k: v for k, v in load_file(text_from / WEIGHTS).items() if k.startswith("text.transformer.")
+    }
+    if not text_state:
+        raise DataError(
+            f"{text_from / WEIGHTS}: no text.transformer.* weights; it is not an open_clip "
+            "model with a Hugging Face text tower; rewrite it with `dvc repro demo_backbone`"
+        )
+    text_config = {
+        "width": source.clip.text.config.hidden_size,
+        "context_length": source.context_length,
+    }
+    config = convirt_open_clip_config(
+        text_config, source.image_size, timm_name or resnet_model_name(params)
+    )
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        for name in BERT_FILES:  # the BERT's config and tokenizer
+            if (text_from / name).is_file():
+                (tmp / name).write_bytes((text_from / name).read_bytes())
+        (tmp / CLIP_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        with torch.random.fork_rng(devices=[]), _quiet_random_init_warnings():
+            torch.manual_seed(params.seed)
+            clip = _create_clip(tmp, config, spec=f"local-dir:{out_dir}", load_weights=False)
+        state = {k: v.detach().contiguous() for k, v in clip.state_dict().items()}
+        missing = sorted(set(text_state) - set(state))
+        if missing:
+            raise BackboneConfigError(
+                f"{text_from}: its BERT weights do not fit the tower built from its config "
+                f"(missing {missing[:3]}); rewrite it with `dvc repro demo_backbone`"
+            )
+        state.update({k: v.contiguous() for k, v in text_state.items()})
+        save_file(state, tmp / WEIGHTS, metadata={"format": "pt"})
+
+
 class _DropRandomInitWarnings(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return "weights" not in record.getMessage()
@@ -458,7 +606,8 @@ def load_backbone(spec: str, device: str | torch.device = "cpu") -> Backbone:
 
 def _load_from_dir(folder: Path, spec: str, device: str | torch.device) -> Backbone:
     config = _read_config(folder, spec)
-    if not _weight_files(folder):
+    towers = towers_pretrained(config)
+    if not _weight_files(folder) and not towers:
         fix = (
             f"run `hf download {spec.removeprefix('hf-hub:')}` on a machine with network"
             if spec.startswith("hf-hub:")
@@ -466,9 +615,16 @@ def _load_from_dir(folder: Path, spec: str, device: str | torch.device) -> Backb
         )
         raise BackboneNotFoundError(
             f"{PARAMS_KEY} = {spec!r}: no weights (*.safetensors, *.bin, *.pth) in {folder}; "
-            f"without them the model would silently be random; {fix}"
+            f"without them the model would silently be random; {fix} (a folder of two "
+            "separately pretrained towers says so: vision_cfg.timm_model_pretrained and "
+            "text_cfg.hf_model_pretrained true)"
         )
-    clip = _create_clip(folder, config, spec=spec, load_weights=True, device=device)
+    if _weight_files(folder):
+        clip = _create_clip(folder, config, spec=spec, load_weights=True, device=device)
+    else:
+        clip = _create_clip(
+            folder, config, spec=spec, load_weights=False, device=device, towers=True
+        )
 
     from open_clip.tokenizer import HFTokenizer
 
@@ -495,11 +651,28 @@ def _load_from_dir(folder: Path, spec: str, device: str | torch.device) -> Backb
         mean=tuple(float(m) for m in pp["mean"]),
         std=tuple(float(s) for s in pp["std"]),
         context_length=context_length,
-        vision_depth=len(clip.visual.trunk.blocks),
+        vision_depth=_vision_depth(clip.visual.trunk),
         text_depth=int(clip.text.config.num_hidden_layers),
         pad_id=pad_id,
         special_ids=special_ids,
     )
+
+
+def towers_pretrained(config: dict[str, Any]) -> bool:
+    """Whether an open_clip config builds both towers from their own pretrained weights (a
+    timm model and a Hugging Face model, read from the local cache) rather than from a CLIP
+    checkpoint: ConVIRT's ImageNet ResNet-50 and ClinicalBERT."""
+    model_cfg = config["model_cfg"]
+    return bool(model_cfg["vision_cfg"].get("timm_model_pretrained")) and bool(
+        model_cfg["text_cfg"].get("hf_model_pretrained")
+    )
+
+
+def _vision_depth(trunk: nn.Module) -> int:
+    """A ViT's blocks, or a ResNet's stages (layer1..layer4)."""
+    if hasattr(trunk, "blocks"):
+        return len(trunk.blocks)
+    return sum(1 for i in range(1, 5) if hasattr(trunk, f"layer{i}"))
 
 
 def _read_config(folder: Path, spec: str) -> dict[str, Any]:
@@ -534,26 +707,78 @@ def _create_clip(
     spec: str,
     load_weights: bool,
     device: str | torch.device = "cpu",
+    towers: bool = False,
 ) -> nn.Module:
-    """Build the open_clip model of ``folder`` (with its weights if ``load_weights``)."""
+    """Build the open_clip model of ``folder`` (with its weights if ``load_weights``; with
+    ``towers``, each tower with its own pretrained weights from the local caches)."""
     import open_clip
 
     model_cfg = config["model_cfg"]
-    ensure_timm_model(model_cfg["vision_cfg"]["timm_model_name"])
+    timm_name = model_cfg["vision_cfg"]["timm_model_name"]
+    ensure_timm_model(timm_name)
     text_cfg = copy.deepcopy(model_cfg["text_cfg"])
     text_cfg["hf_model_name"] = str(
         _resolve_hf_dir(text_cfg["hf_model_name"], folder, spec, "text_cfg.hf_model_name")
     )
-    # BERT is built from its config; its weights are part of the CLIP checkpoint.
-    text_cfg["hf_model_pretrained"] = False
-    return open_clip.create_model(
+    # BERT is built from its config; its weights are part of the CLIP checkpoint, or (towers)
+    # its own, from the folder resolved above.
+    text_cfg["hf_model_pretrained"] = towers
+    clip = open_clip.create_model(
         f"local-dir:{folder}",
         load_weights=load_weights,
         device=device,
-        pretrained_image=False,
-        pretrained_text=False,
+        pretrained_image=False,  # (towers) loaded below, from the cache this loader reads
+        pretrained_text=towers,
         text_cfg=text_cfg,  # overrides the file's text_cfg: names resolved to local dirs
     )
+    if towers:
+        _load_timm_weights(clip.visual.trunk, timm_name, spec)
+    return clip
+
+
+def _load_timm_weights(trunk: nn.Module, timm_name: str, spec: str) -> None:
+    """The timm model's own pretrained weights (``timm/<name>`` in the local Hugging Face
+    cache) into ``trunk``, its classifier left out (open_clip builds the trunk without one)."""
+    from safetensors.torch import load_file
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(timm_name)
+    repo = getattr(cfg, "hf_hub_id", None)
+    if not repo:
+        raise BackboneConfigError(
+            f"{PARAMS_KEY} = {spec!r}: timm model {timm_name!r} has no pretrained weights on "
+            "the Hugging Face hub (timm's pretrained_cfg.hf_hub_id); name a tagged model such "
+            "as resnet50.a1_in1k"
+        )
+    path = next(
+        (
+            p
+            for f in ("model.safetensors", "pytorch_model.bin")
+            if isinstance(p := _try_cache(repo, f), str)
+        ),
+        None,
+    )
+    if path is None:
+        cache = _hf_cache_dir()
+        raise BackboneNotFoundError(
+            f"{PARAMS_KEY} = {spec!r}: the pretrained weights of timm model {timm_name!r} "
+            f"(Hugging Face repo {repo!r}) are not in the local cache {cache}, and nothing is "
+            f"downloaded at run time. On a machine with network run `hf download {repo}` with "
+            f"HF_HUB_CACHE={cache}, or copy such a cache here"
+        )
+    if path.endswith(".safetensors"):
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    classifier = getattr(cfg, "classifier", None) or "fc"
+    state = {k: v for k, v in state.items() if not k.startswith(f"{classifier}.")}
+    try:
+        trunk.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise BackboneConfigError(
+            f"{PARAMS_KEY} = {spec!r}: {path} does not fit timm model {timm_name!r} ({e}); "
+            f"download {repo} again"
+        ) from e
 
 
 def _resolve_hf_dir(name: str, folder: Path, spec: str, key: str) -> Path:

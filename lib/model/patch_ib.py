@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -119,7 +120,9 @@ class PatchIBModel(nn.Module):
 
         # Replaces open_clip's; shared with self.clip so clip.get_logits agrees. Listed once,
         # as "logit_scale", by named_parameters().
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / params.temperature)))
+        self.logit_scale = nn.Parameter(
+            torch.tensor(math.log(1 / params.temperature)), requires_grad=params.learn_temperature
+        )
         self.clip.logit_scale = self.logit_scale
         self.register_buffer(
             "special_ids", torch.tensor(backbone.special_ids, dtype=torch.long), persistent=False
@@ -240,15 +243,7 @@ class PatchIBModel(nn.Module):
         and padding is masked) for up to a third less compute.
         """
         attention = (token_ids != self.clip.text.config.pad_token_id).long()
-        groups = length_groups(attention)
-        if groups is None:
-            hidden, pooled = self._text_tower(token_ids, attention)
-        else:
-            parts = [self._text_tower(token_ids[g, :n], attention[g, :n]) for g, n in groups]
-            inverse = torch.argsort(torch.cat([g for g, _ in groups]))
-            width = token_ids.shape[1]
-            hidden = torch.cat([F.pad(h, (0, 0, 0, width - h.shape[1])) for h, _ in parts])
-            hidden, pooled = hidden[inverse], torch.cat([p for _, p in parts])[inverse]
+        hidden, pooled = run_text_tower(self._text_tower, token_ids, attention)
         global_emb = F.normalize(pooled, dim=-1)
         if self.local_text_proj is None:
             return TextOutput(global_emb, None, None)
@@ -264,6 +259,21 @@ class PatchIBModel(nn.Module):
 
     def forward(self, images: Tensor, token_ids: Tensor) -> tuple[ImageOutput, TextOutput]:
         return self.encode_image(images), self.encode_text(token_ids)
+
+    # --- spatial maps (lib/eval/phrase_maps.py) -----------------------------------------------
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(rows, columns) of the ViT's patch grid."""
+        gh, gw = self.clip.visual.trunk.patch_embed.grid_size
+        return int(gh), int(gw)
+
+    def patch_tokens(self, images: Tensor) -> Tensor:
+        """(B, N, d) float32 L2-normalised: each final patch token taken through the global
+        image head, as the pooled token is (MaskCLIP's reading of a CLIP)."""
+        trunk = self.clip.visual.trunk
+        tokens = trunk.forward_features(images)[:, self.num_prefix :]  # (B, N, W)
+        return F.normalize(self.clip.visual.head(trunk.fc_norm(tokens)).float(), dim=-1)
 
     # --- staged training ------------------------------------------------------------------
 
@@ -320,6 +330,23 @@ def _check_towers(clip: nn.Module, spec: str) -> None:
             f"model.backbone = {spec!r}: the text tower must be a Hugging Face model "
             "(open_clip text_cfg.hf_model_name, as BiomedCLIP); choose such a backbone"
         )
+
+
+def run_text_tower(
+    tower: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], token_ids: Tensor, attention: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``tower(token_ids, attention)`` -> (hidden (B, L, W), pooled (B, ·)) on the batch, in
+    the two calls of :func:`length_groups` where that saves compute: the same per-text
+    outputs (BERT attends within a text and padding is masked), hidden states padded back to
+    the batch's width."""
+    groups = length_groups(attention)
+    if groups is None:
+        return tower(token_ids, attention)
+    parts = [tower(token_ids[g, :n], attention[g, :n]) for g, n in groups]
+    inverse = torch.argsort(torch.cat([g for g, _ in groups]))
+    width = token_ids.shape[1]
+    hidden = torch.cat([F.pad(h, (0, 0, 0, width - h.shape[1])) for h, _ in parts])
+    return hidden[inverse], torch.cat([p for _, p in parts])[inverse]
 
 
 # length_groups splits a batch only if that saves at least this share of its token slots.

@@ -43,8 +43,9 @@ from lib.eval.metrics import (
 )
 from lib.io import atomic_path
 from lib.model.backbone import Backbone, load_backbone
+from lib.model.build import build_model
 from lib.model.losses import MAX_LOGIT_SCALE, compute_losses
-from lib.model.patch_ib import PatchIBModel, trim_padding
+from lib.model.patch_ib import trim_padding
 from lib.train.augment import (
     SENTENCES,
     apply_draws,
@@ -222,7 +223,7 @@ class Trainer:
         # The model trains the backbone's modules in place: give it its own copy, so a
         # Backbone can be shared (e.g. between variants or runs in one process).
         own = dataclasses.replace(backbone, clip=copy.deepcopy(backbone.clip))
-        self.model = PatchIBModel(own, variant.model).to(device)
+        self.model = build_model(own, variant.model).to(device)
         if self.dist.distributed and self.tp.batch_size % self.dist.world_size:
             raise TrainingError(
                 f"train.batch_size = {self.tp.batch_size} is the global batch; it must be a "

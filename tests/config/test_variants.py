@@ -1,8 +1,15 @@
 import pytest
 
 from lib.config.loader import load_params, parse_params
-from lib.config.variants import VARIANTS, Variant, resolve_all, resolve_variant
-from lib.errors import ParamsError
+from lib.config.params import CONVIRT_DEMO_BACKBONE
+from lib.config.variants import (
+    VARIANTS,
+    Variant,
+    resolve_all,
+    resolve_variant,
+    with_backbone_digest,
+)
+from lib.errors import DataError, ParamsError
 
 
 def test_repo_variants_follow_the_seed_table():
@@ -15,6 +22,47 @@ def test_repo_variants_follow_the_seed_table():
     # Model A's early stopping (seed: 0.6 recall + 0.4 AUC, patience 10); others 0.7 / 7
     assert (v["A"].train.recall_weight, v["A"].train.patience) == (0.6, 10)
     assert (v["C"].train.recall_weight, v["C"].train.patience) == (0.7, 7)
+    # ConVIRT (issue 12): its own architecture, loss weighting and fixed temperature
+    c = v["ConVIRT"].model
+    assert c.architecture == "convirt" and c.backbone == CONVIRT_DEMO_BACKBONE
+    assert (c.contrastive_weight_i2t, c.contrastive_weight_t2i) == (0.75, 0.25)
+    assert (c.temperature, c.learn_temperature, c.text_pool) == (0.1, False, "max")
+    assert not v["ConVIRT"].train.staged_training
+    assert {v[n].model.architecture for n in "ABCDE"} == {"patch_ib"}
+
+
+def test_convirt_is_untouched_by_the_shared_model_settings_of_a_to_e():
+    """`dvc exp run -S model.use_masking=true` (or any shared model key ConVIRT sets itself)
+    retrains A–E's affected variants, never ConVIRT; a ConVIRT key reaches ConVIRT alone."""
+    params = load_params("params.yaml")
+    raw = {"models": params.models}
+    before = resolve_all(parse_params(raw))
+    for change in ({"use_masking": True}, {"temperature": 0.2}, {"backbone": "hf-hub:x/y"}):
+        after = resolve_all(parse_params({**raw, "model": change}))
+        assert before["ConVIRT"] == after["ConVIRT"], change
+    models = {**params.models, "ConVIRT": {**params.models["ConVIRT"], "head_dim": 256}}
+    after = resolve_all(parse_params({"models": models}))
+    assert [n for n in before if before[n] != after[n]] == ["ConVIRT"]
+
+
+def test_backbone_digest_follows_the_folder_and_only_local_folders(tmp_path):
+    folder = tmp_path / "bb"
+    folder.mkdir()
+    (folder / "a.json").write_text("{}")
+    raw = {"model": {"backbone": f"local-dir:{folder}"}, "models": {"A": {}}}
+    v = resolve_all(parse_params(raw))["A"]
+    first = with_backbone_digest(v)
+    assert first.backbone_digest.startswith("sha256:") and v.backbone_digest is None
+    assert with_backbone_digest(v) == first  # deterministic
+    (folder / "a.json").write_text('{"x": 1}')
+    assert with_backbone_digest(v).backbone_digest != first.backbone_digest
+    assert Variant.from_dict(first.to_dict(), "A.json") == first
+    hub = resolve_all(parse_params({"model": {"backbone": "hf-hub:a/b"}, "models": {"A": {}}}))
+    assert with_backbone_digest(hub["A"]).backbone_digest is None
+    (folder / "a.json").unlink()
+    folder.rmdir()
+    with pytest.raises(DataError, match="backbone folder .* not found.*dvc repro"):
+        with_backbone_digest(v)
 
 
 def test_shared_change_reaches_only_variants_that_do_not_override_it():

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib.config.params import ModelParams
-from lib.model.backbone import load_backbone, write_demo_backbone
+from lib.config.params import ConvirtBackboneParams, ModelParams
+from lib.model.backbone import load_backbone, write_convirt_backbone, write_demo_backbone
+from lib.model.build import build_model
 from lib.model.losses import compute_losses
-from lib.model.patch_ib import PatchIBModel
 from tests.conftest import TINY_BACKBONE
 
 GOLDEN = Path(__file__).with_name("golden_losses.json")
@@ -43,6 +43,15 @@ VARIANTS = {
     "C": {"use_local_alignment": True, "use_masking": True},
     "D": {"use_local_alignment": True, "use_masking": True, "mask_mode": "topk"},
     "E": {"use_local_alignment": True, "use_masking": True, "mask_mode": "drop"},
+    # ConVIRT on a ResNet (width 8) beside the same BERT, its lowest text layer frozen
+    "ConVIRT": {
+        "architecture": "convirt",
+        "head_dim": 16,
+        "learn_temperature": False,
+        "contrastive_weight_i2t": 0.75,
+        "contrastive_weight_t2i": 0.25,
+        "frozen_text_layers": 1,
+    },
 }
 
 
@@ -50,12 +59,16 @@ def compute(folder: Path) -> dict[str, dict[str, float]]:
     """{variant: {loss term: value, "grad/<param>": gradient norm}} on a fixed batch."""
     out = {}
     images = torch.randn(len(TEXTS), 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    convirt = folder.with_name(folder.name + "_convirt")
+    if not convirt.exists():
+        write_convirt_backbone(convirt, folder, ConvirtBackboneParams(seed=2, width=8))
     for name, kwargs in VARIANTS.items():
-        backbone = load_backbone(f"local-dir:{folder}")
+        where = convirt if kwargs.get("architecture") == "convirt" else folder
+        backbone = load_backbone(f"local-dir:{where}")
         tokens = backbone.tokenizer(TEXTS)
         torch.manual_seed(0)
-        params = ModelParams(local_dim=16, **kwargs)
-        model = PatchIBModel(backbone, params).train()
+        params = ModelParams(local_dim=16, backbone=f"local-dir:{where}", **kwargs)
+        model = build_model(backbone, params).train()
         model.set_backbone_frozen(False)
         img, txt = model(images, tokens)
         losses = compute_losses(img, txt, model.logit_scale, params)
