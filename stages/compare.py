@@ -66,7 +66,8 @@ def main() -> None:
             if (args.grounding / f"{n}.json").is_file():
                 grounding[n] = read_json(args.grounding / f"{n}.json")
     details = read_json(args.evals / names[0] / "details.json")
-    data = data_description(str(args.root), is_demo, details, explain[names[0]].grid)
+    grids = {n: e.grid for n, e in explain.items()}
+    data = data_description(str(args.root), is_demo, details, grids)
 
     write_json(
         args.summary,

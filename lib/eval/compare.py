@@ -305,12 +305,14 @@ def grounding_section(
         f"({everything['phrases']} on all images of the master file; "
         f"{first['boxes_outside_crop']} left out because the centre crop cuts their box away, "
         f"{first['unknown_dicom_ids']} images of the file not in the master file). Maps over "
-        "the ViT's patch grid, upsampled bilinearly to the input; CNR as BioViL defines it "
+        "each model's grid (the ViT's patches; ConVIRT's: the cells of its ResNet's last "
+        "feature map), upsampled bilinearly to the input; CNR as BioViL defines it "
         "(|mean inside − mean outside| / pooled sd), pointing game (the map's maximum in a "
         f"box), IoU of the map's top-k pixels (k = box area) with the box; {ci} "
         "patient-bootstrap intervals. Maps: mask z (C–E), the phrase's word→patch attention "
         "of the local alignment (B–E), and each patch token's cosine with the phrase's "
-        "global embedding through the global image head (A–D and the pretrained backbone; "
+        "global embedding through the global image head (A–D, ConVIRT and the pretrained "
+        "backbone; "
         "none for E, whose dropped tokens never reach the head).",
         "",
         "| Model | Map | CNR | Pointing | Top-k IoU |",
@@ -523,7 +525,8 @@ def results_markdown(
         kind = "GPU allocated" if "cuda_max_allocated_mb" in e else "process RSS"
         lines.append(
             f"| {name} | {e['inference_images_per_second']} | {peak} ({kind}) | "
-            f"{m['mean_patch_tokens_kept']:.1f} of {data['patch_tokens_total']} | {e['device']} |"
+            f"{m['mean_patch_tokens_kept']:.1f} of {data['patch_tokens_total'][name]} | "
+            f"{e['device']} |"
         )
 
     lines += [
@@ -554,9 +557,10 @@ def results_markdown(
 
 
 def data_description(
-    root: str, is_demo: bool, details: Mapping[str, Any], grid: Sequence[int]
+    root: str, is_demo: bool, details: Mapping[str, Any], grids: Mapping[str, Sequence[int]]
 ) -> dict[str, Any]:
-    """What the numbers were computed on, for the report's header."""
+    """What the numbers were computed on, for the report's header; ``grids``: each model's
+    patch grid (a ViT's patches, a CNN's last feature map)."""
     if details["zero_shot_mode"] == "prompt pair":
         mode = (
             f'P(positive) of the prompt pair "{details["prompt_template"]}" / '
@@ -577,7 +581,7 @@ def data_description(
         ),
         "is_demo": is_demo,
         "zero_shot_mode": mode,
-        "patch_tokens_total": int(np.prod(grid)),
+        "patch_tokens_total": {name: int(np.prod(g)) for name, g in grids.items()},
     }
 
 

@@ -113,7 +113,7 @@ def test_results_markdown_labels_data_and_literature():
         "description": "the synthetic demo corpus",
         "is_demo": True,
         "zero_shot_mode": "prompt pair",
-        "patch_tokens_total": 36,
+        "patch_tokens_total": {"A": 36, "B": 36},
     }
     md = results_markdown(
         {"A": _metrics(0.2), "B": _metrics(0.3)}, eff, tests, data, ["100pct"], KS, 0.95
@@ -144,7 +144,7 @@ def test_reference_rows_are_rendered_as_floors():
         "description": "the synthetic demo corpus",
         "is_demo": True,
         "zero_shot_mode": "prompt pair",
-        "patch_tokens_total": 36,
+        "patch_tokens_total": {"A": 36, "B": 36},
     }
     metrics = {"A": _metrics(0.2), "B": _metrics(0.3)}
     refs = {"pretrained": _metrics(0.1), "pixels": _pixel_metrics(0.25)}
@@ -203,14 +203,20 @@ def test_data_description_names_the_prompts():
         "negative_prompt_template": "no {}",
         "no_finding_prompts": ["normal", "abnormal"],
     }
-    mode = data_description("data/demo", True, details, (6, 6))["zero_shot_mode"]
+    mode = data_description("data/demo", True, details, {"A": (6, 6)})["zero_shot_mode"]
     assert mode == (
         'P(positive) of the prompt pair "x of {}" / "no {}"; No Finding: "normal" / "abnormal"'
     )
     single = {**details, "zero_shot_mode": "single prompt", "no_finding_prompts": []}
-    assert data_description("r", False, single, (6, 6))["zero_shot_mode"] == (
+    assert data_description("r", False, single, {"A": (6, 6)})["zero_shot_mode"] == (
         'cosine similarity to the prompt "x of {}"'
     )
+    # each model's own grid: a ViT's 6 x 6 patches, a CNN's 3 x 3 last feature map
+    grids = {"A": (6, 6), "ConVIRT": (3, 3)}
+    assert data_description("r", False, single, grids)["patch_tokens_total"] == {
+        "A": 36,
+        "ConVIRT": 9,
+    }
 
 
 def test_literature_is_the_seeds_table():
