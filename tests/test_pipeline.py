@@ -63,6 +63,16 @@ def ran_stages(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
 
+def restore(repo: Path) -> None:
+    """Back to the committed results after a `dvc exp run`: tracked files, the files the
+    experiment added to git-tracked output folders (a mask's loss curves in
+    plots/train/A/, which would leave train@A's outputs changed), and DVC's outputs."""
+    sh(["git", "checkout", "--", "."], repo)
+    sh(["git", "clean", "-fdq"], repo)
+    sh(["dvc", "checkout", "--force"], repo)
+    assert "changed" not in sh(["dvc", "status"], repo)
+
+
 def read_master(repo: Path) -> list[dict]:
     lines = (repo / "data/processed/mimic_master_official_split.jsonl").read_text().splitlines()
     return [json.loads(x) for x in lines]
@@ -417,8 +427,7 @@ def test_use_masking_retrains_exactly_the_variants_it_changes(repo):
         assert f"metrics/train/{name}.json" not in changed, name
         assert f"metrics/eval/{name}.json" not in changed, name
     sh(["dvc", "plots", "diff", "-o", str(repo.parent / "plots_diff")], repo)
-    sh(["git", "checkout", "--", "."], repo)
-    sh(["dvc", "checkout", "--force"], repo)
+    restore(repo)
 
 
 def test_a_convirt_param_retrains_convirt_alone(repo):
@@ -436,8 +445,7 @@ def test_a_convirt_param_retrains_convirt_alone(repo):
     assert "metrics/train/ConVIRT.json" in changed
     assert not changed & {f"metrics/eval/{n}.json" for n in "ABCDE"}
     assert json.loads((repo / "models/ConVIRT/config.json").read_text())["train"]["epochs"] == 1
-    sh(["git", "checkout", "--", "."], repo)
-    sh(["dvc", "checkout", "--force"], repo)
+    restore(repo)
 
 
 def test_label_policy_change_reruns_only_downstream(repo):
