@@ -42,8 +42,9 @@ from lib.config.loader import load_params
 from lib.config.params import BackboneParams, ModelParams
 from lib.config.variants import resolve_all
 from lib.device import autocast_and_scaler, peak_memory
-from lib.model.backbone import load_backbone, write_convirt_backbone, write_demo_backbone
+from lib.model.backbone import load_backbone, write_demo_backbone
 from lib.model.build import Model, build_model
+from lib.model.convirt import write_convirt_backbone
 from lib.model.losses import MAX_LOGIT_SCALE, compute_losses
 from lib.model.patch_ib import trim_padding
 from lib.train.optim import adamw, param_groups

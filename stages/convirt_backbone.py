@@ -1,6 +1,6 @@
 """Stage convirt_backbone: ConVIRT's demo backbone, an open_clip local-dir folder of a
 bottleneck ResNet in miniature (random from its seed) and the demo backbone's BERT, which
-train@ConVIRT fine-tunes (lib/model/backbone.py, write_convirt_backbone). When no variant
+train@ConVIRT fine-tunes (lib/model/convirt.py, write_convirt_backbone). When no variant
 uses it (real runs point models.ConVIRT.backbone at ResNet-50 + ClinicalBERT), the stage
 writes only a record of why it was skipped."""
 
@@ -16,7 +16,7 @@ from lib.config.params import CONVIRT_DEMO_BACKBONE, DEMO_BACKBONE
 from lib.config.variants import resolve_all
 from lib.errors import ParamsError
 from lib.io import atomic_path, tree_digest, write_json
-from lib.model.backbone import write_convirt_backbone
+from lib.model.convirt import write_convirt_backbone
 
 RECORD = "skipped.json"
 

@@ -4,11 +4,10 @@ DVC reruns a stage only when a declared dependency changes, so a dependency miss
 dvc.yaml serves stale results without a word. This test derives the dependencies from the
 code instead of trusting a hand-kept list:
 
-- **code**: the files of the ``lib`` (and ``stages``) modules that the stage's script
-  imports, transitively, read with ``ast``; imports inside functions count. Every one must
-  be a dependency, and no other ``.py`` file may be one (an unused dependency reruns the
-  stage for nothing and hides which module matters). Package ``__init__.py`` files must
-  hold no code (checked here), so they are not dependencies.
+- **code**: each stage depends on its script's manifest, ``data/code/<script>.json``, which
+  stage ``code_manifest`` writes from the imports (``lib/code_deps.py``, tested in
+  ``tests/test_code_deps.py``), and on no ``.py`` file; ``code_manifest`` depends on the
+  ``lib`` and ``stages`` folders whole and writes a manifest for every stage script.
 - **data**: every path in the stage's command that is, holds or lies inside an output of
   another stage must be covered by a dependency; so must a file named by a params key that
   the stage reads (``qc.image_listing``, ``data.holdout_patients_from``). The raw data
@@ -28,8 +27,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lib.code_deps import CODE_ROOTS, manifest_name, module_file, script_module, stage_scripts
+
 REPO = Path(__file__).resolve().parents[1]
-CODE_ROOTS = ("lib", "stages")
+CODE_STAGE = "code_manifest"  # writes data/code/<script>.json for every stage script
+CODE_DIR = "data/code"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,68 +47,23 @@ class StageSpec:
 # ----------------------------------------------------------------------------- code
 
 
-def module_file(module: str, root: Path) -> Path | None:
-    """The file that defines ``module`` under ``root`` (a package's ``__init__.py``)."""
-    if module.split(".")[0] not in CODE_ROOTS:
-        return None
-    base = root.joinpath(*module.split("."))
-    if base.with_suffix(".py").is_file():
-        return base.with_suffix(".py")
-    if (base / "__init__.py").is_file():
-        return base / "__init__.py"
-    return None
-
-
-def imported_modules(path: Path, module: str) -> Iterator[str]:
-    """Every module an ``import`` anywhere in ``path`` may load (function bodies included):
-    for ``from a.b import c``, both ``a.b`` and ``a.b.c`` (c may be a submodule)."""
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
-        if isinstance(node, ast.Import):
-            yield from (alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                parts = package.split(".")
-                parts = parts[: len(parts) - node.level + 1]
-                base = ".".join([*parts, node.module] if node.module else parts)
-            else:
-                base = node.module or ""
-            yield base
-            yield from (f"{base}.{alias.name}" for alias in node.names)
-
-
-def code_files(module: str, root: Path) -> set[Path]:
-    """The project files that importing ``module`` executes (its parent packages too)."""
-    seen: set[Path] = set()
-    todo = [module]
-    while todo:
-        name = todo.pop()
-        path = module_file(name, root)
-        if path is None or path in seen:
-            continue
-        seen.add(path)
-        parts = name.split(".")
-        todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))
-        todo.extend(imported_modules(path, name))
-    return seen
-
-
-def script_module(cmd: str) -> str:
-    """``python -m stages.train --config ...`` -> ``stages.train``."""
-    args = shlex.split(cmd)
-    if "-m" not in args:
-        raise ValueError(f"command {cmd!r} does not run a module with python -m")
-    return args[args.index("-m") + 1]
-
-
 def code_problems(stage: StageSpec, root: Path) -> list[str]:
-    files = code_files(script_module(stage.cmd), root)
-    if not files:
-        return [f"{stage.name}: its module {script_module(stage.cmd)} is not under {root}"]
-    needed = {p.relative_to(root).as_posix() for p in files if p.name != "__init__.py"}
-    declared = {d for d in stage.deps if d.endswith(".py")}
-    problems = [f"{stage.name}: missing code dep {d}" for d in sorted(needed - declared)]
-    problems += [f"{stage.name}: unused code dep {d}" for d in sorted(declared - needed)]
+    """A stage's code is declared through its manifest: ``data/code/<script>.json``, written
+    by stage code_manifest, and no ``.py`` file. code_manifest itself depends on the code
+    folders whole."""
+    module = script_module(stage.cmd)
+    if module_file(module, root) is None:
+        return [f"{stage.name}: its module {module} is not under {root}"]
+    py = [d for d in stage.deps if d.endswith(".py")]
+    problems = [f"{stage.name}: code dep {d}: depend on its manifest instead" for d in py]
+    if stage.name == CODE_STAGE:
+        missing = [r for r in CODE_ROOTS if r not in stage.deps]
+        return problems + [f"{stage.name}: missing dep on the folder {r}" for r in missing]
+    own = f"{CODE_DIR}/{manifest_name(module)}"
+    if own not in stage.deps:
+        problems.append(f"{stage.name}: missing code dep {own} (the manifest of {module})")
+    others = [d for d in stage.deps if _within(d, CODE_DIR) and d != own]
+    problems += [f"{stage.name}: another script's manifest {d} is a dep" for d in others]
     return problems
 
 
@@ -243,14 +200,22 @@ def params() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
 
 
-def test_every_stage_declares_exactly_the_code_it_imports(stages):
+def test_every_stage_declares_its_code_manifest(stages):
     assert stages, "dvc.yaml has no stages"
     problems = [p for s in stages for p in code_problems(s, REPO)]
-    assert not problems, "dvc.yaml deps disagree with the imports:\n" + "\n".join(problems)
+    assert not problems, "dvc.yaml's code deps are wrong:\n" + "\n".join(problems)
+
+
+def test_the_code_stage_writes_every_manifest_a_stage_reads(stages):
+    (code,) = [s for s in stages if s.name == CODE_STAGE]
+    assert code.outs == (CODE_DIR,)
+    assert shlex.split(code.cmd)[-2:] == ["--out", CODE_DIR]
+    scripts = {script_module(s.cmd) for s in stages}
+    assert scripts <= set(stage_scripts(REPO)), "a stage runs a module outside stages/"
 
 
 def test_package_inits_hold_no_code():
-    assert not init_code(REPO), "an __init__.py with code must become a dependency"
+    assert not init_code(REPO), "an __init__.py holds code (CONTRIBUTING: imports run downwards)"
 
 
 def test_every_dep_exists_or_is_written_by_a_stage(stages, params):
@@ -273,8 +238,31 @@ def test_every_stage_declares_the_files_other_stages_write(stages, params):
     named = {"qc": [p for p in named_by_qc if p]}
     if params["data"].get("holdout_patients_from"):
         named["grounding"] = [params["data"]["holdout_patients_from"]]
+    named["resolve_config"] = backbone_folders(params)  # digested into each variant's config
     problems = data_problems(stages, exempt=[params["data"]["root"]], named=named)
     assert not problems, "\n".join(problems)
+
+
+def backbone_folders(params: Mapping) -> list[str]:
+    """The repository's ``local-dir:`` backbone folders that params name (``model.backbone``
+    and each ``models.<X>.backbone``); absolute paths lie outside the repository."""
+    specs = [params["model"]["backbone"]]
+    specs += [(v or {}).get("backbone") for v in params["models"].values()]
+    folders = {s.removeprefix("local-dir:") for s in specs if s and s.startswith("local-dir:")}
+    return sorted(f for f in folders if not posixpath.isabs(f))
+
+
+def test_backbone_folders_are_read_from_params():
+    params = {
+        "model": {"backbone": "local-dir:data/backbone/demo"},
+        "models": {
+            "A": None,
+            "B": {"backbone": "local-dir:configs/backbones/x"},
+            "C": {"backbone": "hf-hub:org/repo"},
+            "D": {"backbone": "local-dir:/abs/folder"},
+        },
+    }
+    assert backbone_folders(params) == ["configs/backbones/x", "data/backbone/demo"]
 
 
 # ----------------------------------------------------------------------------- the checker
@@ -287,34 +275,25 @@ def _project(tmp_path: Path, files: dict[str, str]) -> Path:
     return tmp_path
 
 
-def test_checker_finds_a_missing_lazy_import_and_an_unused_dep(tmp_path):
-    root = _project(
-        tmp_path,
-        {
-            "lib/__init__.py": '"""doc"""\n',
-            "lib/pkg/__init__.py": "",
-            "lib/pkg/a.py": "def f():\n    from lib.pkg import b  # lazy\n    return b\n",
-            "lib/pkg/b.py": "from .c import x\n",
-            "lib/pkg/c.py": "x = 1\n",
-            "lib/unused.py": "",
-            "stages/s.py": "from lib.pkg.a import f\n",
-        },
-    )
-    stage = StageSpec(
-        name="s",
-        cmd="python -m stages.s --out o",
-        deps=("stages/s.py", "lib/pkg/a.py", "lib/unused.py"),
-        outs=("o",),
-    )
-    assert code_problems(stage, root) == [
-        "s: missing code dep lib/pkg/b.py",
-        "s: missing code dep lib/pkg/c.py",
-        "s: unused code dep lib/unused.py",
+def test_checker_finds_py_deps_and_a_wrong_manifest(tmp_path):
+    root = _project(tmp_path, {"stages/__init__.py": "", "stages/s.py": "", "stages/t.py": ""})
+    good = StageSpec("s", "python -m stages.s --out o", ("data/code/s.json", "in"), ("o",))
+    assert code_problems(good, root) == []
+    bad = dataclasses.replace(good, deps=("stages/s.py", "data/code/t.json"))
+    assert code_problems(bad, root) == [
+        "s: code dep stages/s.py: depend on its manifest instead",
+        "s: missing code dep data/code/s.json (the manifest of stages.s)",
+        "s: another script's manifest data/code/t.json is a dep",
     ]
-    full = dataclasses.replace(
-        stage, deps=("stages/s.py", "lib/pkg/a.py", "lib/pkg/b.py", "lib/pkg/c.py")
-    )
-    assert code_problems(full, root) == []
+    lost = StageSpec("x", "python -m stages.gone --out o", ("data/code/gone.json",), ())
+    assert code_problems(lost, root) == [f"x: its module stages.gone is not under {root}"]
+    code = StageSpec(CODE_STAGE, "python -m stages.s --out data/code", ("lib",), ())
+    assert code_problems(code, root) == [f"{CODE_STAGE}: missing dep on the folder stages"]
+
+
+def test_checker_finds_an_init_with_code(tmp_path):
+    root = _project(tmp_path, {"lib/__init__.py": '"""doc"""\n', "lib/pkg/__init__.py": ""})
+    assert init_code(root) == []
     (root / "lib/pkg/__init__.py").write_text("import os\n", encoding="utf-8")
     assert init_code(root) == ["lib/pkg/__init__.py"]
 

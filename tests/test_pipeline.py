@@ -101,6 +101,20 @@ def test_second_repro_does_nothing(repo):
     assert "Running stage" not in out
 
 
+def test_editing_a_module_reruns_exactly_the_stages_that_import_it(repo):
+    """Code deps go through the manifests of stage code_manifest: an edit to a module that
+    only filter_views imports reruns filter_views, whose output is unchanged, and nothing
+    downstream; an edit to a test file reruns nothing."""
+    try:
+        with (repo / "lib/data/views.py").open("a", encoding="utf-8") as fh:
+            fh.write("# an edit that changes no result\n")
+        (repo / "tests/test_code_deps.py").write_text("# not code of any stage\n")
+        assert ran_stages(sh(["dvc", "repro"], repo)) == {"code_manifest", "filter_views"}
+        assert "Running stage" not in sh(["dvc", "repro"], repo)
+    finally:
+        restore(repo)
+
+
 def test_replicate_seeds_add_runs_and_retrain_no_primary_model(repo):
     before = ran_stages(sh(["dvc", "repro", "--dry"], repo))
     params = yaml.safe_load((repo / "params.yaml").read_text())

@@ -280,7 +280,7 @@ class ModelParams:
     keep_ratio: float = 0.5
     topk_temperature: float = 0.1
     drop_layer: int = 2  # ViT block after which E drops tokens (of backbone depth)
-    temperature: float = 0.1  # initial InfoNCE temperature (learnable)
+    temperature: float = 0.1  # InfoNCE temperature: initial, or fixed if not learn_temperature
     contrastive_weight_i2t: float = 0.5
     contrastive_weight_t2i: float = 0.5
     # all_pairs: GLoRIA's word→patch contrast over every (image, report) pair, O(B²·L·N);

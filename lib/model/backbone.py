@@ -22,15 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import heapq
-import itertools
 import json
 import logging
 import os
 import re
 import sys
 import types
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +45,7 @@ from torch import nn
 from lib.config.params import BackboneParams, ConvirtBackboneParams
 from lib.errors import DataError, ParamsError
 from lib.io import atomic_path
+from lib.model.vocab import train_wordpiece_vocab
 
 BIOMEDCLIP = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 # The text tower BiomedCLIP's open_clip_config.json names; needed in the cache beside it.
@@ -66,7 +64,6 @@ BERT_FILES = (
     "vocab.txt",
 )
 WEIGHTS = "open_clip_model.safetensors"
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4, [PAD] = 0
 PARAMS_KEY = "model.backbone"
 
 TIMM_NAME = re.compile(r"patchib_vit_p(\d+)_i(\d+)_w(\d+)_d(\d+)_h(\d+)(_cs)?")
@@ -303,91 +300,6 @@ def _conv_stem_patch_embed() -> type[nn.Module]:
 _CONV_STEM: type[nn.Module] | None = None
 
 
-# --- the WordPiece vocabulary -------------------------------------------------------------
-
-
-def pretokenize(texts: Iterable[str]) -> Counter[str]:
-    """Word counts after BERT's normalisation (lowercase, accents stripped) and splitting."""
-    from tokenizers import normalizers, pre_tokenizers
-
-    normalizer = normalizers.BertNormalizer(lowercase=True)
-    splitter = pre_tokenizers.BertPreTokenizer()
-    counts: Counter[str] = Counter()
-    for text in texts:
-        counts.update(w for w, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text)))
-    return counts
-
-
-def train_wordpiece_vocab(
-    texts: Iterable[str], vocab_size: int, min_frequency: int = 2
-) -> dict[str, int]:
-    """A BERT WordPiece vocabulary (token -> id) learned from ``texts``, deterministically.
-
-    The algorithm is the one of ``tokenizers``' WordPieceTrainer (BPE merges over words split
-    into a first character and ``##``-continuations, merged by pair frequency). That trainer
-    breaks ties between equally frequent pairs in hash-map order, which changes from process to
-    process, so it is reimplemented here with ties broken lexicographically: the same texts
-    always give the same vocabulary. Ids: the special tokens 0..4, the alphabet, then merges in
-    order. The vocabulary holds at least the specials and the alphabet, whatever vocab_size.
-    """
-    word_counts = pretokenize(texts)
-    words = sorted(word_counts)  # fixed order: the merge loop below never depends on hashing
-    counts = [word_counts[w] for w in words]
-    symbols = [[w[0], *(f"##{c}" for c in w[1:])] for w in words]
-
-    alphabet = sorted({c for w in words for c in w}) + sorted({s for sy in symbols for s in sy[1:]})
-    vocab: dict[str, int] = {}
-    for token in (*SPECIAL_TOKENS, *alphabet):
-        vocab.setdefault(token, len(vocab))
-
-    pair_counts: Counter[tuple[str, str]] = Counter()
-    where: dict[tuple[str, str], set[int]] = {}
-    for i, sy in enumerate(symbols):
-        for pair in itertools.pairwise(sy):
-            pair_counts[pair] += counts[i]
-            where.setdefault(pair, set()).add(i)
-    # Max-heap by count, then the lexicographically smallest pair; stale entries are skipped.
-    heap = [(-c, pair) for pair, c in pair_counts.items()]
-    heapq.heapify(heap)
-
-    while heap and len(vocab) < vocab_size:
-        neg_count, pair = heapq.heappop(heap)
-        if pair_counts.get(pair, 0) != -neg_count:
-            continue
-        if -neg_count < min_frequency:
-            break
-        first, second = pair
-        merged = first + second[2:]  # the second symbol always continues a word: "##..."
-        vocab.setdefault(merged, len(vocab))
-        changed: set[tuple[str, str]] = set()
-        for i in sorted(where.pop(pair, ())):
-            old = symbols[i]
-            for p in itertools.pairwise(old):
-                pair_counts[p] -= counts[i]
-                changed.add(p)
-            new: list[str] = []
-            j = 0
-            while j < len(old):
-                if j + 1 < len(old) and old[j] == first and old[j + 1] == second:
-                    new.append(merged)
-                    j += 2
-                else:
-                    new.append(old[j])
-                    j += 1
-            symbols[i] = new
-            for p in itertools.pairwise(new):
-                pair_counts[p] += counts[i]
-                where.setdefault(p, set()).add(i)
-                changed.add(p)
-        for p in sorted(changed):
-            if pair_counts[p] > 0:
-                heapq.heappush(heap, (-pair_counts[p], p))
-            else:
-                del pair_counts[p]
-                where.pop(p, None)
-    return vocab
-
-
 # --- writing the demo backbone ------------------------------------------------------------
 
 
@@ -468,91 +380,7 @@ def write_demo_backbone(out_dir: Path, texts: Iterable[str], params: BackbonePar
         config = demo_open_clip_config(params)
         (tmp / CLIP_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         # The random init is the weights file; fork_rng keeps the caller's RNG untouched.
-        with torch.random.fork_rng(devices=[]), _quiet_random_init_warnings():
-            torch.manual_seed(params.seed)
-            clip = _create_clip(tmp, config, spec=f"local-dir:{out_dir}", load_weights=False)
-        state = {k: v.detach().contiguous() for k, v in clip.state_dict().items()}
-        save_file(state, tmp / WEIGHTS, metadata={"format": "pt"})
-
-
-def convirt_open_clip_config(
-    text_config: dict[str, Any], image_size: int, timm_name: str
-) -> dict[str, Any]:
-    """open_clip_config.json of ConVIRT's demo backbone: the timm CNN ``timm_name`` (the
-    demo ResNet) with its own pooled features and the demo backbone's BERT (``text_config``:
-    that folder's width and context length), neither with a projection: ConVIRT's MLP heads
-    are the model's (lib/model/convirt.py)."""
-    return {
-        "model_cfg": {
-            # The towers' outputs are used as they are: the text "projection" is the identity
-            # when embed_dim is BERT's width.
-            "embed_dim": int(text_config["width"]),
-            "vision_cfg": {
-                "timm_model_name": timm_name,
-                "timm_model_pretrained": False,
-                "timm_pool": "avg",
-                "timm_proj": "none",
-                "image_size": image_size,
-            },
-            "text_cfg": {
-                "hf_model_name": ".",
-                "hf_tokenizer_name": ".",
-                "hf_proj_type": None,
-                "hf_pooler_type": "mean_pooler",  # unused: ConVIRT pools itself (text_pool)
-                "context_length": int(text_config["context_length"]),
-            },
-        },
-        "preprocess_cfg": {"mean": list(CLIP_MEAN), "std": list(CLIP_STD)},
-    }
-
-
-def write_convirt_backbone(
-    out_dir: Path, text_from: Path, params: ConvirtBackboneParams, timm_name: str | None = None
-) -> None:
-    """Write ConVIRT's demo backbone as an open_clip ``local-dir:`` folder, reproducibly.
-
-    The image tower is the demo ResNet at random from ``params.seed`` (ConVIRT starts from an
-    ImageNet ResNet-50; the demo has no natural-image corpus to pretrain one on), or the
-    timm model ``timm_name`` at random (benchmarks: ``resnet50``). The text tower is the
-    BERT of the demo backbone in ``text_from`` (its config, tokenizer and pretrained
-    weights), ConVIRT's stand-in for ClinicalBERT.
-    """
-    from safetensors.torch import load_file, save_file
-
-    params.validate()
-    source = load_backbone(f"local-dir:{text_from}")
-    text_state = {
-        k: v for k, v in load_file(text_from / WEIGHTS).items() if k.startswith("text.transformer.")
-    }
-    if not text_state:
-        raise DataError(
-            f"{text_from / WEIGHTS}: no text.transformer.* weights; it is not an open_clip "
-            "model with a Hugging Face text tower; rewrite it with `dvc repro demo_backbone`"
-        )
-    text_config = {
-        "width": source.clip.text.config.hidden_size,
-        "context_length": source.context_length,
-    }
-    config = convirt_open_clip_config(
-        text_config, source.image_size, timm_name or resnet_model_name(params)
-    )
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
-        for name in BERT_FILES:  # the BERT's config and tokenizer
-            if (text_from / name).is_file():
-                (tmp / name).write_bytes((text_from / name).read_bytes())
-        (tmp / CLIP_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        with torch.random.fork_rng(devices=[]), _quiet_random_init_warnings():
-            torch.manual_seed(params.seed)
-            clip = _create_clip(tmp, config, spec=f"local-dir:{out_dir}", load_weights=False)
-        state = {k: v.detach().contiguous() for k, v in clip.state_dict().items()}
-        missing = sorted(set(text_state) - set(state))
-        if missing:
-            raise BackboneConfigError(
-                f"{text_from}: its BERT weights do not fit the tower built from its config "
-                f"(missing {missing[:3]}); rewrite it with `dvc repro demo_backbone`"
-            )
-        state.update({k: v.contiguous() for k, v in text_state.items()})
+        state = random_init_state(tmp, config, f"local-dir:{out_dir}", params.seed)
         save_file(state, tmp / WEIGHTS, metadata={"format": "pt"})
 
 
@@ -575,6 +403,17 @@ def _quiet_random_init_warnings() -> Iterator[None]:
 
 
 # --- loading ------------------------------------------------------------------------------
+
+
+def random_init_state(
+    folder: Path, config: dict[str, Any], spec: str, seed: int
+) -> dict[str, torch.Tensor]:
+    """The state dict of the open_clip model of ``folder``'s config at random from ``seed``
+    (what the demo backbones' writers save); the caller's RNG is left untouched."""
+    with torch.random.fork_rng(devices=[]), _quiet_random_init_warnings():
+        torch.manual_seed(seed)
+        clip = _create_clip(folder, config, spec=spec, load_weights=False)
+    return {k: v.detach().contiguous() for k, v in clip.state_dict().items()}
 
 
 def load_backbone(spec: str, device: str | torch.device = "cpu") -> Backbone:
@@ -607,7 +446,8 @@ def load_backbone(spec: str, device: str | torch.device = "cpu") -> Backbone:
 def _load_from_dir(folder: Path, spec: str, device: str | torch.device) -> Backbone:
     config = _read_config(folder, spec)
     towers = towers_pretrained(config)
-    if not _weight_files(folder) and not towers:
+    has_weights = bool(_weight_files(folder))
+    if not has_weights and not towers:
         fix = (
             f"run `hf download {spec.removeprefix('hf-hub:')}` on a machine with network"
             if spec.startswith("hf-hub:")
@@ -619,7 +459,7 @@ def _load_from_dir(folder: Path, spec: str, device: str | torch.device) -> Backb
             "separately pretrained towers says so: vision_cfg.timm_model_pretrained and "
             "text_cfg.hf_model_pretrained true)"
         )
-    if _weight_files(folder):
+    if has_weights:
         clip = _create_clip(folder, config, spec=spec, load_weights=True, device=device)
     else:
         clip = _create_clip(

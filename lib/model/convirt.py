@@ -15,20 +15,38 @@ encode_text returning ImageOutput / TextOutput, logit_scale, set_backbone_frozen
 patch_tokens), with no mask and no local alignment. Its spatial map for phrase grounding is
 the similarity of each cell of the ResNet's last feature map, taken through g_v as the
 pooled features are, to the phrase's embedding.
+
+:func:`write_convirt_backbone` writes the demo's ConVIRT backbone folder (stage
+convirt_backbone): the demo ResNet at random beside the demo backbone's pretrained BERT.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lib.config.params import ModelParams
-from lib.errors import ParamsError
-from lib.model.backbone import Backbone
-from lib.model.patch_ib import ImageOutput, TextOutput, run_text_tower
+from lib.config.params import ConvirtBackboneParams, ModelParams
+from lib.errors import DataError, ParamsError
+from lib.io import atomic_path
+from lib.model.backbone import (
+    BERT_FILES,
+    CLIP_CONFIG,
+    CLIP_MEAN,
+    CLIP_STD,
+    WEIGHTS,
+    Backbone,
+    BackboneConfigError,
+    load_backbone,
+    random_init_state,
+    resnet_model_name,
+)
+from lib.model.patch_ib import ImageOutput, TextOutput, TowerFreezing, run_text_tower
 
 
 def projection_head(in_dim: int, dim: int) -> nn.Sequential:
@@ -51,7 +69,7 @@ def pool_tokens(hidden: Tensor, attention: Tensor, mode: str) -> Tensor:
     raise ValueError(f"text pooling {mode!r}: use max, mean or cls")
 
 
-class ConVIRTModel(nn.Module):
+class ConVIRTModel(TowerFreezing):
     """ConVIRT on a loaded backbone (a timm CNN trunk with global pooling and no projection,
     and an open_clip Hugging Face text tower). Takes ownership of ``backbone.clip``."""
 
@@ -106,7 +124,6 @@ class ConVIRTModel(nn.Module):
         # Channels-last convolutions: 25 % faster fwd+bwd of the demo ResNet on 2 CPU cores
         # (benchmarks/README.md), and what tensor cores want under AMP.
         trunk.to(memory_format=torch.channels_last)
-        self._backbone_frozen = False
         self._freeze_lower_text()
 
     # --- image ----------------------------------------------------------------------------
@@ -154,12 +171,8 @@ class ConVIRTModel(nn.Module):
     def set_backbone_frozen(self, frozen: bool) -> None:
         """Freeze or unfreeze both towers (train.staged_training's phase 1); the text tower's
         embeddings and lowest ``model.frozen_text_layers`` layers stay frozen either way."""
-        self._backbone_frozen = frozen
-        for module in (self.clip.visual.trunk, self.clip.text.transformer):
-            for param in module.parameters():
-                param.requires_grad_(not frozen)
+        super().set_backbone_frozen(frozen)
         self._freeze_lower_text()
-        self.train(self.training)
 
     def _freeze_lower_text(self) -> None:
         n = self.params.frozen_text_layers
@@ -170,15 +183,6 @@ class ConVIRTModel(nn.Module):
             for param in module.parameters():
                 param.requires_grad_(False)
 
-    def train(self, mode: bool = True) -> ConVIRTModel:
-        """nn.Module.train, with the BatchNorm layers of a frozen image tower in eval mode."""
-        super().train(mode)
-        if mode and self._backbone_frozen:
-            for m in self.clip.visual.trunk.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
-
 
 def _text_layers(transformer: nn.Module) -> nn.ModuleList:
     encoder = getattr(transformer, "encoder", None)
@@ -188,3 +192,84 @@ def _text_layers(transformer: nn.Module) -> nn.ModuleList:
             "ConVIRT's text tower must be a BERT-style model (transformer.encoder.layer)"
         )
     return layers
+
+
+# --- the demo backbone folder of ConVIRT (stage convirt_backbone) ---------------------
+
+
+def convirt_open_clip_config(
+    text_config: dict[str, Any], image_size: int, timm_name: str
+) -> dict[str, Any]:
+    """open_clip_config.json of ConVIRT's demo backbone: the timm CNN ``timm_name`` (the
+    demo ResNet) with its own pooled features and the demo backbone's BERT (``text_config``:
+    that folder's width and context length), neither with a projection: ConVIRT's MLP heads
+    are the model's (lib/model/convirt.py)."""
+    return {
+        "model_cfg": {
+            # The towers' outputs are used as they are: the text "projection" is the identity
+            # when embed_dim is BERT's width.
+            "embed_dim": int(text_config["width"]),
+            "vision_cfg": {
+                "timm_model_name": timm_name,
+                "timm_model_pretrained": False,
+                "timm_pool": "avg",
+                "timm_proj": "none",
+                "image_size": image_size,
+            },
+            "text_cfg": {
+                "hf_model_name": ".",
+                "hf_tokenizer_name": ".",
+                "hf_proj_type": None,
+                "hf_pooler_type": "mean_pooler",  # unused: ConVIRT pools itself (text_pool)
+                "context_length": int(text_config["context_length"]),
+            },
+        },
+        "preprocess_cfg": {"mean": list(CLIP_MEAN), "std": list(CLIP_STD)},
+    }
+
+
+def write_convirt_backbone(
+    out_dir: Path, text_from: Path, params: ConvirtBackboneParams, timm_name: str | None = None
+) -> None:
+    """Write ConVIRT's demo backbone as an open_clip ``local-dir:`` folder, reproducibly.
+
+    The image tower is the demo ResNet at random from ``params.seed`` (ConVIRT starts from an
+    ImageNet ResNet-50; the demo has no natural-image corpus to pretrain one on), or the
+    timm model ``timm_name`` at random (benchmarks: ``resnet50``). The text tower is the
+    BERT of the demo backbone in ``text_from`` (its config, tokenizer and pretrained
+    weights), ConVIRT's stand-in for ClinicalBERT.
+    """
+    from safetensors.torch import load_file, save_file
+
+    params.validate()
+    source = load_backbone(f"local-dir:{text_from}")
+    text_state = {
+        k: v for k, v in load_file(text_from / WEIGHTS).items() if k.startswith("text.transformer.")
+    }
+    if not text_state:
+        raise DataError(
+            f"{text_from / WEIGHTS}: no text.transformer.* weights; it is not an open_clip "
+            "model with a Hugging Face text tower; rewrite it with `dvc repro demo_backbone`"
+        )
+    text_config = {
+        "width": source.clip.text.config.hidden_size,
+        "context_length": source.context_length,
+    }
+    config = convirt_open_clip_config(
+        text_config, source.image_size, timm_name or resnet_model_name(params)
+    )
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        for name in BERT_FILES:  # the BERT's config and tokenizer
+            if (text_from / name).is_file():
+                (tmp / name).write_bytes((text_from / name).read_bytes())
+        (tmp / CLIP_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        state = random_init_state(tmp, config, f"local-dir:{out_dir}", params.seed)
+        missing = sorted(set(text_state) - set(state))
+        if missing:
+            raise BackboneConfigError(
+                f"{text_from}: its BERT weights do not fit the tower built from its config "
+                f"(missing {missing[:3]}); rewrite it with `dvc repro demo_backbone`"
+            )
+        state.update({k: v.contiguous() for k, v in text_state.items()})
+        save_file(state, tmp / WEIGHTS, metadata={"format": "pt"})

@@ -329,7 +329,8 @@ def mask_guide_loss(
     kept ones in E); word_emb (B, L, l); word_mask (B, L) bool, None = all real. t_i is the
     local alignment's attention of report i's words over image i's patches,
     softmax_j(cos(word, patch_j) / temperature), averaged over its real words, detached: the
-    teacher. Gradients reach the mask head only.
+    teacher. Gradients flow through z only: into the mask head and, through the patch tokens
+    it scores, into the image trunk (unless frozen); never into the teacher's side.
 
     Why (not in the specification; ``model.mask_guide_weight``, 0 = off): L_sparse fixes
     the mask's mean and L_cons asks the z-weighted patch mean to behave like the full

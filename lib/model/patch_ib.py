@@ -93,7 +93,39 @@ def weighted_mean(tokens: Tensor, weights: Tensor, eps: float = 1e-6) -> Tensor:
     return torch.einsum("bn,bnw->bw", weights, tokens) / total
 
 
-class PatchIBModel(nn.Module):
+class TowerFreezing(nn.Module):
+    """Freezing of an open_clip backbone's two towers (``self.clip``: the timm trunk and the
+    BERT transformer), shared by PatchIBModel and ConVIRTModel (train.staged_training)."""
+
+    _backbone_frozen = False
+    clip: nn.Module
+
+    def set_backbone_frozen(self, frozen: bool) -> None:
+        """Freeze (phase 1) or unfreeze the image trunk and the BERT transformer.
+
+        open_clip's projections (visual head, text proj), the new heads and logit_scale stay
+        trainable. Dropout and train/eval mode stay the caller's, except for BatchNorm (the
+        demo's convolutional stem, a ResNet): a frozen tower keeps its running statistics
+        too, so its features are those it was pretrained with (see :meth:`train`).
+        """
+        self._backbone_frozen = frozen
+        for module in (self.clip.visual.trunk, self.clip.text.transformer):
+            for param in module.parameters():
+                param.requires_grad_(not frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> TowerFreezing:
+        """nn.Module.train, with the BatchNorm layers of a frozen backbone kept in eval mode."""
+        super().train(mode)
+        if mode and self._backbone_frozen:
+            for module in (self.clip.visual.trunk, self.clip.text.transformer):
+                for m in module.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
+        return self
+
+
+class PatchIBModel(TowerFreezing):
     """One Patch-IB-CXR variant (A–E by ``params``) on a loaded backbone.
 
     Takes ownership of ``backbone.clip``: it becomes ``self.clip`` and its ``logit_scale`` is
@@ -276,30 +308,6 @@ class PatchIBModel(nn.Module):
         return F.normalize(self.clip.visual.head(trunk.fc_norm(tokens)).float(), dim=-1)
 
     # --- staged training ------------------------------------------------------------------
-
-    def set_backbone_frozen(self, frozen: bool) -> None:
-        """Freeze (phase 1) or unfreeze the ViT trunk and the BERT transformer.
-
-        open_clip's projections (visual head, text proj), the new heads and logit_scale stay
-        trainable. Dropout and train/eval mode stay the caller's, except for BatchNorm (the
-        demo's convolutional stem): a frozen tower keeps its running statistics too, so its
-        features are those it was pretrained with (see :meth:`train`).
-        """
-        self._backbone_frozen = frozen
-        for module in (self.clip.visual.trunk, self.clip.text.transformer):
-            for param in module.parameters():
-                param.requires_grad_(not frozen)
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> PatchIBModel:
-        """nn.Module.train, with the BatchNorm layers of a frozen backbone kept in eval mode."""
-        super().train(mode)
-        if mode and getattr(self, "_backbone_frozen", False):
-            for module in (self.clip.visual.trunk, self.clip.text.transformer):
-                for m in module.modules():
-                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                        m.eval()
-        return self
 
 
 def _run_blocks(trunk: nn.Module, blocks: nn.Sequential, x: Tensor) -> Tensor:

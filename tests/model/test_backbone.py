@@ -17,7 +17,6 @@ from lib.model.backbone import (
     BIOMEDCLIP,
     BIOMEDCLIP_BERT,
     CLIP_CONFIG,
-    SPECIAL_TOKENS,
     WEIGHTS,
     BackboneConfigError,
     BackboneNotFoundError,
@@ -25,11 +24,10 @@ from lib.model.backbone import (
     ensure_timm_model,
     load_backbone,
     parse_timm_model_name,
-    pretokenize,
     timm_model_name,
-    train_wordpiece_vocab,
     write_demo_backbone,
 )
+from lib.model.vocab import SPECIAL_TOKENS, pretokenize
 from tests.conftest import TINY_BACKBONE
 
 # Nothing here may reach the network (the loader never asks; this makes the libraries agree).
@@ -206,21 +204,6 @@ def test_tokenizer_pads_with_zero_and_knows_the_report_words(backbone, demo_dir)
     long = backbone.tokenizer([" ".join(["effusion"] * 100)])
     assert long.shape == (1, 32) and long[0, -1].item() == tok.sep_token_id
     assert (long != 0).all()
-
-
-def test_wordpiece_vocab_is_deterministic_and_reconstructs_words():
-    vocab = train_wordpiece_vocab(TEXTS, vocab_size=60)
-    assert train_wordpiece_vocab(list(reversed(TEXTS)), vocab_size=60) == vocab
-    assert list(vocab)[:5] == list(SPECIAL_TOKENS)
-    assert sorted(vocab.values()) == list(range(len(vocab)))
-    # Every character is there, so every training word splits into known pieces.
-    chars = {c for w in pretokenize(TEXTS) for c in w}
-    assert chars <= set(vocab)
-    big = train_wordpiece_vocab(TEXTS, vocab_size=10_000, min_frequency=1)
-    assert set(pretokenize(TEXTS)) <= set(big)  # enough merges learn every word
-
-
-# --- timm names --------------------------------------------------------------------------
 
 
 def test_timm_name_encodes_the_architecture_and_registers_on_demand():

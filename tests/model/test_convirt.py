@@ -20,11 +20,10 @@ from lib.model.backbone import (
     load_backbone,
     resnet_model_name,
     towers_pretrained,
-    write_convirt_backbone,
     write_demo_backbone,
 )
 from lib.model.build import build_model
-from lib.model.convirt import ConVIRTModel, pool_tokens
+from lib.model.convirt import ConVIRTModel, pool_tokens, write_convirt_backbone
 from lib.model.losses import compute_losses
 from lib.model.patch_ib import PatchIBModel
 from tests.conftest import TINY_BACKBONE

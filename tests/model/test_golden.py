@@ -19,8 +19,9 @@ import pytest
 import torch
 
 from lib.config.params import ConvirtBackboneParams, ModelParams
-from lib.model.backbone import load_backbone, write_convirt_backbone, write_demo_backbone
+from lib.model.backbone import load_backbone, write_demo_backbone
 from lib.model.build import build_model
+from lib.model.convirt import write_convirt_backbone
 from lib.model.losses import compute_losses
 from tests.conftest import TINY_BACKBONE
 
