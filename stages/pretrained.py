@@ -7,20 +7,19 @@ import argparse
 from pathlib import Path
 
 from lib.cli import run
-from lib.config.loader import load_params
-from lib.eval.pretrained import write_pretrained_model
+from lib.eval.pretrained import read_config, write_pretrained_model
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument(
+        "--config", type=Path, required=True, help="data/configs/pretrained.json (resolve_config)"
+    )
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args()
 
-    params = load_params(args.params)
-    spec = params.model.backbone
-    write_pretrained_model(args.out, spec, params.train.use_amp)
-    print(f"pretrained: {spec}, no fine-tuning -> {args.out}")
+    variant = write_pretrained_model(args.out, read_config(args.config))
+    print(f"pretrained: {variant.model.backbone}, no fine-tuning -> {args.out}")
 
 
 if __name__ == "__main__":

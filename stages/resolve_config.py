@@ -1,8 +1,9 @@
 """Stage resolve_config: write each variant's effective config (model + train, and the
-digest of its backbone folder) to JSON.
+digest of its backbone folder) to JSON, and the config of the "pretrained backbone, no
+fine-tuning" reference (pretrained.json: model.backbone with its digest, train.use_amp).
 
-train@<variant> depends on its file only, so changing a param, or the backbone folder the
-variant fine-tunes, retrains exactly the variants whose effective config changed.
+train@<variant> and stage pretrained depend on their file only, so changing a param, or the
+backbone folder a variant fine-tunes, rebuilds exactly the models whose config changed.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from lib.cli import run
 from lib.config.loader import load_params
-from lib.config.variants import resolve_all, with_backbone_digest
+from lib.config.variants import PRETRAINED, pretrained_variant, resolve_all, with_backbone_digest
 from lib.io import atomic_path
 
 
@@ -23,7 +24,10 @@ def main() -> None:
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args()
 
-    for name, variant in resolve_all(load_params(args.params)).items():
+    params = load_params(args.params)
+    variants = resolve_all(params)
+    variants[PRETRAINED] = pretrained_variant(params.model.backbone, params.train.use_amp)
+    for name, variant in variants.items():
         variant = with_backbone_digest(variant)
         with atomic_path(args.out_dir / f"{name}.json") as tmp:
             tmp.write_text(json.dumps(variant.to_dict(), indent=2, sort_keys=True) + "\n")

@@ -140,3 +140,35 @@ def test_convirt_backbone_is_skipped_when_no_variant_uses_it(tmp_path):
 def test_convirt_demo_backbone_needs_the_demo_bert(tmp_path):
     proc = _convirt_backbone(tmp_path, {"model": {"backbone": "hf-hub:org/real-clip"}})
     assert_clean_error(proc, "models.ConVIRT.backbone", "convirt-resnet50-bioclinicalbert")
+
+
+def test_resolve_config_writes_the_pretrained_reference_with_its_folder_digest(tmp_path):
+    """Stage pretrained follows whichever folder model.backbone names through
+    data/configs/pretrained.json: its digest changes with the folder's files."""
+    import json
+
+    import yaml
+
+    folder = tmp_path / "my_backbone"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text("{}")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["model"]["backbone"] = f"local-dir:{folder}"
+    raw["models"] = {"A": raw["models"]["A"]}  # ConVIRT's demo folder is not built here
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+
+    def digest() -> str:
+        out = tmp_path / "configs"
+        proc = run_stage(
+            "resolve_config", "--out-dir", str(out), "--params", str(tmp_path / "params.yaml")
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert sorted(p.name for p in out.iterdir()) == ["A.json", "pretrained.json"]
+        ref = json.loads((out / "pretrained.json").read_text())
+        assert ref["name"] == "pretrained" and ref["model"]["backbone"] == f"local-dir:{folder}"
+        assert not ref["model"]["use_masking"] and not ref["model"]["use_local_alignment"]
+        return ref["backbone_digest"]
+
+    first = digest()
+    (folder / "open_clip_config.json").write_text('{"changed": 1}')
+    assert digest() != first

@@ -18,6 +18,10 @@ from lib.config.params import ModelParams, Params, TrainParams, as_dict, build_s
 from lib.errors import DataError, ParamsError
 
 VARIANTS: tuple[str, ...] = ("A", "B", "C", "D", "E", "ConVIRT")
+# The reference rows' names (stage pretrained's models/pretrained, stage pixel_probe's
+# metrics/eval/pixels.json): a variant of either name would write over their folders.
+PRETRAINED = "pretrained"
+RESERVED: tuple[str, ...] = (PRETRAINED, "pixels")
 DESCRIPTIONS = {
     "A": "Global CLIP baseline",
     "B": "+ Local alignment",
@@ -123,7 +127,21 @@ def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def resolve_all(params: Params, source: str = "params.yaml") -> dict[str, Variant]:
+    reserved = sorted(set(params.models) & set(RESERVED))
+    if reserved:
+        raise ParamsError(
+            f"{source}: models.{reserved[0]}: {list(RESERVED)} name the reference rows "
+            "(models/pretrained, metrics/eval/pixels.json); rename the variant"
+        )
     return {name: resolve_variant(params, name, source) for name in params.models}
+
+
+def pretrained_variant(backbone: str, use_amp: bool) -> Variant:
+    """The "pretrained backbone, no fine-tuning" reference's config (stage pretrained):
+    model A's architecture on ``backbone``; ``use_amp`` sets its inference precision on CUDA.
+    Nothing else of ``model:`` / ``train:`` enters it."""
+    model = ModelParams(backbone=backbone, use_local_alignment=False, use_masking=False)
+    return Variant(name=PRETRAINED, model=model, train=TrainParams(use_amp=use_amp))
 
 
 def with_backbone_digest(variant: Variant) -> Variant:
@@ -138,10 +156,11 @@ def with_backbone_digest(variant: Variant) -> Variant:
         return variant
     folder = Path(spec.removeprefix("local-dir:")).expanduser()
     if not folder.exists():
+        key = "model.backbone" if variant.name == PRETRAINED else f"models.{variant.name}"
+        fix = "" if variant.name == PRETRAINED else f" / models.{variant.name}.backbone"
         raise DataError(
-            f"models.{variant.name}: backbone folder {folder} ({spec}) not found; run "
-            "`dvc repro` (stages demo_backbone / convirt_backbone write the demo's), or fix "
-            f"model.backbone / models.{variant.name}.backbone"
+            f"{key}: backbone folder {folder} ({spec}) not found; run `dvc repro` (stages "
+            f"demo_backbone / convirt_backbone write the demo's), or fix model.backbone{fix}"
         )
     return dataclasses.replace(variant, backbone_digest=tree_digest(folder))
 

@@ -11,7 +11,10 @@ data (``model.backbone`` = BiomedCLIP) the row is BiomedCLIP zero-shot; on the d
 whatever stage demo_backbone wrote.
 
 Only ``model.backbone`` and ``train.use_amp`` (inference precision on CUDA) enter the folder,
-so changing any other model or train param leaves it, and its evaluation, as they are.
+so changing any other model or train param leaves it, and its evaluation, as they are. Its
+config comes from stage resolve_config (data/configs/pretrained.json, with the digest of a
+``local-dir:`` backbone folder), so editing the folder ``model.backbone`` names rebuilds it,
+whichever folder that is.
 """
 
 from __future__ import annotations
@@ -22,19 +25,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_model
 
-from lib.config.params import ModelParams, TrainParams
-from lib.config.variants import Variant
+from lib.config.variants import PRETRAINED, Variant
+from lib.errors import DataError
 from lib.io import atomic_path
 from lib.model.backbone import load_backbone
 from lib.model.patch_ib import PatchIBModel
 
-NAME = "pretrained"
-
-
-def pretrained_variant(backbone: str, use_amp: bool) -> Variant:
-    """The reference's config: the global baseline's architecture on ``backbone``."""
-    model = ModelParams(backbone=backbone, use_local_alignment=False, use_masking=False)
-    return Variant(name=NAME, model=model, train=TrainParams(use_amp=use_amp))
+NAME = PRETRAINED
 
 
 def pretrained_model(variant: Variant) -> PatchIBModel:
@@ -48,9 +45,22 @@ def pretrained_model(variant: Variant) -> PatchIBModel:
     return model.eval()
 
 
-def write_pretrained_model(out: Path, backbone: str, use_amp: bool) -> Variant:
-    """``out``/model.safetensors + config.json, as train@X writes them (load_trained)."""
-    variant = pretrained_variant(backbone, use_amp)
+def read_config(path: Path) -> Variant:
+    """The reference's config as stage resolve_config wrote it."""
+    if not path.is_file():
+        raise DataError(f"{path}: not found; run `dvc repro resolve_config` first")
+    variant = Variant.from_dict(json.loads(path.read_text(encoding="utf-8")), str(path))
+    if variant.name != NAME:
+        raise DataError(
+            f"{path}: the config of {variant.name!r}, not of the {NAME!r} reference; pass "
+            f"data/configs/{NAME}.json"
+        )
+    return variant
+
+
+def write_pretrained_model(out: Path, variant: Variant) -> Variant:
+    """``out``/model.safetensors + config.json (``variant``'s, digest included), as train@X
+    writes them (load_trained)."""
     model = pretrained_model(variant)
     with atomic_path(out) as tmp:
         tmp.mkdir()

@@ -307,8 +307,6 @@ class PatchIBModel(TowerFreezing):
         tokens = trunk.forward_features(images)[:, self.num_prefix :]  # (B, N, W)
         return F.normalize(self.clip.visual.head(trunk.fc_norm(tokens)).float(), dim=-1)
 
-    # --- staged training ------------------------------------------------------------------
-
 
 def _run_blocks(trunk: nn.Module, blocks: nn.Sequential, x: Tensor) -> Tensor:
     """Run a slice of the ViT's blocks, with activation checkpointing if the trunk uses it."""

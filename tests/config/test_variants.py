@@ -3,8 +3,10 @@ import pytest
 from lib.config.loader import load_params, parse_params
 from lib.config.params import CONVIRT_DEMO_BACKBONE
 from lib.config.variants import (
+    PRETRAINED,
     VARIANTS,
     Variant,
+    pretrained_variant,
     resolve_all,
     resolve_variant,
     with_backbone_digest,
@@ -148,3 +150,22 @@ def test_variant_name_reads_the_model_folder_without_loading_it(tmp_path):
         variant_name(d)
     (d / "config.json").write_text('{"name": "C", "best_epoch": 1}')
     assert variant_name(d) == "C"
+
+
+@pytest.mark.parametrize("name", ["pretrained", "pixels"])
+def test_a_variant_may_not_take_a_reference_rows_name(name):
+    with pytest.raises(ParamsError, match=f"models.{name}: .*rename the variant"):
+        resolve_all(parse_params({"models": {"A": {}, name: {}}}))
+
+
+def test_pretrained_reference_reads_only_the_backbone_and_amp(tmp_path):
+    ref = pretrained_variant("local-dir:x", use_amp=True)
+    assert ref.name == PRETRAINED
+    assert not ref.model.use_masking and not ref.model.use_local_alignment
+    # Other shared settings never reach it: the same config whatever model:/train: say.
+    raw = {"model": {"backbone": "local-dir:x", "use_masking": True}, "train": {"lr": 1.0}}
+    params = parse_params({**raw, "models": {"A": {}}})
+    assert pretrained_variant(params.model.backbone, params.train.use_amp) == ref
+    folder = tmp_path / "bb"
+    with pytest.raises(DataError, match="^model.backbone: backbone folder"):
+        with_backbone_digest(pretrained_variant(f"local-dir:{folder}", False))
