@@ -154,6 +154,9 @@ def test_resolve_config_writes_the_pretrained_reference_with_its_folder_digest(t
     (folder / "open_clip_config.json").write_text("{}")
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["model"]["backbone"] = f"local-dir:{folder}"
+    # Shared settings other than model.backbone and train.use_amp never reach the reference.
+    raw["model"]["use_masking"] = raw["model"]["use_local_alignment"] = True
+    raw["train"]["use_amp"] = False
     raw["models"] = {"A": raw["models"]["A"]}  # ConVIRT's demo folder is not built here
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
 
@@ -167,6 +170,7 @@ def test_resolve_config_writes_the_pretrained_reference_with_its_folder_digest(t
         ref = json.loads((out / "pretrained.json").read_text())
         assert ref["name"] == "pretrained" and ref["model"]["backbone"] == f"local-dir:{folder}"
         assert not ref["model"]["use_masking"] and not ref["model"]["use_local_alignment"]
+        assert ref["train"]["use_amp"] is False
         return ref["backbone_digest"]
 
     first = digest()

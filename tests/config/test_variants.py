@@ -158,14 +158,11 @@ def test_a_variant_may_not_take_a_reference_rows_name(name):
         resolve_all(parse_params({"models": {"A": {}, name: {}}}))
 
 
-def test_pretrained_reference_reads_only_the_backbone_and_amp(tmp_path):
+def test_pretrained_reference_is_the_global_model_and_names_its_key(tmp_path):
+    # That no other shared setting reaches it through resolve_config: tests/test_stages.py.
     ref = pretrained_variant("local-dir:x", use_amp=True)
-    assert ref.name == PRETRAINED
+    assert ref.name == PRETRAINED and ref.train.use_amp
     assert not ref.model.use_masking and not ref.model.use_local_alignment
-    # Other shared settings never reach it: the same config whatever model:/train: say.
-    raw = {"model": {"backbone": "local-dir:x", "use_masking": True}, "train": {"lr": 1.0}}
-    params = parse_params({**raw, "models": {"A": {}}})
-    assert pretrained_variant(params.model.backbone, params.train.use_amp) == ref
     folder = tmp_path / "bb"
     with pytest.raises(DataError, match="^model.backbone: backbone folder"):
         with_backbone_digest(pretrained_variant(f"local-dir:{folder}", False))
