@@ -158,10 +158,12 @@ class BackboneParams:
     vocab_size: int = 3000  # WordPiece vocabulary trained on the pretraining reports
     context_length: int = 128
     embed_dim: int = 512
-    # Pooling of each tower (BiomedCLIP: the ViT's CLS token, BERT's [CLS]). The mean of the
+    # Pooling of each tower (BiomedCLIP: the ViT's CLS token, BERT's [CLS]). Pooling the
     # tokens learns far faster from scratch: CLS-pooled towers pretrained on the demo's budget
-    # end with near rank-1 embeddings (README, "The demo backbone").
-    vision_pool: Literal["token", "avg"] = "avg"
+    # end with near rank-1 embeddings (README, "The demo backbone"). The ViT's options are
+    # timm's: "avg" (mean of the patch tokens), "max" (per-feature maximum), "avgmax" (their
+    # mean).
+    vision_pool: Literal["token", "avg", "avgmax", "max"] = "avg"
     text_pool: Literal["cls", "mean"] = "mean"
     # How pixels become patch tokens: "linear", one patch-sized projection (BiomedCLIP's),
     # or "conv", a stem of stride-2 3x3 convolutions giving the same tokens (params.yaml).

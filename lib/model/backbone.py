@@ -315,9 +315,9 @@ def demo_open_clip_config(params: BackboneParams) -> dict[str, Any]:
             "vision_cfg": {
                 "timm_model_name": timm_model_name(params),
                 "timm_model_pretrained": False,
-                # "" keeps timm's own pooling (the CLS token, as BiomedCLIP); "avg" the mean
-                # of the patch tokens.
-                "timm_pool": "" if params.vision_pool == "token" else "avg",
+                # "" keeps timm's own pooling (the CLS token, as BiomedCLIP); otherwise
+                # timm's pooling of the patch tokens ("avg", "max", "avgmax").
+                "timm_pool": "" if params.vision_pool == "token" else params.vision_pool,
                 "timm_proj": "linear",
                 "image_size": params.image_size,
             },

@@ -4,7 +4,7 @@ One class covers the five variants through ``ModelParams``:
 - A: global contrastive only (open_clip's own image and text embeddings);
 - B: + local alignment (patch and word features projected to ``local_dim``);
 - C: + soft mask, ``z = sigmoid(w·v + b)`` per final patch token, and an image embedding from
-  the z-weighted mean of the patches (``mask_mode: soft``);
+  the patches pooled as the ViT pools them, weighted by z (``mask_mode: soft``);
 - D: the mask sharpened toward exactly K = round(keep_ratio·N) patches by a soft top-K of
   temperature ``topk_temperature`` (``mask_mode: topk``);
 - E: the mask sits after ViT block ``drop_layer``; only the top-K patches (and the prefix
@@ -91,6 +91,29 @@ def weighted_mean(tokens: Tensor, weights: Tensor, eps: float = 1e-6) -> Tensor:
     """(B, N, W) tokens, (B, N) weights -> (B, W) weighted mean."""
     total = weights.sum(dim=-1, keepdim=True).clamp_min(eps)
     return torch.einsum("bn,bnw->bw", weights, tokens) / total
+
+
+def masked_pool(tokens: Tensor, weights: Tensor, pool: str) -> Tensor:
+    """(B, N, W) patch tokens, (B, N) mask weights in [0, 1] -> (B, W): the masked image's
+    counterpart of the ViT's own pooling ``pool`` (timm's ``global_pool``), equal to it when
+    every weight is 1.
+
+    - "avg", and "token" (no patch stands for the CLS token): the z-weighted mean;
+    - "max": the per-feature maximum over the patches, each patch moved by 1 − z toward the
+      image's per-feature minimum m: max_j (z_j·v_j + (1 − z_j)·m). A patch of weight 0
+      cannot set a maximum, and a 0/1 mask gives exactly the maximum over the kept patches;
+    - "avgmax": the mean of the two.
+    """
+    if pool in ("avg", "token", ""):
+        return weighted_mean(tokens, weights)
+    w = weights.unsqueeze(-1).to(tokens.dtype)  # (B, N, 1)
+    floor = tokens.amin(dim=1, keepdim=True)  # (B, 1, W)
+    top = (w * tokens + (1 - w) * floor).amax(dim=1)
+    if pool == "max":
+        return top
+    if pool == "avgmax":
+        return 0.5 * (top + weighted_mean(tokens, weights))
+    raise ValueError(f"pool = {pool!r}: the masked embedding knows avg, token, max and avgmax")
 
 
 class TowerFreezing(nn.Module):
@@ -237,18 +260,22 @@ class PatchIBModel(TowerFreezing):
     def _masked(self, patches: Tensor, z: Tensor) -> Tensor:
         """(B, N, W), (B, N) -> (B, d): the masked image's embedding through masked_proj.
 
-        Default: the z-weighted mean of the patches. With ``model.mask_noise`` (the
-        information bottleneck of Schulz et al. 2020): each patch becomes
-        z·v + (1 − z)·ε, ε drawn from the patch features' per-feature normal (its running
-        mean in eval mode, so inference is deterministic), and the embedding is the plain
-        mean of those. A weighted mean is blind to the mask's overall level and, when the
-        full embedding is itself the patch mean (``vision_pool: avg``), a uniform mask
-        reproduces it exactly: nothing asks the mask to choose. With noise, each unit of z
-        buys information, so a mask of fixed mass keeps most by sitting on the patches
+        Default: the patches pooled as the ViT pools them, weighted by z
+        (:func:`masked_pool`: the z-weighted mean for ``vision_pool: avg``, a maximum over
+        the patches moved toward their minimum by 1 − z for ``max``). With
+        ``model.mask_noise`` (the information bottleneck of Schulz et al. 2020): each patch
+        becomes z·v + (1 − z)·ε, ε drawn from the patch features' per-feature normal (its
+        running mean in eval mode, so inference is deterministic), and the embedding is the
+        plain pooling of those. A weighted mean is blind to the mask's overall level and,
+        when the full embedding is itself the patch mean (``vision_pool: avg``), a uniform
+        mask reproduces it exactly: nothing asks the mask to choose. With noise, each unit
+        of z buys information, so a mask of fixed mass keeps most by sitting on the patches
         that say most about the report.
         """
+        trunk = self.clip.visual.trunk
+        pool = getattr(trunk, "global_pool", "avg")
         if not self.params.mask_noise:
-            pooled = self.clip.visual.trunk.fc_norm(weighted_mean(patches, z))
+            pooled = trunk.fc_norm(masked_pool(patches, z, pool))
             return F.normalize(self.masked_proj(pooled), dim=-1)
         if self.training:
             feats = patches.detach().float().flatten(0, 1)  # (B·N, W)
@@ -261,7 +288,7 @@ class PatchIBModel(TowerFreezing):
             noise = self.patch_mean.to(patches.dtype).expand_as(patches)
         keep = z.unsqueeze(-1).to(patches.dtype)
         mixed = keep * patches + (1 - keep) * noise
-        pooled = self.clip.visual.trunk.fc_norm(mixed.mean(dim=1))
+        pooled = trunk.fc_norm(masked_pool(mixed, torch.ones_like(z), pool))
         return F.normalize(self.masked_proj(pooled), dim=-1)
 
     # --- text -----------------------------------------------------------------------------

@@ -98,7 +98,7 @@ def test_folder_is_an_open_clip_folder_shaped_like_biomedclip(demo_dir: Path):
     assert vision == {
         "timm_model_name": "patchib_vit_p16_i64_w64_d3_h2",
         "timm_model_pretrained": False,
-        "timm_pool": "avg",  # backbone.vision_pool: avg, the demo's default
+        "timm_pool": "avg",  # BackboneParams.vision_pool default (params.yaml: max)
         "timm_proj": "linear",
         "image_size": 64,
     }
@@ -367,6 +367,28 @@ def test_text_tower_path_must_hold_a_bert_config(tmp_path, demo_dir):
 def test_unknown_scheme():
     with pytest.raises(ValueError, match=r"model\.backbone = 'ViT-B-16'.*local-dir"):
         load_backbone("ViT-B-16")
+
+
+@pytest.mark.parametrize("pool", ["max", "avgmax"])
+def test_vision_pool_is_the_loaded_towers_pooling(tmp_path: Path, pool: str):
+    """backbone.vision_pool = max / avgmax: the folder says so, and the loaded image tower
+    pools its patch tokens that way (the CLS token left out), as the written config asks."""
+    out = tmp_path / "demo"
+    write_demo_backbone(out, TEXTS, dataclasses.replace(PARAMS, vision_pool=pool))
+    config = json.loads((out / CLIP_CONFIG).read_text())
+    assert config["model_cfg"]["vision_cfg"]["timm_pool"] == pool
+    visual = load_backbone(f"local-dir:{out}").clip.visual.eval()
+    trunk = visual.trunk
+    x = images(3)
+    with torch.no_grad():
+        patches = trunk.forward_features(x)[:, trunk.num_prefix_tokens :]  # (B, N, W)
+        top, mean = patches.amax(dim=1), patches.mean(dim=1)
+        pooled = top if pool == "max" else 0.5 * (top + mean)
+        expected = visual.head(trunk.fc_norm(pooled))
+        other = visual.head(trunk.fc_norm(mean))  # what avg pooling would give
+        got = visual(x)
+    torch.testing.assert_close(got, expected)
+    assert not torch.allclose(got, other, atol=1e-3)
 
 
 def test_pooling_params_select_biomedclips_cls_pooling():

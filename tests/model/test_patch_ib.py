@@ -1,3 +1,4 @@
+import copy
 import dataclasses
 import math
 import os
@@ -9,7 +10,14 @@ import torch.nn.functional as F
 from lib.config.params import ModelParams
 from lib.errors import ParamsError
 from lib.model.backbone import load_backbone, write_demo_backbone
-from lib.model.patch_ib import PatchIBModel, length_groups, num_kept, soft_topk, weighted_mean
+from lib.model.patch_ib import (
+    PatchIBModel,
+    length_groups,
+    masked_pool,
+    num_kept,
+    soft_topk,
+    weighted_mean,
+)
 from tests.conftest import TINY_BACKBONE
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing here may reach the network
@@ -313,6 +321,49 @@ def test_weighted_mean():
     torch.testing.assert_close(
         weighted_mean(tokens, torch.tensor([[1.0, 3.0]])), torch.tensor([[2.5, 1.5]])
     )
+
+
+def test_masked_pool_is_the_towers_pooling_when_nothing_is_masked():
+    tokens = torch.randn(4, 7, 5, generator=torch.Generator().manual_seed(1))
+    ones = torch.ones(4, 7)
+    torch.testing.assert_close(masked_pool(tokens, ones, "avg"), tokens.mean(1))
+    torch.testing.assert_close(masked_pool(tokens, ones, "max"), tokens.amax(1))
+    torch.testing.assert_close(
+        masked_pool(tokens, ones, "avgmax"), 0.5 * (tokens.amax(1) + tokens.mean(1))
+    )
+
+
+def test_masked_max_of_a_hard_mask_is_the_maximum_over_the_kept_patches():
+    tokens = torch.randn(2, 6, 3, generator=torch.Generator().manual_seed(2))
+    keep = torch.tensor([[1.0, 0, 0, 1, 0, 0], [0, 0, 0, 0, 0, 1]])
+    got = masked_pool(tokens, keep, "max")
+    torch.testing.assert_close(got[0], tokens[0, [0, 3]].amax(0))
+    torch.testing.assert_close(got[1], tokens[1, 5])
+    # A soft weight moves a patch toward the image's per-feature minimum, never past it.
+    half = masked_pool(tokens, torch.full((2, 6), 0.5), "max")
+    assert (half <= tokens.amax(1) + 1e-6).all() and (half >= tokens.amin(1) - 1e-6).all()
+
+
+def test_masked_pool_refuses_an_unknown_pooling():
+    with pytest.raises(ValueError, match="'map'"):
+        masked_pool(torch.zeros(1, 2, 3), torch.ones(1, 2), "map")
+
+
+def test_c_masked_embedding_pools_as_the_vit_pools(backbone, batch):
+    """With a max-pooled ViT (backbone.vision_pool: max) the masked embedding is the masked
+    maximum, not the weighted mean: the full and masked images are pooled alike."""
+    images, _ = batch
+    model = make(copy.deepcopy(backbone), use_masking=True).eval()
+    trunk = model.clip.visual.trunk
+    trunk.global_pool = "max"
+    with torch.no_grad():
+        image = model.encode_image(images)
+        tokens = trunk.forward_features(images)[:, 1:]
+        pooled = masked_pool(tokens, image.mask, "max")
+        expected = F.normalize(model.masked_proj(trunk.fc_norm(pooled)), dim=-1)
+        mean = F.normalize(model.masked_proj(trunk.fc_norm(weighted_mean(tokens, image.mask))))
+    torch.testing.assert_close(image.masked_emb, expected)
+    assert not torch.allclose(image.masked_emb, mean, atol=1e-4)
 
 
 # --- text tower in length groups ----------------------------------------------------------
