@@ -382,6 +382,8 @@ def test_trained_models_beat_an_untrained_one(repo, tmp_path):
     # must clear its own untrained state by its intervals (measured 2026-11-29: mean recall
     # 0.155 [0.125, 0.186] against 0.022, probe 0.814 [0.789, 0.840] against 0.742).
     convirt = json.loads((repo / "models/ConVIRT/config.json").read_text())
+    folder = convirt["model"]["backbone"].removeprefix("local-dir:")  # relative to the repo
+    convirt["model"]["backbone"] = f"local-dir:{repo / folder}"
     start = _untrained_metrics(repo, tmp_path / "ConVIRT", convirt, "ConVIRT")
     m = json.loads((repo / "metrics/eval/ConVIRT.json").read_text())
     assert start["mean_recall"] < 2 * chance
