@@ -41,15 +41,15 @@ def main() -> None:
     ap.add_argument(
         "--master", type=Path, default=Path("data/processed/mimic_master_official_split.jsonl")
     )
-    ap.add_argument("--pack", type=Path, default=Path("data/packed"), help="'' when not packed")
+    ap.add_argument("--pack", default="data/packed", help="'' when the images are not packed")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--grid", type=float, nargs="+", default=list(GRID))
     args = ap.parse_args()
 
     params = load_params(args.params).eval
     splits = read_master(args.master)
-    if str(args.pack):
-        pack = Pack.open(args.pack)
+    if args.pack:  # a str: Path("") would be "." and never empty
+        pack = Pack.open(Path(args.pack))
         splits = {name: pack.usable(split) for name, split in splits.items()}
     models = args.models or sorted(p.name for p in args.embeddings.iterdir() if p.is_dir())
     fractions = list(params.probe_fractions)
