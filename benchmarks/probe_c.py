@@ -28,7 +28,7 @@ from lib.config.loader import load_params
 from lib.data.master import read_master
 from lib.data.mimic import LABELS
 from lib.data.pack import Pack
-from lib.eval.embeddings import Embeddings
+from lib.eval.embedding_files import Embeddings
 from lib.eval.probe import fit_probe, fraction_key
 
 GRID = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001)

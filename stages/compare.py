@@ -21,7 +21,7 @@ from lib.eval.compare import (
     summary_table,
     tests_table,
 )
-from lib.eval.embeddings import ExplainMaps
+from lib.eval.embedding_files import ExplainMaps
 from lib.eval.evaluate import QueryRows, fraction_key
 from lib.eval.plots import save_compare_plots
 from lib.eval.seeds import read_replicates, spread_keys, spread_markdown, spread_summary, spreads

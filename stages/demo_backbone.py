@@ -1,5 +1,5 @@
 """Stage demo_backbone: BiomedCLIP in miniature, CLIP-pretrained on a synthetic corpus of its
-own whose patients are disjoint from the demo's (lib/demo/pretrain.py), written as an
+own whose patients are disjoint from the demo's (lib/runs/pretrain.py), written as an
 open_clip local-dir folder that models A–E fine-tune. Real runs (model.backbone set to
 BiomedCLIP or another folder) skip the pretraining and record why."""
 
@@ -15,9 +15,9 @@ from lib.config.loader import load_params
 from lib.config.params import DEMO_BACKBONE
 from lib.data.master import read_master
 from lib.data.pack import Pack
-from lib.demo.pretrain import pretrain_backbone, skip_record
 from lib.io import write_json
 from lib.model.backbone import load_backbone
+from lib.runs.pretrain import pretrain_backbone, skip_record
 from lib.train.loop import Data
 from lib.train.outputs import write_curves
 

@@ -10,7 +10,7 @@ from lib.cli import run
 from lib.config.loader import load_params
 from lib.data.master import read_master
 from lib.data.pack import Pack
-from lib.eval.embed import embed_splits, load_trained, split_pixels
+from lib.eval.embed_model import embed_splits, load_trained, split_pixels
 from lib.eval.explain import explain_maps
 from lib.io import atomic_path, write_json
 

@@ -13,7 +13,7 @@ from lib.config.loader import load_params
 from lib.config.variants import variant_name
 from lib.data.master import read_master
 from lib.data.pack import Pack
-from lib.eval.embeddings import Embeddings, load_finetune
+from lib.eval.embedding_files import Embeddings, load_finetune
 from lib.eval.evaluate import evaluate, fraction_key
 from lib.eval.plots import save_model_plots
 from lib.io import atomic_path, write_json

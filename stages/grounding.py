@@ -21,9 +21,9 @@ from lib.data.master import read_master
 from lib.data.pack import Pack
 from lib.data.qc import read_holdout
 from lib.errors import DataError
-from lib.eval.embed import load_trained
-from lib.eval.ground import Grounding, Truth, ground
-from lib.eval.grounding import Phrases, match_phrases, read_boxes, scale_box
+from lib.eval.box_scores import Phrases, match_phrases, read_boxes, scale_box
+from lib.eval.embed_model import load_trained
+from lib.eval.phrase_grounding import Grounding, Truth, ground
 from lib.eval.plots import grounding_figure
 from lib.io import atomic_path, write_json
 

@@ -1,5 +1,5 @@
 """Stage replicate@<variant>-<seed>: one variant trained, embedded and scored again with
-another training seed (replicates.seeds); its test metrics only (lib/train/replicate.py)."""
+another training seed (replicates.seeds); its test metrics only (lib/runs/replicate.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from lib.config.variants import Variant
 from lib.data.master import read_master
 from lib.data.pack import Pack
 from lib.io import write_json
-from lib.train.replicate import run_replicate
+from lib.runs.replicate import run_replicate
 
 
 def main() -> None:

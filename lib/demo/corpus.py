@@ -131,7 +131,7 @@ class GroundingTask:
     split: str
 
 
-# The MS-CXR-format file the demo writes (lib/eval/grounding.py reads it): positive findings
+# The MS-CXR-format file the demo writes (lib/eval/box_scores.py reads it): positive findings
 # of the frontal images of the test split, each with the report's phrase and its boxes.
 GROUNDING_SPLITS = ("test",)
 GROUNDING_VIEWS = ("PA", "AP")

@@ -18,7 +18,7 @@ import pandas as pd
 
 from lib.config.variants import DESCRIPTIONS
 from lib.errors import DataError
-from lib.eval.embeddings import ExplainMaps
+from lib.eval.embedding_files import ExplainMaps
 from lib.eval.evaluate import QueryRows, row_metrics
 from lib.eval.label_retrieval import PRECISION_KS
 from lib.eval.stats import holm, paired_bootstrap_table
@@ -288,8 +288,8 @@ def _ci3(s: Mapping[str, Any] | None) -> str:
 def grounding_section(
     grounding: Mapping[str, Mapping[str, Any]], ci: str, is_demo: bool
 ) -> list[str]:
-    """The phrase-grounding tables (stage grounding, lib/eval/ground.py): per model and map
-    on the phrases of official-test images, the floors, and CNR per category beside
+    """The phrase-grounding tables (stage grounding, lib/eval/phrase_grounding.py): per model
+    and map on the phrases of official-test images, the floors, and CNR per category beside
     BioViL's published MS-CXR figures; [] when no model was scored."""
     scored = {n: g for n, g in grounding.items() if "official_test" in g}
     if not scored:

@@ -18,7 +18,7 @@ from lib.config.params import EvalParams
 from lib.data.master import Split
 from lib.data.mimic import LABELS
 from lib.errors import DataError
-from lib.eval.embeddings import Embeddings, study_reports
+from lib.eval.embedding_files import Embeddings, study_reports
 from lib.eval.label_retrieval import PRECISION_KS, label_retrieval_metrics
 from lib.eval.metrics import (
     IGNORE_LABEL,

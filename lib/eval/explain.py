@@ -21,8 +21,8 @@ from lib.data.images import to_model_input
 from lib.data.master import Split
 from lib.data.mimic import LABELS
 from lib.data.pack import PackedPixels
-from lib.eval.embed import Trained
-from lib.eval.embeddings import ExplainMaps
+from lib.eval.embed_model import Trained
+from lib.eval.embedding_files import ExplainMaps
 from lib.eval.phrase_maps import word_patch_attention
 
 # Words that name each finding in a report. Labels in the order they are picked: findings

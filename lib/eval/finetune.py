@@ -41,8 +41,8 @@ from lib.data.mimic import LABELS
 from lib.data.pack import PackedPixels
 from lib.device import autocast_and_scaler
 from lib.errors import DataError
-from lib.eval.embed import Trained, load_trained
-from lib.eval.embeddings import FINETUNE_FILE, FINETUNE_META
+from lib.eval.embed_model import Trained, load_trained
+from lib.eval.embedding_files import FINETUNE_FILE, FINETUNE_META
 from lib.eval.metrics import IGNORE_LABEL, auc_per_label
 from lib.eval.probe import fraction_key, subsample
 

@@ -1,6 +1,6 @@
 """The spatial maps a model gives for an image and a phrase, over its ViT's patch grid.
 
-Which maps a variant has (lib/eval/grounding.py scores them against boxes):
+Which maps a variant has (lib/eval/box_scores.py scores them against boxes):
 
 - ``mask`` (C, D, E): the patch mask z, the same for every phrase of an image. E scores
   every patch before its drop layer, so its z covers the whole grid too.
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from lib.data.images import to_model_input
-from lib.eval.embed import Trained
+from lib.eval.embed_model import Trained
 from lib.model.build import Model
 from lib.model.patch_ib import ImageOutput, trim_padding
 

@@ -6,7 +6,7 @@ nothing of how much it moves when the same model is trained again with another s
 (initialisation of the heads, batch order, dropout). On the demo that second spread is of
 the same size as the differences between variants, so a difference between two variants
 means something only where it exceeds it. The runs are train@X's (its ``train.seed``) and
-the replicates (``replicates.seeds``, lib/train/replicate.py).
+the replicates (``replicates.seeds``, lib/runs/replicate.py).
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ from lib.demo.corpus import (
     write_corpus,
 )
 from lib.demo.synth_images import render_cxr
-from lib.eval.grounding import read_boxes
+from lib.eval.box_scores import read_boxes
 
 
 @pytest.fixture(scope="module")

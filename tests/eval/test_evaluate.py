@@ -13,7 +13,7 @@ from lib.config.params import EvalParams
 from lib.data.master import read_master
 from lib.data.mimic import LABELS
 from lib.errors import DataError
-from lib.eval.embeddings import Embeddings, study_reports
+from lib.eval.embedding_files import Embeddings, study_reports
 from lib.eval.evaluate import QueryRows, evaluate, fraction_key, label_key, row_metrics
 from lib.eval.metrics import auc_per_label, retrieval_metrics, zero_shot_scores
 from lib.eval.probe import fit_probe

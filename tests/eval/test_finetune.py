@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from lib.config.params import EvalParams, ModelParams, TrainParams
 from lib.config.variants import Variant
 from lib.errors import DataError
-from lib.eval.embed import Trained
-from lib.eval.embeddings import load_finetune
+from lib.eval.embed_model import Trained
+from lib.eval.embedding_files import load_finetune
 from lib.eval.finetune import finetune_fraction, masked_bce, save_runs
 from lib.eval.metrics import auc_per_label
 from lib.eval.probe import subsample

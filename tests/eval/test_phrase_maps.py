@@ -1,4 +1,5 @@
-"""Phrase maps of a model (lib/eval/phrase_maps.py) and the grounding run (lib/eval/ground.py)."""
+"""Phrase maps of a model (lib/eval/phrase_maps.py) and the grounding run
+(lib/eval/phrase_grounding.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from lib.config.variants import Variant
 from lib.data.images import load_images
 from lib.data.master import read_master
 from lib.demo.corpus import build_tables, write_grounding
-from lib.eval.embed import load_trained
-from lib.eval.ground import ground
-from lib.eval.grounding import match_phrases, read_boxes
+from lib.eval.box_scores import match_phrases, read_boxes
+from lib.eval.embed_model import load_trained
+from lib.eval.phrase_grounding import ground
 from lib.eval.phrase_maps import map_kinds, phrase_maps
 from lib.model.backbone import load_backbone
 from lib.model.patch_ib import PatchIBModel

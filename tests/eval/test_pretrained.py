@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from lib.config.variants import pretrained_variant, with_backbone_digest
 from lib.data.images import to_model_input
 from lib.errors import DataError
-from lib.eval.embed import embed_images, embed_texts, load_trained
+from lib.eval.embed_model import embed_images, embed_texts, load_trained
 from lib.eval.pretrained import NAME, read_config, write_pretrained_model
 from lib.model.backbone import load_backbone
 from lib.model.patch_ib import trim_padding

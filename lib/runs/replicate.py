@@ -17,7 +17,7 @@ from lib.config.params import EvalParams
 from lib.config.variants import Variant
 from lib.data.master import Split
 from lib.data.pack import Pack
-from lib.eval.embed import embed_splits, load_trained, split_pixels
+from lib.eval.embed_model import embed_splits, load_trained, split_pixels
 from lib.eval.evaluate import evaluate
 from lib.train.loop import train_variant
 from lib.train.outputs import best_metrics, write_model_dir

@@ -1,7 +1,7 @@
 """Embeddings of a trained model (stage embed@X): every image of every split, the test
 reports, the Patch-IB token statistics, and the inference efficiency.
 
-Evaluation (lib/eval/evaluate.py) works on the saved arrays alone (lib/eval/embeddings.py),
+Evaluation (lib/eval/evaluate.py) works on the saved arrays alone (lib/eval/embedding_files.py),
 the prompts' embeddings included, so changing a bootstrap or probe setting re-runs seconds of
 NumPy and loads no model; changing a prompt re-embeds (embed@X reads the prompt params).
 """
@@ -27,7 +27,7 @@ from lib.data.pack import Pack, PackedPixels
 from lib.data.splits import SPLITS
 from lib.device import autocast_and_scaler, inference_dtype, peak_memory, resolve_device
 from lib.errors import DataError
-from lib.eval.embeddings import Embeddings, study_reports
+from lib.eval.embedding_files import Embeddings, study_reports
 from lib.eval.metrics import label_prompts
 from lib.model.backbone import Backbone, load_backbone
 from lib.model.build import Model, build_model

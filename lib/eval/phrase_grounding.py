@@ -1,6 +1,6 @@
 """Phrase grounding of one model: every phrase of the grounding file scored on its maps.
 
-For each phrase (lib/eval/grounding.match_phrases) the model's maps of its image
+For each phrase (lib/eval/box_scores.match_phrases) the model's maps of its image
 (lib/eval/phrase_maps.py) are upsampled to the model's input and scored against the
 phrase's boxes, mapped through the images' resize and centre crop (CNR, pointing game,
 top-k IoU); a uniform-random and a centre-prior map are scored the same way as floors.
@@ -16,8 +16,7 @@ import numpy as np
 import torch
 
 from lib.config.params import EvalParams
-from lib.eval.embed import Trained
-from lib.eval.grounding import (
+from lib.eval.box_scores import (
     FLOORS,
     SCORES,
     Phrases,
@@ -26,6 +25,7 @@ from lib.eval.grounding import (
     score_patch_maps,
     summarise,
 )
+from lib.eval.embed_model import Trained
 from lib.eval.phrase_maps import map_kinds, phrase_maps
 
 # Rows of the figure: the first phrases of each category (in file order), this many each.

@@ -1,6 +1,6 @@
 """What embed@X writes and eval@X / compare read: one dataclass per file, with save/load.
 
-NumPy only: reading embeddings needs no torch (the model side is lib/eval/embed.py).
+NumPy only: reading embeddings needs no torch (the model side is lib/eval/embed_model.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""lib/eval/grounding.py: MS-CXR boxes, their scaling, and CNR / pointing / top-k IoU."""
+"""lib/eval/box_scores.py: MS-CXR boxes, their scaling, and CNR / pointing / top-k IoU."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from PIL import Image
 
 from lib.data.images import load_image
 from lib.errors import DataError
-from lib.eval.grounding import (
+from lib.eval.box_scores import (
     CNR_CAP,
     COLUMNS,
     SCORES,

@@ -15,7 +15,9 @@ from safetensors.torch import load_file
 from lib.config.params import DataParams, DemoParams, Params, PretrainParams, TrainParams
 from lib.data.master import read_master
 from lib.data.mimic import LABELS
-from lib.demo.pretrain import (
+from lib.errors import DataError, ParamsError
+from lib.model.backbone import WEIGHTS, load_backbone
+from lib.runs.pretrain import (
     PRETRAIN_SUBJECTS,
     RECORD,
     build_corpus,
@@ -27,8 +29,6 @@ from lib.demo.pretrain import (
     skip_record,
     truncate_tokens,
 )
-from lib.errors import DataError, ParamsError
-from lib.model.backbone import WEIGHTS, load_backbone
 from lib.train.loop import Data
 from tests.conftest import TINY_BACKBONE
 

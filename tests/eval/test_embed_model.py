@@ -1,4 +1,5 @@
-"""Embedding a trained model (lib/eval/embed.py) and the Patch-IB maps (lib/eval/explain.py)."""
+"""Embedding a trained model (lib/eval/embed_model.py) and the Patch-IB maps
+(lib/eval/explain.py)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,14 @@ from lib.config.variants import Variant
 from lib.data.images import load_images, to_model_input
 from lib.data.master import read_master
 from lib.errors import DataError
-from lib.eval.embed import (
+from lib.eval.embed_model import (
     embed_images,
     embed_splits,
     embed_texts,
     load_trained,
     prompt_embeddings,
 )
-from lib.eval.embeddings import Embeddings, check_aligned, study_reports
+from lib.eval.embedding_files import Embeddings, check_aligned, study_reports
 from lib.eval.explain import explain, find_mention, select_examples
 from lib.model.backbone import load_backbone
 from lib.model.patch_ib import PatchIBModel, num_kept

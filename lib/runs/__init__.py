@@ -1,0 +1,1 @@
+"""Runs that combine training and evaluation: the demo backbone's pretraining, seed replicates."""
