@@ -1,1 +1,1 @@
-"""The synthetic demo corpus (MIMIC-CXR-JPG layout): image renderer, report writer, corpus."""
+"""Synthetic corpora: the demo corpus (MIMIC-CXR-JPG layout) and the backbone's pretraining one."""
