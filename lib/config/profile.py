@@ -139,6 +139,8 @@ def _plain(value: Any) -> Any:
 
 
 def _show(value: Any) -> str:
-    return yaml.safe_dump(_plain(value), default_flow_style=True, width=4096).strip().removesuffix(
-        "\n..."
+    return (
+        yaml.safe_dump(_plain(value), default_flow_style=True, width=4096)
+        .strip()
+        .removesuffix("\n...")
     )
