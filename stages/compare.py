@@ -37,7 +37,6 @@ def main() -> None:
     ap.add_argument("--efficiency", type=Path, required=True, help="directory of X.json (embed@)")
     ap.add_argument("--embeddings", type=Path, required=True, help="directory of embed@X outputs")
     ap.add_argument("--root", type=Path, required=True, help="data.root (for the X-rays)")
-    ap.add_argument("--demo-root", type=Path, required=True, help="where demo_data writes")
     ap.add_argument("--grounding", type=Path, help="directory of X.json (stage grounding)")
     ap.add_argument("--summary", type=Path, required=True)
     ap.add_argument("--report", type=Path, required=True)
@@ -59,7 +58,7 @@ def main() -> None:
     keys = spread_keys(fractions[-1], max(ks))
     spread = spreads(metrics, seeds, reps, [k for k, _ in keys])
     tests = paired_tests(rows, ks, p.bootstrap, p.seed, p.ci_level, baseline=names[0])
-    is_demo = args.root.resolve() == args.demo_root.resolve()
+    is_demo = params.data.demo
     grounding = {}
     if args.grounding is not None:  # A–E, then the pretrained backbone
         for n in [*names, "pretrained"]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from contextlib import ExitStack
@@ -13,6 +14,21 @@ from lib.config.loader import load_params
 from lib.config.params import as_dict
 from lib.demo.corpus import write_corpus
 from lib.io import atomic_path, write_json
+
+SKIPPED = "data.demo is false (real data): no corpus drawn"
+RECORD = "skipped.json"
+
+
+def skip_outputs(out: Path, grounding: Path | None) -> dict[str, str]:
+    """The stage's outputs on real data (DVC still needs them): a folder holding only a
+    record of why, and an empty boxes file."""
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        (tmp / RECORD).write_text(json.dumps({"skipped": SKIPPED}) + "\n", encoding="utf-8")
+    if grounding is not None:
+        with atomic_path(grounding) as tmp:
+            tmp.write_text("", encoding="utf-8")
+    return {"skipped": SKIPPED}
 
 
 def main() -> None:
@@ -25,7 +41,12 @@ def main() -> None:
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args()
 
-    params = load_params(args.params).demo
+    loaded = load_params(args.params)
+    if not loaded.data.demo:
+        write_json(args.metrics, skip_outputs(args.out, args.grounding))
+        print(f"demo_data: skipped, {SKIPPED}")
+        return
+    params = loaded.demo
     start = time.perf_counter()
     with ExitStack() as stack:
         tmp = stack.enter_context(atomic_path(args.out))

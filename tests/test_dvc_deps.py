@@ -32,6 +32,8 @@ from lib.code_deps import CODE_ROOTS, manifest_name, module_file, script_module,
 REPO = Path(__file__).resolve().parents[1]
 CODE_STAGE = "code_manifest"  # writes data/code/<script>.json for every stage script
 CODE_DIR = "data/code"
+INPUTS_STAGE = "inputs"  # writes data/inputs/<stage>.json (lib/config/inputs.py)
+INPUTS_DIR = "data/inputs"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,12 +236,62 @@ def test_dangling_deps_are_found(tmp_path):
 
 
 def test_every_stage_declares_the_files_other_stages_write(stages, params):
+    problems = data_problems(stages, exempt=[params["data"]["root"]], named=named_files(params))
+    assert not problems, "\n".join(problems)
+
+
+def named_files(params: Mapping) -> dict[str, list[str]]:
+    """The files named by params that a stage must depend on directly: those no manifest of
+    stage inputs carries (the demo's backbone folders, which stages write)."""
+    from lib.config.inputs import named_paths
+    from lib.config.loader import parse_params
+
+    parsed = parse_params(params)
     named_by_qc = [params["qc"].get("image_listing"), params["data"].get("holdout_patients_from")]
     named = {"qc": [p for p in named_by_qc if p]}
     if params["data"].get("holdout_patients_from"):
         named["grounding"] = [params["data"]["holdout_patients_from"]]
     named["resolve_config"] = backbone_folders(params)  # digested into each variant's config
-    problems = data_problems(stages, exempt=[params["data"]["root"]], named=named)
+    for stage, files in named.items():
+        carried = set(named_paths(parsed, stage).values())
+        named[stage] = [f for f in files if f not in carried]
+    return named
+
+
+def test_optional_inputs_reach_their_stages_through_manifests(stages):
+    """Each stage of lib/config/inputs.py's OPTIONAL_INPUTS depends on its manifest, which
+    stage inputs writes (always_changed: DVC cannot know when an optional file changed)."""
+    from lib.config.inputs import OPTIONAL_INPUTS
+
+    (inputs,) = [s for s in stages if s.name == INPUTS_STAGE]
+    manifests = {f"{INPUTS_DIR}/{name}.json" for name in OPTIONAL_INPUTS}
+    assert set(inputs.outs) == manifests
+    assert shlex.split(inputs.cmd)[-2:] == ["--out", INPUTS_DIR]
+    by_name = {s.name: s for s in stages}
+    for name in OPTIONAL_INPUTS:
+        assert f"{INPUTS_DIR}/{name}.json" in by_name[name].deps, name
+    readers = {s.name for s in stages if any(_within(d, INPUTS_DIR) for d in s.deps)}
+    assert readers == set(OPTIONAL_INPUTS)
+    raw = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))
+    assert raw["stages"][INPUTS_STAGE].get("always_changed") is True
+
+
+def test_the_mimic_profile_needs_no_dep_edit(tmp_path):
+    """With configs/mimic-cxr.yaml applied (and the optional files set), the deps still hold:
+    its backbone folder and the optional files reach their stages through the manifests."""
+    from dvc.repo import Repo
+
+    from lib.config.profile import apply_profile
+
+    Repo.init(str(tmp_path), no_scm=True).close()
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text(encoding="utf-8"))
+    sets = ["qc.image_listing=/data/IMAGE_FILENAMES", "data.holdout_patients_from=/data/ms.csv"]
+    apply_profile(tmp_path / "params.yaml", REPO / "configs/mimic-cxr.yaml", sets)
+    (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text(encoding="utf-8"))
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text(encoding="utf-8"))
+    named = named_files(params)
+    assert named == {"qc": [], "grounding": [], "resolve_config": []}
+    problems = data_problems(repo_stages(tmp_path), exempt=[params["data"]["root"]], named=named)
     assert not problems, "\n".join(problems)
 
 

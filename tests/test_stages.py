@@ -176,3 +176,30 @@ def test_resolve_config_writes_the_pretrained_reference_with_its_folder_digest(t
     first = digest()
     (folder / "open_clip_config.json").write_text('{"changed": 1}')
     assert digest() != first
+
+
+def test_demo_data_draws_no_corpus_on_real_data(tmp_path):
+    """data.demo: false (configs/mimic-cxr.yaml): the stage writes only a record of why and
+    an empty boxes file, the outputs DVC needs."""
+    import json
+
+    import yaml
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["data"]["demo"] = False
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    proc = run_stage(
+        "demo_data",
+        "--out",
+        str(tmp_path / "corpus"),
+        "--grounding",
+        str(tmp_path / "ms-cxr/boxes.csv"),
+        "--metrics",
+        str(tmp_path / "m.json"),
+        "--params",
+        str(tmp_path / "params.yaml"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert [p.name for p in (tmp_path / "corpus").iterdir()] == ["skipped.json"]
+    assert (tmp_path / "ms-cxr/boxes.csv").read_text() == ""
+    assert "data.demo is false" in json.loads((tmp_path / "m.json").read_text())["skipped"]

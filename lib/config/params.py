@@ -83,6 +83,8 @@ class DataParams:
 
     root: str = "data/demo/mimic-cxr-jpg"
     reports: str = "data/demo/mimic-cxr-jpg/mimic-cxr-reports.zip"
+    # true: the synthetic corpus of stage demo_data; false: real data (no corpus drawn)  # h5
+    demo: bool = True  # h5
     views: tuple[str, ...] = ("PA", "AP")
     sections: tuple[ReportSection, ...] = ("findings", "impression")
     label_policy: LabelPolicy = "positive_only"
