@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lib.config.params import DataParams, DemoParams, Params, PretrainParams, TrainParams
+from lib.config.fixed import fixed_model, fixed_train
+from lib.config.params import DataParams, DemoParams, Params, PretrainParams
 from lib.data.master import read_master
 from lib.data.mimic import LABELS
 from lib.demo.pretrain import (
@@ -30,18 +31,21 @@ from lib.demo.pretrain import (
 from lib.errors import DataError, ParamsError
 from lib.model.backbone import WEIGHTS, load_backbone
 from lib.train.loop import Data
-from tests.conftest import TINY_BACKBONE
+from tests.conftest import TINY_BACKBONE, params_section, repo_params
 
 
 def tiny_params(**pretrain: object) -> Params:
-    return Params(
-        demo=DemoParams(image_size=64, workers=1),
-        data=DataParams(image_size=TINY_BACKBONE.image_size),
+    return repo_params(
+        model=fixed_model(),
+        demo=params_section(DemoParams, image_size=64, workers=1, min_positive_rate=0.0),
+        data=params_section(DataParams, image_size=TINY_BACKBONE.image_size),
         backbone=TINY_BACKBONE,
-        pretrain=PretrainParams(
-            **{"n_patients": 40, "epochs": 2, "batch_size": 8, "warmup_steps": 2, **pretrain}
+        pretrain=params_section(
+            PretrainParams,
+            **{"n_patients": 40, "epochs": 2, "batch_size": 8, "warmup_steps": 2},
+            **{"caption_fraction": 0.0, "max_text_tokens": 0, **pretrain},
         ),
-        train=TrainParams(device="cpu", eval_batch_size=16),
+        train=fixed_train(device="cpu", eval_batch_size=16),
     )
 
 
@@ -97,14 +101,14 @@ def test_pretrain_variant_trains_everything_with_a_contrastive_loss_only():
     v = pretrain_variant(tiny_params(), "local-dir:x")
     assert not v.train.staged_training and v.train.llrd_factor == 1.0
     assert not v.model.use_masking and not v.model.use_local_alignment
-    assert v.model.temperature == PretrainParams().temperature
+    assert v.model.temperature == params_section(PretrainParams).temperature
 
 
 def test_params_are_validated():
     with pytest.raises(ParamsError, match="pretrain.batch_size"):
-        PretrainParams(batch_size=1).validate()
+        params_section(PretrainParams, batch_size=1).validate()
     with pytest.raises(ParamsError, match="pretrain.holdout_fraction"):
-        PretrainParams(holdout_fraction=0.0).validate()
+        params_section(PretrainParams, holdout_fraction=0.0).validate()
 
 
 def _pretrain(tmp: Path, small_master) -> tuple[dict, Path]:
@@ -149,17 +153,17 @@ def test_real_runs_skip_pretraining(tmp_path):
 def test_fine_tuning_keys_do_not_change_the_pretraining():
     """Only pretrain: and the keys dvc.yaml lists for demo_backbone shape the pretraining:
     `dvc exp run -S model.use_masking=true` must not pretrain again."""
-    from lib.config.params import AugmentParams, ModelParams
+    from lib.config.params import AugmentParams
 
     base = tiny_params()
     other = dataclasses.replace(
         base,
-        model=ModelParams(use_masking=True, use_local_alignment=True, keep_ratio=0.3),
+        model=fixed_model(use_masking=True, use_local_alignment=True, keep_ratio=0.3),
         train=dataclasses.replace(
             base.train,
             lr=0.5,
             epochs=9,
-            augment=AugmentParams(enabled=True),
+            augment=params_section(AugmentParams, enabled=True),
             text_sampling="sentence",
         ),
     )
@@ -210,8 +214,8 @@ def test_truncate_tokens_cuts_long_rows_and_ends_them_with_sep():
 
 def test_max_text_tokens_is_checked():
     with pytest.raises(ParamsError, match="max_text_tokens"):
-        PretrainParams(max_text_tokens=3).validate()
-    PretrainParams(max_text_tokens=0).validate()
+        params_section(PretrainParams, max_text_tokens=3).validate()
+    params_section(PretrainParams, max_text_tokens=0).validate()
 
 
 def test_max_text_tokens_cuts_the_training_texts_only(tmp_path, corpus):
@@ -222,7 +226,7 @@ def test_max_text_tokens_cuts_the_training_texts_only(tmp_path, corpus):
 
 def test_sentence_sampling_in_pretraining_draws_from_the_training_texts_only(tmp_path, corpus):
     with pytest.raises(ParamsError, match="pretrain.text_sampling"):
-        PretrainParams(text_sampling="words").validate()
+        params_section(PretrainParams, text_sampling="words").validate()
     params = tiny_params(text_sampling="sentence", max_text_tokens=12)
     trainer = make_trainer(params, corpus, tmp_path / "i", tmp_path / "s")
     assert trainer.v.train.text_sampling == "sentence"
