@@ -103,8 +103,16 @@ HasSlotOrEmpty = Check(
 )
 
 
+class Section:
+    """Base of the section classes. Each field's own constraints are checked as the section
+    is built (``build_section``); ``validate()`` holds the rules that span its fields."""
+
+    def validate(self) -> None:
+        """No rule spans this section's fields."""
+
+
 @dataclasses.dataclass(frozen=True)
-class DemoParams:
+class DemoParams(Section):
     """The synthetic corpus written by the ``demo_data`` stage (MIMIC-CXR-JPG layout)."""
 
     seed: int
@@ -143,7 +151,7 @@ class DemoParams:
 
 
 @dataclasses.dataclass(frozen=True)
-class DataParams:
+class DataParams(Section):
     """Where the raw MIMIC-CXR-JPG data is, and how it becomes the master file."""
 
     root: str
@@ -181,7 +189,7 @@ class DataParams:
 
 
 @dataclasses.dataclass(frozen=True)
-class QCParams:
+class QCParams(Section):
     """The quality gate in front of training."""
 
     max_missing_image_fraction: Annotated[float, Fraction]
@@ -199,7 +207,7 @@ LocalMode = Literal["all_pairs", "within_pair"]
 
 
 @dataclasses.dataclass(frozen=True)
-class BackboneParams:
+class BackboneParams(Section):
     """The demo backbone: BiomedCLIP in miniature (timm ViT + Hugging Face BERT)."""
 
     seed: int
@@ -248,7 +256,7 @@ class BackboneParams:
 
 
 @dataclasses.dataclass(frozen=True)
-class ConvirtBackboneParams:
+class ConvirtBackboneParams(Section):
     """ConVIRT's demo backbone (stage convirt_backbone): a bottleneck ResNet in miniature
     (ResNet-50's blocks at 1/4 of its widths, ``depth`` blocks per stage), random from
     ``seed``, beside the text tower of the demo backbone."""
@@ -266,7 +274,7 @@ TextSampling = Check(
 
 
 @dataclasses.dataclass(frozen=True)
-class PretrainParams:
+class PretrainParams(Section):
     """CLIP pretraining of the demo backbone (stage demo_backbone) on a synthetic corpus of
     its own: the demo's stand-in for BiomedCLIP's PMC-15M pretraining. Its patients are
     disjoint from the demo corpus by construction (other subject and study id ranges)."""
@@ -298,7 +306,7 @@ class PretrainParams:
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelParams:
+class ModelParams(Section):
     """One variant's model and loss settings (``model:`` holds Model A's; ``models:`` the
     differences of the others)."""
 
@@ -375,7 +383,7 @@ _RELATIVE = " must be in [0, 1): the largest relative change, e.g. 0.1 (0 = off)
 
 
 @dataclasses.dataclass(frozen=True)
-class AugmentParams:
+class AugmentParams(Section):
     """Image augmentation of training batches (``train.augment``; lib/train/augment.py).
 
     Ranges are ``[min, max]``; a magnitude of 0 (or a range of ``[1, 1]`` / ``[0, 0]``) turns
@@ -414,7 +422,7 @@ class AugmentParams:
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainParams:
+class TrainParams(Section):
     """The training schedule (the spec's "Training Strategy"); demo values in params.yaml."""
 
     seed: int
@@ -472,7 +480,7 @@ class TrainParams:
 
 
 @dataclasses.dataclass(frozen=True)
-class PackParams:
+class PackParams(Section):
     """Stage pack_images: every image decoded once into a memory-mapped array."""
 
     # decoding (pillow) or file-reading (nvjpeg) threads; 0 = every core
@@ -494,7 +502,7 @@ class PackParams:
 
 
 @dataclasses.dataclass(frozen=True)
-class ReplicateParams:
+class ReplicateParams(Section):
     """Training-seed replicates: stage replicate@<variant>-<seed> trains, embeds and scores
     each variant again with each of these seeds (besides its own ``train.seed``, whose run
     is train@/embed@/eval@), so that ``compare`` can put the seed spread beside the
@@ -518,7 +526,7 @@ _FRACTIONS_OK = Check(
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalParams:
+class EvalParams(Section):
     """Evaluation on the test split (stages embed@X, eval@X, compare); changing any of these
     re-runs evaluation only, never training."""
 

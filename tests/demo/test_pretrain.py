@@ -234,3 +234,87 @@ def test_sentence_sampling_in_pretraining_draws_from_the_training_texts_only(tmp
     assert train.sentence_tokens is not None and val.sentence_tokens is None  # val: whole texts
     assert train.tokens.shape[1] == 12  # whole texts still cut for the record
     assert len(train.sentence_tokens) >= len(train.tokens)
+
+
+# pretrain_variant(committed params.yaml, the demo backbone), as main (4ba7e5f) built it from
+# the dataclass defaults: the demo backbone's pretraining must stay bit-identical.
+PRETRAIN_VARIANT_ON_MAIN = {
+    "backbone_digest": None,
+    "description": "",
+    "model": {
+        "architecture": "patch_ib",
+        "backbone": "local-dir:data/backbone/demo",
+        "cons_weight": 0.5,
+        "contrastive_weight_i2t": 0.5,
+        "contrastive_weight_t2i": 0.5,
+        "drop_layer": 2,
+        "frozen_text_layers": 0,
+        "head_dim": 512,
+        "keep_ratio": 0.5,
+        "learn_temperature": True,
+        "local_dim": 128,
+        "local_mode": "all_pairs",
+        "local_temperature": 0.1,
+        "local_weight": 1.0,
+        "mask_guide_weight": 0.0,
+        "mask_mode": "soft",
+        "mask_noise": False,
+        "sparse_weight": 1.0,
+        "temperature": 0.07,
+        "text_pool": "max",
+        "topk_temperature": 0.1,
+        "use_local_alignment": False,
+        "use_masking": False,
+    },
+    "name": "pretrain",
+    "train": {
+        "augment": {
+            "blur_sigma": [0.0, 0.0],
+            "brightness": 0.1,
+            "contrast": 0.1,
+            "crop_ratio": [0.9, 1.1],
+            "crop_scale": [0.8, 1.0],
+            "enabled": False,
+            "hflip": 0.0,
+            "rotation_deg": 5.0,
+            "scale": [0.95, 1.05],
+        },
+        "batch_size": 64,
+        "compile": False,
+        "device": "auto",
+        "epochs": 5,
+        "eval_batch_size": 128,
+        "gradient_accumulation_steps": 1,
+        "llrd_factor": 1.0,
+        "lr": 0.001,
+        "nproc_per_node": 1,
+        "num_workers": 4,
+        "patience": 5,
+        "recall_weight": 0.7,
+        "seed": 4321,
+        "staged_training": False,
+        "text_sampling": "report",
+        "use_amp": True,
+        "val_negative_prompt_template": "A chest x-ray showing no {}",
+        "val_no_finding_prompts": [
+            "A chest x-ray showing no acute cardiopulmonary process",
+            "A chest x-ray showing an acute cardiopulmonary process",
+        ],
+        "val_prompt_template": "A chest x-ray showing {}",
+        "warmup_epochs": 3,
+        "warmup_lr": 0.0001,
+        "warmup_steps": 100,
+        "weight_decay": 0.05,
+    },
+}
+
+
+def test_pretrain_variant_is_exactly_the_recipe_it_was():
+    from lib.config.loader import load_params
+    from lib.config.params import DEMO_BACKBONE
+    from tests.conftest import REPO_PARAMS
+
+    variant = pretrain_variant(load_params(REPO_PARAMS), DEMO_BACKBONE).to_dict()
+    assert json.dumps(variant, sort_keys=True) == json.dumps(
+        PRETRAIN_VARIANT_ON_MAIN, sort_keys=True
+    )

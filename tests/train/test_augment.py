@@ -30,7 +30,7 @@ from lib.train.augment import (
 )
 from lib.train.distributed import DistInfo, shard_batch
 from lib.train.loop import Data, Trainer
-from tests.conftest import params_section
+from tests.conftest import params_section, repo_raw
 
 # Every op off: each test turns on the ones it checks.
 OFF = params_section(
@@ -283,23 +283,25 @@ def test_blur_option_lowers_the_spread():
 )
 def test_bad_augment_params_name_key_and_value(key, value, match):
     with pytest.raises(ParamsError, match=match) as err:
-        parse_params({"train": {"augment": {key: value}}})
+        parse_params(repo_raw(train={"augment": {key: value}}))
     assert "train.augment." in str(err.value)
 
 
 def test_augment_params_accept_the_convirt_recipe():
     p = parse_params(
-        {
-            "train": {
-                "augment": {
-                    "enabled": True,
-                    "crop_scale": [0.6, 1.0],
-                    "rotation_deg": 20,
-                    "hflip": 0.5,
-                    "blur_sigma": [0.1, 3.0],
+        repo_raw(
+            **{
+                "train": {
+                    "augment": {
+                        "enabled": True,
+                        "crop_scale": [0.6, 1.0],
+                        "rotation_deg": 20,
+                        "hflip": 0.5,
+                        "blur_sigma": [0.1, 3.0],
+                    }
                 }
             }
-        }
+        )
     ).train.augment
     assert p.rotation_deg == 20.0 and p.blur_sigma == (0.1, 3.0) and is_active(p)
 
