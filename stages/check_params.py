@@ -1,7 +1,7 @@
 """Stage check_params: validate the whole params file (every section and key, every
 variant under ``models``, the rules that span sections) on every `dvc repro`.
 
-The other stages each depend on the few keys they read, so a typo such as ``data.roott`` or
+The other stages each depend on the few keys they read, so a typo such as ``eval.probe_cc`` or
 a ``train.lr: .nan`` would pass `dvc repro` unnoticed whenever the stages that read those
 keys are cached. This stage depends on the whole file: any edit reruns it (and nothing
 else: it writes no output), and a bad file stops the repro with the key and the fix.
