@@ -52,6 +52,7 @@ from lib.train.optim import adamw, param_groups
 SIZES = {
     "demo": None,  # params.yaml's backbone section
     "biomedclip": BackboneParams(
+        seed=0,
         image_size=224,
         patch_size=16,
         vision_width=768,
@@ -63,6 +64,9 @@ SIZES = {
         vocab_size=30522,
         context_length=256,
         embed_dim=512,
+        vision_pool="avg",
+        text_pool="mean",
+        patch_embed="linear",
     ),
 }
 # Dense bf16 tensor-core peak (TFLOP/s, no sparsity) by device-name fragment.

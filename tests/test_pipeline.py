@@ -61,6 +61,9 @@ def repo(tmp_path_factory) -> Path:
 
 # Runs on every repro (always_changed) and reruns nothing when its manifests are unchanged.
 ALWAYS_RUN = {"inputs"}
+# Stage check_params validates params.yaml after every edit of it (and nothing else runs
+# because of it).
+CHECK = "check_params"
 
 
 def ran_stages(output: str) -> set[str]:
@@ -139,7 +142,9 @@ def test_replicate_seeds_add_runs_and_retrain_no_primary_model(repo):
         planned = ran_stages(sh(["dvc", "repro", "--dry"], repo))
         # Only the replicates (and compare, which reads them) are added: no variant config
         # changes, so no train@X, embed@X or eval@X runs that would not have run anyway.
-        assert planned - before == {f"replicate@{m}-1" for m in MODELS} | {"compare"} - before
+        assert (
+            planned - before == {f"replicate@{m}-1" for m in MODELS} | {"compare", CHECK} - before
+        )
         sh(["dvc", "repro", "replicate@A-1"], repo)
         rep = json.loads((repo / "metrics/eval/replicates/A-seed1.json").read_text())
         primary = json.loads((repo / "metrics/eval/A.json").read_text())
@@ -416,7 +421,7 @@ def test_changing_eval_params_retrains_and_reembeds_nothing(repo):
         # ... and the reference rows' evaluations (the backbone's, the pixels' probe), and
         # the grounding stage, whose intervals come from the same bootstrap rounds
         refs = {"eval_pretrained", "pixel_probe", "grounding"}
-        assert ran_stages(out) == {f"eval@{n}" for n in MODELS} | {"compare"} | refs
+        assert ran_stages(out) == {f"eval@{n}" for n in MODELS} | {"compare", CHECK} | refs
     finally:
         sh(["git", "checkout", "params.yaml"], repo)
 
@@ -431,7 +436,7 @@ def test_changing_a_prompt_reembeds_and_retrains_nothing(repo):
         # --dry lists the stages whose own inputs changed (eval@X and compare follow once
         # the embeddings they read change): the embed stages only, no training.
         ran = ran_stages(sh(["dvc", "repro", "--dry"], repo))
-        assert ran == {f"embed@{n}" for n in MODELS} | {"embed_pretrained"}
+        assert ran == {f"embed@{n}" for n in MODELS} | {"embed_pretrained", CHECK}
     finally:
         sh(["git", "checkout", "params.yaml"], repo)
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,7 +82,8 @@ def test_missing_reports_names_params_key(tmp_path):
 
 def test_bad_params_key_is_reported(tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text("data:\n  label_polcy: u_ones\n")
+    text = (REPO / "params.yaml").read_text(encoding="utf-8")
+    params.write_text(text.replace("  label_policy: ", "  label_polcy: ", 1))
     proc = run_stage(
         "filter_views",
         "--metadata",
@@ -203,3 +205,69 @@ def test_demo_data_draws_no_corpus_on_real_data(tmp_path):
     assert [p.name for p in (tmp_path / "corpus").iterdir()] == ["skipped.json"]
     assert (tmp_path / "ms-cxr/boxes.csv").read_text() == ""
     assert "data.demo is false" in json.loads((tmp_path / "m.json").read_text())["skipped"]
+
+
+# The committed params.yaml with one line edited: (old, new, what the error must name).
+BAD_PARAMS = [
+    ("  lr: 1.0e-4 ", "  lr: .nan ", ("train.lr = nan", "not a finite number")),
+    ("  label_policy: ", "  label_polcy: ", ("data.label_polcy", "valid keys")),
+    ("  probe_c: 0.01", "", ("missing key", "eval.probe_c", "add it under 'eval'")),
+]
+
+
+def edited_params(tmp_path: Path, old: str, new: str) -> Path:
+    text = (REPO / "params.yaml").read_text(encoding="utf-8")
+    assert old in text
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+    return path
+
+
+def test_check_params_accepts_the_committed_file():
+    proc = run_stage("check_params", "--params", str(REPO / "params.yaml"))
+    assert proc.returncode == 0, proc.stderr
+    assert "params.yaml is valid" in proc.stdout
+
+
+@pytest.mark.parametrize(("old", "new", "needles"), BAD_PARAMS)
+def test_check_params_stops_on_a_bad_file_naming_the_key(tmp_path, old, new, needles):
+    path = edited_params(tmp_path, old, new)
+    assert_clean_error(run_stage("check_params", "--params", str(path)), str(path), *needles)
+
+
+@pytest.mark.slow  # dvc init + two small stages: about 15 s
+def test_check_params_fails_dvc_repro_when_every_stage_is_cached(tmp_path):
+    """Issue 27: a NaN or a typo in params.yaml stopped no `dvc repro` whose stages were
+    cached. dvc.yaml's own check_params stage, in a copy of the repository with just it and
+    code_manifest: cached after a first run, it reruns on the bad edit and fails the repro;
+    it writes nothing, so no other stage could rerun because of it."""
+    import shutil
+
+    dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))
+    check = dvc_yaml["stages"]["check_params"]
+    assert "outs" not in check and "params.yaml" in check["deps"]
+    stages = {name: dvc_yaml["stages"][name] for name in ("code_manifest", "check_params")}
+    for part in ("lib", "stages"):
+        shutil.copytree(REPO / part, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("params.yaml", ".dvcignore"):
+        shutil.copy(REPO / name, tmp_path / name)
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}), encoding="utf-8")
+
+    def sh(*cmd: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "PYTHONPATH": str(tmp_path), "DVC_NO_ANALYTICS": "1"}
+        return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env)
+
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        assert sh(*cmd).returncode == 0
+    first = sh("dvc", "repro")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "params.yaml is valid" in first.stdout
+    assert "Running stage" not in sh("dvc", "repro").stdout  # cached
+    for old, new, needles in BAD_PARAMS[:2]:
+        good = (tmp_path / "params.yaml").read_text(encoding="utf-8")
+        edited_params(tmp_path, old, new)  # the copy's params.yaml
+        proc = sh("dvc", "repro")
+        assert proc.returncode != 0, proc.stdout
+        for needle in needles:
+            assert needle in proc.stderr + proc.stdout
+        (tmp_path / "params.yaml").write_text(good, encoding="utf-8")

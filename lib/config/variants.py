@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lib.config.fixed import FIXED_MODEL, fixed_model, fixed_train
 from lib.config.params import ModelParams, Params, TrainParams, as_dict, build_section
 from lib.errors import DataError, ParamsError
 
@@ -83,13 +84,13 @@ def resolve_variant(params: Params, name: str, source: str = "params.yaml") -> V
 
 
 def without_inert_settings(model: ModelParams) -> ModelParams:
-    """``model`` with the settings its variant never reads put back to their defaults.
+    """``model`` with the settings its variant never reads put back to their fixed values
+    (``lib.config.fixed.FIXED_MODEL``).
 
     So a variant's config (and its train@ stage) changes only when something it uses
     changes: ``-S model.keep_ratio=0.3`` retrains C–E, not A and B; ``-S
     model.local_temperature=0.2`` retrains B–E, not A.
     """
-    default = ModelParams()
     unused: list[str] = []
     if model.architecture != "convirt":
         unused += ["head_dim", "frozen_text_layers", "text_pool"]
@@ -111,7 +112,7 @@ def without_inert_settings(model: ModelParams) -> ModelParams:
         unused.append("topk_temperature")
     if not (model.use_masking and model.mask_mode == "drop"):
         unused.append("drop_layer")
-    return dataclasses.replace(model, **{key: getattr(default, key) for key in unused})
+    return dataclasses.replace(model, **{key: FIXED_MODEL[key] for key in unused})
 
 
 def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -140,8 +141,8 @@ def pretrained_variant(backbone: str, use_amp: bool) -> Variant:
     """The "pretrained backbone, no fine-tuning" reference's config (stage pretrained):
     model A's architecture on ``backbone``; ``use_amp`` sets its inference precision on CUDA.
     Nothing else of ``model:`` / ``train:`` enters it."""
-    model = ModelParams(backbone=backbone, use_local_alignment=False, use_masking=False)
-    return Variant(name=PRETRAINED, model=model, train=TrainParams(use_amp=use_amp))
+    model = fixed_model(backbone=backbone, use_local_alignment=False, use_masking=False)
+    return Variant(name=PRETRAINED, model=model, train=fixed_train(use_amp=use_amp))
 
 
 def with_backbone_digest(variant: Variant) -> Variant:

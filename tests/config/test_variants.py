@@ -12,6 +12,7 @@ from lib.config.variants import (
     with_backbone_digest,
 )
 from lib.errors import DataError, ParamsError
+from tests.conftest import repo_raw
 
 
 def test_repo_variants_follow_the_seed_table():
@@ -38,12 +39,12 @@ def test_convirt_is_untouched_by_the_shared_model_settings_of_a_to_e():
     retrains A–E's affected variants, never ConVIRT; a ConVIRT key reaches ConVIRT alone."""
     params = load_params("params.yaml")
     raw = {"models": params.models}
-    before = resolve_all(parse_params(raw))
+    before = resolve_all(parse_params(repo_raw(**raw)))
     for change in ({"use_masking": True}, {"temperature": 0.2}, {"backbone": "hf-hub:x/y"}):
-        after = resolve_all(parse_params({**raw, "model": change}))
+        after = resolve_all(parse_params(repo_raw(**{**raw, "model": change})))
         assert before["ConVIRT"] == after["ConVIRT"], change
     models = {**params.models, "ConVIRT": {**params.models["ConVIRT"], "head_dim": 256}}
-    after = resolve_all(parse_params({"models": models}))
+    after = resolve_all(parse_params(repo_raw(models=models)))
     assert [n for n in before if before[n] != after[n]] == ["ConVIRT"]
 
 
@@ -52,14 +53,14 @@ def test_backbone_digest_follows_the_folder_and_only_local_folders(tmp_path):
     folder.mkdir()
     (folder / "a.json").write_text("{}")
     raw = {"model": {"backbone": f"local-dir:{folder}"}, "models": {"A": {}}}
-    v = resolve_all(parse_params(raw))["A"]
+    v = resolve_all(parse_params(repo_raw(**raw)))["A"]
     first = with_backbone_digest(v)
     assert first.backbone_digest.startswith("sha256:") and v.backbone_digest is None
     assert with_backbone_digest(v) == first  # deterministic
     (folder / "a.json").write_text('{"x": 1}')
     assert with_backbone_digest(v).backbone_digest != first.backbone_digest
     assert Variant.from_dict(first.to_dict(), "A.json") == first
-    hub = resolve_all(parse_params({"model": {"backbone": "hf-hub:a/b"}, "models": {"A": {}}}))
+    hub = resolve_all(parse_params(repo_raw(model={"backbone": "hf-hub:a/b"}, models={"A": {}})))
     assert with_backbone_digest(hub["A"]).backbone_digest is None
     (folder / "a.json").unlink()
     folder.rmdir()
@@ -69,8 +70,8 @@ def test_backbone_digest_follows_the_folder_and_only_local_folders(tmp_path):
 
 def test_shared_change_reaches_only_variants_that_do_not_override_it():
     base = {"models": {"A": {}, "C": {"use_masking": True}}}
-    before = resolve_all(parse_params(base))
-    after = resolve_all(parse_params({**base, "model": {"use_masking": True}}))
+    before = resolve_all(parse_params(repo_raw(**base)))
+    after = resolve_all(parse_params(repo_raw(**{**base, "model": {"use_masking": True}})))
     assert before["A"] != after["A"]
     assert before["C"] == after["C"]
 
@@ -97,8 +98,8 @@ def test_a_setting_reaches_only_the_variants_that_use_it(change, changed):
         "D": {"use_local_alignment": True, "use_masking": True, "mask_mode": "topk"},
         "E": {"use_local_alignment": True, "use_masking": True, "mask_mode": "drop"},
     }}  # fmt: skip
-    before = resolve_all(parse_params(raw))
-    after = resolve_all(parse_params({**raw, "model": change}))
+    before = resolve_all(parse_params(repo_raw(**raw)))
+    after = resolve_all(parse_params(repo_raw(**{**raw, "model": change})))
     assert "".join(v for v in before if before[v] != after[v]) == changed
 
 
@@ -109,7 +110,7 @@ def test_nested_train_override_keeps_the_shared_keys():
         "train": {"augment": {"rotation_deg": 7, "brightness": 0.2}},
         "models": {"A": {}, "B": {"train": {"augment": {"enabled": True, "rotation_deg": 20}}}},
     }
-    v = resolve_all(parse_params(raw))
+    v = resolve_all(parse_params(repo_raw(**raw)))
     assert not v["A"].train.augment.enabled and v["A"].train.augment.rotation_deg == 7.0
     b = v["B"].train.augment
     assert b.enabled and b.rotation_deg == 20.0 and b.brightness == 0.2
@@ -134,7 +135,7 @@ def test_roundtrip_through_json_dict():
 )
 def test_bad_overrides_are_reported(models, match):
     with pytest.raises(ParamsError, match=match):
-        parse_params({"models": models})
+        parse_params(repo_raw(models=models))
 
 
 def test_variant_name_reads_the_model_folder_without_loading_it(tmp_path):
@@ -155,7 +156,7 @@ def test_variant_name_reads_the_model_folder_without_loading_it(tmp_path):
 @pytest.mark.parametrize("name", ["pretrained", "pixels"])
 def test_a_variant_may_not_take_a_reference_rows_name(name):
     with pytest.raises(ParamsError, match=f"models.{name}: .*rename the variant"):
-        resolve_all(parse_params({"models": {"A": {}, name: {}}}))
+        resolve_all(parse_params(repo_raw(models={"A": {}, name: {}})))
 
 
 def test_pretrained_reference_is_the_global_model_and_names_its_key(tmp_path):

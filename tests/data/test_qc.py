@@ -15,6 +15,7 @@ from lib.data.qc import (
     write_jsonl,
 )
 from lib.errors import DataError
+from tests.conftest import params_section
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 64
 FINDINGS = "Moderate cardiomegaly. No pleural effusion or pneumothorax."
@@ -60,7 +61,7 @@ def make_case(tmp_path, n_per_split=3):
 
 def test_clean_case_keeps_everything(tmp_path):
     images, reports = make_case(tmp_path)
-    kept, m = run_qc(images, reports, tmp_path, 30, QCParams())
+    kept, m = run_qc(images, reports, tmp_path, 30, params_section(QCParams))
     assert len(kept) == 9 and m["dropped_total"] == 0 and m["ready"]
     assert m["distribution"]["train"]["total"] == 3
     assert m["distribution"]["test"]["Cardiomegaly"] == 3
@@ -81,7 +82,9 @@ def test_each_drop_reason_is_counted(tmp_path):
     reports.loc[8, "text"] = ""
     reports.loc[9, "status"] = "unreadable"
     reports = reports.drop(index=10)  # no report row at all
-    kept, m = run_qc(images, reports, tmp_path, 30, QCParams(max_missing_image_fraction=0.5))
+    kept, m = run_qc(
+        images, reports, tmp_path, 30, params_section(QCParams, max_missing_image_fraction=0.5)
+    )
     assert m["dropped"] == {
         "image_missing": 1,
         "image_unreadable": 1,
@@ -98,27 +101,27 @@ def test_exists_mode_accepts_any_nonempty_file(tmp_path):
     images, reports = make_case(tmp_path)
     r = images.iloc[0]
     (tmp_path / image_relpath(r.subject_id, r.study_id, r.dicom_id)).write_bytes(b"PNG")
-    _, m = run_qc(images, reports, tmp_path, 30, QCParams(image_check="exists"))
+    _, m = run_qc(images, reports, tmp_path, 30, params_section(QCParams, image_check="exists"))
     assert m["dropped_total"] == 0
 
 
 def test_too_many_missing_images_fails_with_readable_report(tmp_path):
     images, reports = make_case(tmp_path)
     with pytest.raises(DataError, match=r"(?s)9 of 9 images.*data.root.*image_missing"):
-        run_qc(images, reports, tmp_path / "elsewhere", 30, QCParams())
+        run_qc(images, reports, tmp_path / "elsewhere", 30, params_section(QCParams))
 
 
 def test_empty_split_fails(tmp_path):
     images, reports = make_case(tmp_path)
     images = images[images["split"] != "val"]
     with pytest.raises(DataError, match="split 'val' is empty"):
-        run_qc(images, reports, tmp_path, 30, QCParams())
+        run_qc(images, reports, tmp_path, 30, params_section(QCParams))
 
 
 def test_no_images_fails(tmp_path):
     images, reports = make_case(tmp_path)
     with pytest.raises(DataError, match="no images reached"):
-        run_qc(images.iloc[:0], reports, tmp_path, 30, QCParams())
+        run_qc(images.iloc[:0], reports, tmp_path, 30, params_section(QCParams))
 
 
 def test_listing_replaces_disk_checks(tmp_path):
@@ -132,7 +135,7 @@ def test_listing_replaces_disk_checks(tmp_path):
         reports,
         tmp_path / "not-mounted",
         30,
-        QCParams(max_missing_image_fraction=0.2),
+        params_section(QCParams, max_missing_image_fraction=0.2),
         listing,
     )
     assert m["dropped"] == {"image_missing": 1}
@@ -140,7 +143,7 @@ def test_listing_replaces_disk_checks(tmp_path):
 
 def test_master_lines_shape_and_jsonl(tmp_path):
     images, reports = make_case(tmp_path)
-    kept, _ = run_qc(images, reports, tmp_path, 30, QCParams())
+    kept, _ = run_qc(images, reports, tmp_path, 30, params_section(QCParams))
     out = tmp_path / "master.jsonl"
     write_jsonl(master_lines(kept), out)
     lines = out.read_text().splitlines()
@@ -160,7 +163,7 @@ def test_holdout_patients_leave_train_and_val_but_not_test(tmp_path):
     images, reports = make_case(tmp_path, n_per_split=3)
     by_split = images.groupby("split")["subject_id"].apply(list)
     holdout = {by_split["train"][0], by_split["val"][1], by_split["test"][2], 99999999}
-    kept, m = run_qc(images, reports, tmp_path, 30, QCParams(), holdout=holdout)
+    kept, m = run_qc(images, reports, tmp_path, 30, params_section(QCParams), holdout=holdout)
     assert m["dropped"] == {"holdout_patient": 2}
     assert m["holdout_patients"] == 4 and m["holdout_patients_found"] == 3
     assert m["holdout_patients_in_test"] == 1

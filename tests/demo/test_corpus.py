@@ -39,19 +39,20 @@ from lib.demo.corpus import (
 )
 from lib.demo.synth_images import render_cxr
 from lib.eval.box_scores import read_boxes
+from tests.conftest import params_section
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo") / "mimic"
-    write_corpus(DemoParams(n_patients=40, workers=2), root)
+    write_corpus(params_section(DemoParams, min_positive_rate=0.0, n_patients=40, workers=2), root)
     return root
 
 
 @pytest.fixture(scope="module")
 def big():
     """Tables (no pixels) of a corpus large enough for proportions."""
-    return build_tables(DemoParams(n_patients=3000))
+    return build_tables(params_section(DemoParams, min_positive_rate=0.0, n_patients=3000))
 
 
 def tree_digest(root):
@@ -97,7 +98,7 @@ def test_split_is_patient_disjoint(corpus):
 
 def test_deterministic_and_independent_of_workers(corpus, tmp_path):
     other = tmp_path / "again"
-    write_corpus(DemoParams(n_patients=40, workers=1), other)
+    write_corpus(params_section(DemoParams, min_positive_rate=0.0, n_patients=40, workers=1), other)
     assert tree_digest(other) == tree_digest(corpus)
     with gzip.open(corpus / METADATA_FILE) as fh:
         assert fh.read()  # readable gzip with a fixed header
@@ -198,7 +199,7 @@ def test_findings_are_in_the_words(big):
 
 def test_findings_are_in_the_pixels():
     """A linear model on 32x32 thumbnails of frontal images recovers the labels."""
-    tables = build_tables(DemoParams(n_patients=350, seed=5))
+    tables = build_tables(params_section(DemoParams, min_positive_rate=0.0, n_patients=350, seed=5))
     chex = tables["chexpert"].set_index("study_id")
     x, studies = [], []
     for task in tables["tasks"]:
@@ -221,7 +222,7 @@ def test_findings_are_in_the_pixels():
 
 def test_image_digest_follows_the_pixels(corpus):
     """metrics/demo_data.json's digest (a dep of pack_images) changes with any image."""
-    tasks = build_tables(DemoParams(n_patients=40))["tasks"]
+    tasks = build_tables(params_section(DemoParams, min_positive_rate=0.0, n_patients=40))["tasks"]
     before = images_digest(corpus, tasks)
     assert before == images_digest(corpus, tasks)
     path = corpus / tasks[0].relpath
@@ -254,7 +255,7 @@ def test_grounding_tasks_are_positive_findings_of_frontal_test_images(big):
 
 
 def test_grounding_boxes_hold_what_the_finding_changes(tmp_path):
-    tables = build_tables(DemoParams(n_patients=200))
+    tables = build_tables(params_section(DemoParams, min_positive_rate=0.0, n_patients=200))
     tasks = tables["grounding"][:40]
     for g in tasks:
         rows = grounding_rows(g)
@@ -276,7 +277,11 @@ def test_grounding_boxes_hold_what_the_finding_changes(tmp_path):
 
 def test_grounding_file_is_ms_cxr_format_and_readable(tmp_path):
     out = tmp_path / "ms_cxr.csv"
-    write_corpus(DemoParams(n_patients=60, workers=1), tmp_path / "root", grounding=out)
+    write_corpus(
+        params_section(DemoParams, min_positive_rate=0.0, n_patients=60, workers=1),
+        tmp_path / "root",
+        grounding=out,
+    )
     boxes = read_boxes(out)  # the evaluation's own reader and checks
     assert list(boxes.columns) == list(MS_CXR_COLUMNS)
     assert len(boxes) > 0 and set(boxes["split"]) == {"test"}

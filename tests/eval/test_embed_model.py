@@ -10,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_model
 
-from lib.config.params import EvalParams, ModelParams, TrainParams
+from lib.config.fixed import fixed_model, fixed_train
+from lib.config.params import EvalParams
 from lib.config.variants import Variant
 from lib.data.images import load_images, to_model_input
 from lib.data.master import read_master
@@ -26,6 +27,7 @@ from lib.eval.embedding_files import Embeddings, check_aligned, study_reports
 from lib.eval.explain import explain, find_mention, select_examples
 from lib.model.backbone import load_backbone
 from lib.model.patch_ib import PatchIBModel, num_kept
+from tests.conftest import params_section
 
 MODES = {
     "A": {},
@@ -41,8 +43,8 @@ def model_dirs(tiny_backbone, tmp_path_factory):
     base = tmp_path_factory.mktemp("models")
     out = {}
     for seed, (name, over) in enumerate(MODES.items()):
-        mp = ModelParams(backbone=f"local-dir:{tiny_backbone}", local_dim=16, **over)
-        variant = Variant(name, mp, TrainParams(device="cpu"))
+        mp = fixed_model(backbone=f"local-dir:{tiny_backbone}", local_dim=16, **over)
+        variant = Variant(name, mp, fixed_train(device="cpu"))
         torch.manual_seed(seed)
         model = PatchIBModel(load_backbone(mp.backbone), mp)
         d = base / name
@@ -110,7 +112,9 @@ def test_embed_splits_stores_the_prompts_so_eval_needs_no_model(
     master, root = small_master
     splits = read_master(master)
     trained = load_trained(model_dirs["A"][0], "cpu")
-    params = EvalParams(negative_prompt_template=negative, batch_size=16)
+    params = params_section(
+        EvalParams, probe_c=1.0, negative_prompt_template=negative, batch_size=16
+    )
     run = embed_splits(
         trained, splits, lambda split: load_images(root, split.images, 32, threads=2), params
     )

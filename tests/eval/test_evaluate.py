@@ -18,9 +18,12 @@ from lib.eval.evaluate import QueryRows, evaluate, fraction_key, label_key, row_
 from lib.eval.metrics import auc_per_label, retrieval_metrics, zero_shot_scores
 from lib.eval.probe import fit_probe
 from lib.eval.stats import bootstrap_ci
+from tests.conftest import params_section
 
 D = 16
-PARAMS = EvalParams(bootstrap=200, probe_fractions=(0.1, 1.0), recall_curve_max_k=20)
+PARAMS = params_section(
+    EvalParams, probe_c=1.0, bootstrap=200, probe_fractions=(0.1, 1.0), recall_curve_max_k=20
+)
 
 
 def fake_embeddings(splits, seed=0, signal=2.0):

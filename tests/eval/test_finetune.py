@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib.config.params import EvalParams, ModelParams, TrainParams
+from lib.config.fixed import fixed_model, fixed_train
+from lib.config.params import EvalParams
 from lib.config.variants import Variant
 from lib.errors import DataError
 from lib.eval.embed_model import Trained
@@ -17,18 +18,21 @@ from lib.eval.metrics import auc_per_label
 from lib.eval.probe import subsample
 from lib.model.backbone import load_backbone
 from lib.model.patch_ib import PatchIBModel
+from tests.conftest import params_section
 
 LABELS = 14
-PARAMS = EvalParams(finetune_epochs=4, finetune_lr=1e-3, finetune_batch_size=16, seed=3)
+PARAMS = params_section(
+    EvalParams, probe_c=1.0, finetune_epochs=4, finetune_lr=1e-3, finetune_batch_size=16, seed=3
+)
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_backbone):
-    mp = ModelParams(backbone=f"local-dir:{tiny_backbone}")
+    mp = fixed_model(backbone=f"local-dir:{tiny_backbone}")
     torch.manual_seed(0)
     bb = load_backbone(mp.backbone)
     model = PatchIBModel(bb, mp).eval()
-    return Trained(model, bb, Variant("A", mp, TrainParams(device="cpu")), torch.device("cpu"))
+    return Trained(model, bb, Variant("A", mp, fixed_train(device="cpu")), torch.device("cpu"))
 
 
 def toy(n: int, seed: int, size: int = 32) -> tuple[torch.Tensor, np.ndarray]:

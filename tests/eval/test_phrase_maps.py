@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_model
 
-from lib.config.params import DemoParams, EvalParams, ModelParams, TrainParams
+from lib.config.fixed import fixed_model, fixed_train
+from lib.config.params import DemoParams, EvalParams
 from lib.config.variants import Variant
 from lib.data.images import load_images
 from lib.data.master import read_master
@@ -20,6 +21,7 @@ from lib.eval.phrase_grounding import ground
 from lib.eval.phrase_maps import map_kinds, phrase_maps
 from lib.model.backbone import load_backbone
 from lib.model.patch_ib import PatchIBModel
+from tests.conftest import params_section
 
 MODES = {
     "A": {},
@@ -40,7 +42,7 @@ def trained(tiny_backbone, tmp_path_factory):
     base = tmp_path_factory.mktemp("models")
     out = {}
     for seed, (name, over) in enumerate(MODES.items()):
-        mp = ModelParams(
+        mp = fixed_model(
             backbone=f"local-dir:{tiny_backbone}", local_dim=16, keep_ratio=0.5, **over
         )
         torch.manual_seed(seed)
@@ -48,7 +50,7 @@ def trained(tiny_backbone, tmp_path_factory):
         d = base / name
         d.mkdir()
         save_model(model, str(d / "model.safetensors"))
-        cfg = {**Variant(name, mp, TrainParams(device="cpu")).to_dict(), "best_epoch": 1}
+        cfg = {**Variant(name, mp, fixed_train(device="cpu")).to_dict(), "best_epoch": 1}
         (d / "config.json").write_text(json.dumps(cfg))
         out[name] = load_trained(d, "cpu")
     return out
@@ -58,7 +60,9 @@ def trained(tiny_backbone, tmp_path_factory):
 def phrases_and_pixels(small_master, tmp_path_factory):
     """The small corpus' own MS-CXR-format file (same DemoParams as conftest's corpus)."""
     master, root = small_master
-    tables = build_tables(DemoParams(n_patients=120, seed=11, image_size=64))
+    tables = build_tables(
+        params_section(DemoParams, min_positive_rate=0.0, n_patients=120, seed=11, image_size=64)
+    )
     csv = tmp_path_factory.mktemp("ms") / "ms.csv"
     write_grounding(tables["grounding"], csv, workers=1)
     phrases = match_phrases(read_boxes(csv), read_master(master))
@@ -112,7 +116,7 @@ def test_maps_depend_on_the_phrase(trained, phrases_and_pixels):
 
 def test_ground_scores_every_phrase_with_floors(trained, phrases_and_pixels):
     phrases, pixels = phrases_and_pixels
-    params = EvalParams(bootstrap=50, batch_size=7)
+    params = params_section(EvalParams, probe_c=1.0, bootstrap=50, batch_size=7)
     result = ground(trained["C"], phrases, lambda idx: pixels[idx], params)
     m = result.metrics
     assert m["maps"] == list(KINDS["C"]) and m["floors"] == ["random", "centre"]

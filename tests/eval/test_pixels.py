@@ -15,6 +15,7 @@ from lib.data.pack import Pack
 from lib.errors import DataError
 from lib.eval import pixels as px
 from lib.eval.probe import fit_probe
+from tests.conftest import params_section
 
 SIZE = 16
 SQUARE, NOISE = LABELS[1], LABELS[2]  # the label drawn as a square; a label of coin flips
@@ -50,9 +51,13 @@ def synthetic_pack(seed: int = 0) -> tuple[Pack, dict[str, Split]]:
 
 def params(**kw) -> EvalParams:
     base = dict(
-        probe_fractions=(0.1, 1.0), bootstrap=50, pixel_pca_dim=24, pixel_pca_max_images=300
+        probe_c=1.0,
+        probe_fractions=(0.1, 1.0),
+        bootstrap=50,
+        pixel_pca_dim=24,
+        pixel_pca_max_images=300,
     )
-    p = EvalParams(**{**base, **kw})
+    p = params_section(EvalParams, **{**base, **kw})
     p.validate()
     return p
 

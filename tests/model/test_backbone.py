@@ -28,7 +28,7 @@ from lib.model.backbone import (
     write_demo_backbone,
 )
 from lib.model.vocab import SPECIAL_TOKENS, pretokenize
-from tests.conftest import TINY_BACKBONE
+from tests.conftest import TINY_BACKBONE, params_section
 
 # Nothing here may reach the network (the loader never asks; this makes the libraries agree).
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -121,7 +121,9 @@ def test_folder_is_an_open_clip_folder_shaped_like_biomedclip(demo_dir: Path):
 
 def test_second_write_is_byte_identical_and_seed_changes_only_weights(tmp_path, demo_dir):
     write_demo_backbone(tmp_path / "again", iter(TEXTS), PARAMS)
-    write_demo_backbone(tmp_path / "seed", TEXTS, BackboneParams(**{**vars(PARAMS), "seed": 8}))
+    write_demo_backbone(
+        tmp_path / "seed", TEXTS, params_section(BackboneParams, **{**vars(PARAMS), "seed": 8})
+    )
     for path in demo_dir.iterdir():
         assert (tmp_path / "again" / path.name).read_bytes() == path.read_bytes(), path.name
         same = (tmp_path / "seed" / path.name).read_bytes() == path.read_bytes()
@@ -209,7 +211,7 @@ def test_tokenizer_pads_with_zero_and_knows_the_report_words(backbone, demo_dir)
 def test_timm_name_encodes_the_architecture_and_registers_on_demand():
     import timm
 
-    name = timm_model_name(BackboneParams())
+    name = timm_model_name(params_section(BackboneParams, patch_embed="linear"))
     assert name == "patchib_vit_p16_i96_w128_d4_h4"
     arch = parse_timm_model_name("patchib_vit_p8_i32_w24_d2_h3")
     assert arch == VitArch(patch_size=8, image_size=32, width=24, depth=2, heads=3)
@@ -229,7 +231,7 @@ def test_conv_stem_gives_the_same_patch_grid():
     patch grid, and the same (B, N, D) tokens as the linear projection."""
     import timm
 
-    params = dataclasses.replace(BackboneParams(), patch_embed="conv")
+    params = params_section(BackboneParams, patch_embed="conv")
     assert timm_model_name(params) == "patchib_vit_p16_i96_w128_d4_h4_cs"
     arch = parse_timm_model_name("patchib_vit_p8_i32_w24_d2_h3_cs")
     assert arch == VitArch(8, 32, 24, 2, 3, conv_stem=True)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from lib.config.fixed import fixed_model
 from lib.config.params import ConvirtBackboneParams, ModelParams
 from lib.errors import ParamsError
 from lib.model.backbone import (
@@ -26,7 +27,7 @@ from lib.model.build import build_model
 from lib.model.convirt import ConVIRTModel, pool_tokens, write_convirt_backbone
 from lib.model.losses import compute_losses
 from lib.model.patch_ib import PatchIBModel
-from tests.conftest import TINY_BACKBONE
+from tests.conftest import TINY_BACKBONE, params_section
 from tests.model.test_backbone import no_network, put_in_hf_cache  # noqa: F401 (a fixture)
 from tests.model.test_patch_ib import TEXTS
 
@@ -37,7 +38,9 @@ REAL_CONFIG = REPO / "configs/backbones/convirt-resnet50-bioclinicalbert" / CLIP
 DEMO = dataclasses.replace(
     TINY_BACKBONE, seed=3, image_size=64, text_layers=2, vocab_size=200, context_length=24
 )
-RESNET = ConvirtBackboneParams(seed=5, width=8, depth=1)  # 8·32 = 256 pooled features
+RESNET = params_section(
+    ConvirtBackboneParams, seed=5, width=8, depth=1
+)  # 8·32 = 256 pooled features
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +61,7 @@ def params(folder: Path, **kwargs) -> ModelParams:
         contrastive_weight_i2t=0.75,
         contrastive_weight_t2i=0.25,
     )
-    return ModelParams(**{**settings, **kwargs})
+    return fixed_model(**{**settings, **kwargs})
 
 
 def make(folder: Path, **kwargs) -> ConVIRTModel:
@@ -203,7 +206,7 @@ def test_heads_are_two_layer_relu_mlps_into_unit_embeddings(folders):
 def test_patch_ib_variants_still_build_patch_ib_models(folders):
     demo, _ = folders
     model = build_model(
-        load_backbone(f"local-dir:{demo}"), ModelParams(backbone=f"local-dir:{demo}")
+        load_backbone(f"local-dir:{demo}"), fixed_model(backbone=f"local-dir:{demo}")
     )
     assert isinstance(model, PatchIBModel)
 
@@ -251,7 +254,7 @@ def test_convirt_params_refuse_patch_ib_settings(folders):
     with pytest.raises(ParamsError, match="no patch tokens"):
         params(convirt, use_local_alignment=True).validate()
     with pytest.raises(ParamsError, match="architecture: convirt only"):
-        ModelParams(frozen_text_layers=2).validate()
+        fixed_model(frozen_text_layers=2).validate()
 
 
 def test_lambda_weighted_loss_equals_convirts_formula(folders):

@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib.config.params import ConvirtBackboneParams, ModelParams
+from lib.config.fixed import fixed_model
+from lib.config.params import ConvirtBackboneParams
 from lib.model.backbone import load_backbone, write_demo_backbone
 from lib.model.build import build_model
 from lib.model.convirt import write_convirt_backbone
 from lib.model.losses import compute_losses
-from tests.conftest import TINY_BACKBONE
+from tests.conftest import TINY_BACKBONE, params_section
 
 GOLDEN = Path(__file__).with_name("golden_losses.json")
 PARAMS = dataclasses.replace(
@@ -62,13 +63,15 @@ def compute(folder: Path) -> dict[str, dict[str, float]]:
     images = torch.randn(len(TEXTS), 3, 64, 64, generator=torch.Generator().manual_seed(1))
     convirt = folder.with_name(folder.name + "_convirt")
     if not convirt.exists():
-        write_convirt_backbone(convirt, folder, ConvirtBackboneParams(seed=2, width=8))
+        write_convirt_backbone(
+            convirt, folder, params_section(ConvirtBackboneParams, seed=2, width=8)
+        )
     for name, kwargs in VARIANTS.items():
         where = convirt if kwargs.get("architecture") == "convirt" else folder
         backbone = load_backbone(f"local-dir:{where}")
         tokens = backbone.tokenizer(TEXTS)
         torch.manual_seed(0)
-        params = ModelParams(local_dim=16, backbone=f"local-dir:{where}", **kwargs)
+        params = fixed_model(local_dim=16, backbone=f"local-dir:{where}", **kwargs)
         model = build_model(backbone, params).train()
         model.set_backbone_frozen(False)
         img, txt = model(images, tokens)

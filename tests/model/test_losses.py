@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
-from lib.config.params import ModelParams
+from lib.config.fixed import fixed_model
 from lib.model.losses import (
     clip_loss,
     compute_losses,
@@ -413,7 +413,7 @@ def outputs(b=4, n=6, n_words=5, d=8, dl=8):
 def test_compute_losses_terms_and_total():
     img, txt = outputs()
     scale = torch.tensor(2.0)
-    params = ModelParams(
+    params = fixed_model(
         use_local_alignment=True,
         use_masking=True,
         local_weight=2.0,
@@ -431,21 +431,21 @@ def test_compute_losses_terms_and_total():
 def test_compute_losses_adds_the_weighted_guide_for_masked_variants():
     img, txt = outputs()
     scale = torch.tensor(2.0)
-    base = ModelParams(use_local_alignment=True, use_masking=True)
+    base = fixed_model(use_local_alignment=True, use_masking=True)
     guided = compute_losses(img, txt, scale, dataclasses.replace(base, mask_guide_weight=2.5))
     plain = compute_losses(img, txt, scale, base)
     assert "guide" not in plain
     expected = mask_guide_loss(img.patch_weight, img.patch_emb, txt.word_emb, txt.word_mask, 0.1)
     torch.testing.assert_close(guided["guide"], expected)
     torch.testing.assert_close(guided["total"], plain["total"] + 2.5 * expected)
-    b_only = ModelParams(use_local_alignment=True, mask_guide_weight=2.5)
+    b_only = fixed_model(use_local_alignment=True, mask_guide_weight=2.5)
     assert "guide" not in compute_losses(img, txt, scale, b_only)  # no mask, nothing to guide
 
 
 def test_compute_losses_model_a_is_clip_only():
     img, txt = outputs()
     img.patch_emb = img.mask = img.masked_emb = None
-    out = compute_losses(img, txt, torch.tensor(2.0), ModelParams())
+    out = compute_losses(img, txt, torch.tensor(2.0), fixed_model())
     assert set(out) == {"clip", "total"}
     torch.testing.assert_close(out["total"], out["clip"])
 
@@ -454,4 +454,4 @@ def test_compute_losses_names_missing_output():
     img, txt = outputs()
     img.masked_emb = None
     with pytest.raises(ValueError, match="masked_emb = None"):
-        compute_losses(img, txt, torch.tensor(2.0), ModelParams(use_masking=True))
+        compute_losses(img, txt, torch.tensor(2.0), fixed_model(use_masking=True))

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib.config.params import ModelParams
+from lib.config.fixed import fixed_model
 from lib.errors import ParamsError
 from lib.model.backbone import load_backbone, write_demo_backbone
 from lib.model.patch_ib import (
@@ -53,7 +53,7 @@ def batch(backbone):
 def make(backbone, **kwargs) -> PatchIBModel:
     """A fresh model on the module's shared open_clip model, reset to a clean state."""
     torch.manual_seed(0)
-    model = PatchIBModel(backbone, ModelParams(local_dim=16, **kwargs)).train()
+    model = PatchIBModel(backbone, fixed_model(local_dim=16, **kwargs)).train()
     model.set_backbone_frozen(False)
     model.zero_grad(set_to_none=True)
     return model
@@ -298,7 +298,7 @@ def test_frozen_backbone_keeps_batchnorm_statistics(tmp_path):
     out = tmp_path / "cs"
     write_demo_backbone(out, TEXTS, dataclasses.replace(PARAMS, patch_embed="conv"))
     bb = load_backbone(f"local-dir:{out}")
-    model = PatchIBModel(bb, ModelParams(local_dim=16)).train()
+    model = PatchIBModel(bb, fixed_model(local_dim=16)).train()
     bns = [m for m in model.clip.visual.trunk.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert len(bns) == 4 and all(bn.training for bn in bns)
     images, ids = torch.randn(3, 3, 64, 64), bb.tokenizer(TEXTS[:3])

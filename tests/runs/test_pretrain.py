@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lib.config.params import DataParams, DemoParams, Params, PretrainParams, TrainParams
+from lib.config.fixed import fixed_model, fixed_train
+from lib.config.params import DataParams, DemoParams, Params, PretrainParams
 from lib.data.master import read_master
 from lib.demo.pretrain_corpus import build_corpus
 from lib.errors import ParamsError
@@ -27,18 +28,21 @@ from lib.runs.pretrain import (
     truncate_tokens,
 )
 from lib.train.loop import Data
-from tests.conftest import TINY_BACKBONE
+from tests.conftest import TINY_BACKBONE, params_section, repo_params
 
 
 def tiny_params(**pretrain: object) -> Params:
-    return Params(
-        demo=DemoParams(image_size=64, workers=1),
-        data=DataParams(image_size=TINY_BACKBONE.image_size),
+    return repo_params(
+        model=fixed_model(),
+        demo=params_section(DemoParams, image_size=64, workers=1, min_positive_rate=0.0),
+        data=params_section(DataParams, image_size=TINY_BACKBONE.image_size),
         backbone=TINY_BACKBONE,
-        pretrain=PretrainParams(
-            **{"n_patients": 40, "epochs": 2, "batch_size": 8, "warmup_steps": 2, **pretrain}
+        pretrain=params_section(
+            PretrainParams,
+            **{"n_patients": 40, "epochs": 2, "batch_size": 8, "warmup_steps": 2},
+            **{"caption_fraction": 0.0, "max_text_tokens": 0, **pretrain},
         ),
-        train=TrainParams(device="cpu", eval_batch_size=16),
+        train=fixed_train(device="cpu", eval_batch_size=16),
     )
 
 
@@ -59,14 +63,14 @@ def test_pretrain_variant_trains_everything_with_a_contrastive_loss_only():
     v = pretrain_variant(tiny_params(), "local-dir:x")
     assert not v.train.staged_training and v.train.llrd_factor == 1.0
     assert not v.model.use_masking and not v.model.use_local_alignment
-    assert v.model.temperature == PretrainParams().temperature
+    assert v.model.temperature == params_section(PretrainParams).temperature
 
 
 def test_params_are_validated():
     with pytest.raises(ParamsError, match="pretrain.batch_size"):
-        PretrainParams(batch_size=1).validate()
+        params_section(PretrainParams, batch_size=1).validate()
     with pytest.raises(ParamsError, match="pretrain.holdout_fraction"):
-        PretrainParams(holdout_fraction=0.0).validate()
+        params_section(PretrainParams, holdout_fraction=0.0).validate()
 
 
 def _pretrain(tmp: Path, small_master) -> tuple[dict, Path]:
@@ -111,17 +115,17 @@ def test_real_runs_skip_pretraining(tmp_path):
 def test_fine_tuning_keys_do_not_change_the_pretraining():
     """Only pretrain: and the keys dvc.yaml lists for demo_backbone shape the pretraining:
     `dvc exp run -S model.use_masking=true` must not pretrain again."""
-    from lib.config.params import AugmentParams, ModelParams
+    from lib.config.params import AugmentParams
 
     base = tiny_params()
     other = dataclasses.replace(
         base,
-        model=ModelParams(use_masking=True, use_local_alignment=True, keep_ratio=0.3),
+        model=fixed_model(use_masking=True, use_local_alignment=True, keep_ratio=0.3),
         train=dataclasses.replace(
             base.train,
             lr=0.5,
             epochs=9,
-            augment=AugmentParams(enabled=True),
+            augment=params_section(AugmentParams, enabled=True),
             text_sampling="sentence",
         ),
     )
@@ -146,8 +150,8 @@ def test_truncate_tokens_cuts_long_rows_and_ends_them_with_sep():
 
 def test_max_text_tokens_is_checked():
     with pytest.raises(ParamsError, match="max_text_tokens"):
-        PretrainParams(max_text_tokens=3).validate()
-    PretrainParams(max_text_tokens=0).validate()
+        params_section(PretrainParams, max_text_tokens=3).validate()
+    params_section(PretrainParams, max_text_tokens=0).validate()
 
 
 def test_max_text_tokens_cuts_the_training_texts_only(tmp_path, corpus):
@@ -158,7 +162,7 @@ def test_max_text_tokens_cuts_the_training_texts_only(tmp_path, corpus):
 
 def test_sentence_sampling_in_pretraining_draws_from_the_training_texts_only(tmp_path, corpus):
     with pytest.raises(ParamsError, match="pretrain.text_sampling"):
-        PretrainParams(text_sampling="words").validate()
+        params_section(PretrainParams, text_sampling="words").validate()
     params = tiny_params(text_sampling="sentence", max_text_tokens=12)
     trainer = make_trainer(params, corpus, tmp_path / "i", tmp_path / "s")
     assert trainer.v.train.text_sampling == "sentence"
@@ -166,3 +170,87 @@ def test_sentence_sampling_in_pretraining_draws_from_the_training_texts_only(tmp
     assert train.sentence_tokens is not None and val.sentence_tokens is None  # val: whole texts
     assert train.tokens.shape[1] == 12  # whole texts still cut for the record
     assert len(train.sentence_tokens) >= len(train.tokens)
+
+
+# pretrain_variant(committed params.yaml, the demo backbone), as main (4ba7e5f) built it from
+# the dataclass defaults: the demo backbone's pretraining must stay bit-identical.
+PRETRAIN_VARIANT_ON_MAIN = {
+    "backbone_digest": None,
+    "description": "",
+    "model": {
+        "architecture": "patch_ib",
+        "backbone": "local-dir:data/backbone/demo",
+        "cons_weight": 0.5,
+        "contrastive_weight_i2t": 0.5,
+        "contrastive_weight_t2i": 0.5,
+        "drop_layer": 2,
+        "frozen_text_layers": 0,
+        "head_dim": 512,
+        "keep_ratio": 0.5,
+        "learn_temperature": True,
+        "local_dim": 128,
+        "local_mode": "all_pairs",
+        "local_temperature": 0.1,
+        "local_weight": 1.0,
+        "mask_guide_weight": 0.0,
+        "mask_mode": "soft",
+        "mask_noise": False,
+        "sparse_weight": 1.0,
+        "temperature": 0.07,
+        "text_pool": "max",
+        "topk_temperature": 0.1,
+        "use_local_alignment": False,
+        "use_masking": False,
+    },
+    "name": "pretrain",
+    "train": {
+        "augment": {
+            "blur_sigma": [0.0, 0.0],
+            "brightness": 0.1,
+            "contrast": 0.1,
+            "crop_ratio": [0.9, 1.1],
+            "crop_scale": [0.8, 1.0],
+            "enabled": False,
+            "hflip": 0.0,
+            "rotation_deg": 5.0,
+            "scale": [0.95, 1.05],
+        },
+        "batch_size": 64,
+        "compile": False,
+        "device": "auto",
+        "epochs": 5,
+        "eval_batch_size": 128,
+        "gradient_accumulation_steps": 1,
+        "llrd_factor": 1.0,
+        "lr": 0.001,
+        "nproc_per_node": 1,
+        "num_workers": 4,
+        "patience": 5,
+        "recall_weight": 0.7,
+        "seed": 4321,
+        "staged_training": False,
+        "text_sampling": "report",
+        "use_amp": True,
+        "val_negative_prompt_template": "A chest x-ray showing no {}",
+        "val_no_finding_prompts": [
+            "A chest x-ray showing no acute cardiopulmonary process",
+            "A chest x-ray showing an acute cardiopulmonary process",
+        ],
+        "val_prompt_template": "A chest x-ray showing {}",
+        "warmup_epochs": 3,
+        "warmup_lr": 0.0001,
+        "warmup_steps": 100,
+        "weight_decay": 0.05,
+    },
+}
+
+
+def test_pretrain_variant_is_exactly_the_recipe_it_was():
+    from lib.config.loader import load_params
+    from lib.config.params import DEMO_BACKBONE
+    from tests.conftest import REPO_PARAMS
+
+    variant = pretrain_variant(load_params(REPO_PARAMS), DEMO_BACKBONE).to_dict()
+    assert json.dumps(variant, sort_keys=True) == json.dumps(
+        PRETRAIN_VARIANT_ON_MAIN, sort_keys=True
+    )

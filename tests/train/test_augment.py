@@ -12,8 +12,9 @@ import torch
 from scipy import ndimage
 
 import lib.train.loop as loop
+from lib.config.fixed import fixed_model, fixed_train
 from lib.config.loader import parse_params
-from lib.config.params import AugmentParams, ModelParams, TrainParams
+from lib.config.params import AugmentParams
 from lib.config.variants import Variant
 from lib.data.images import to_model_input
 from lib.data.master import read_master
@@ -29,9 +30,11 @@ from lib.train.augment import (
 )
 from lib.train.distributed import DistInfo, shard_batch
 from lib.train.loop import Data, Trainer
+from tests.conftest import params_section, repo_raw
 
 # Every op off: each test turns on the ones it checks.
-OFF = AugmentParams(
+OFF = params_section(
+    AugmentParams,
     enabled=True,
     crop_scale=(1.0, 1.0),
     crop_ratio=(1.0, 1.0),
@@ -42,7 +45,7 @@ OFF = AugmentParams(
     hflip=0.0,
     blur_sigma=(0.0, 0.0),
 )
-ALL_ON = AugmentParams(enabled=True, hflip=0.5, blur_sigma=(0.5, 2.0))
+ALL_ON = params_section(AugmentParams, enabled=True, hflip=0.5, blur_sigma=(0.5, 2.0))
 
 
 def gen(seed: int = 0, epoch: int = 0, batch: int = 0) -> torch.Generator:
@@ -97,7 +100,8 @@ def test_values_are_clamped_to_the_given_range():
 
 
 @pytest.mark.parametrize(
-    "params", [AugmentParams(enabled=False), dataclasses.replace(ALL_ON, enabled=False), OFF]
+    "params",
+    [params_section(AugmentParams, enabled=False), dataclasses.replace(ALL_ON, enabled=False), OFF],
 )
 def test_off_is_the_identity_and_draws_nothing(params):
     x = torch.rand(5, 1, 16, 16)
@@ -279,23 +283,25 @@ def test_blur_option_lowers_the_spread():
 )
 def test_bad_augment_params_name_key_and_value(key, value, match):
     with pytest.raises(ParamsError, match=match) as err:
-        parse_params({"train": {"augment": {key: value}}})
+        parse_params(repo_raw(train={"augment": {key: value}}))
     assert "train.augment." in str(err.value)
 
 
 def test_augment_params_accept_the_convirt_recipe():
     p = parse_params(
-        {
-            "train": {
-                "augment": {
-                    "enabled": True,
-                    "crop_scale": [0.6, 1.0],
-                    "rotation_deg": 20,
-                    "hflip": 0.5,
-                    "blur_sigma": [0.1, 3.0],
+        repo_raw(
+            **{
+                "train": {
+                    "augment": {
+                        "enabled": True,
+                        "crop_scale": [0.6, 1.0],
+                        "rotation_deg": 20,
+                        "hflip": 0.5,
+                        "blur_sigma": [0.1, 3.0],
+                    }
                 }
             }
-        }
+        )
     ).train.augment
     assert p.rotation_deg == 20.0 and p.blur_sigma == (0.1, 3.0) and is_active(p)
 
@@ -317,7 +323,7 @@ def setup(small_master, tiny_backbone):
 
 def trainer_with(setup, tiny_backbone, tmp_path, augment: AugmentParams) -> Trainer:
     train, val, backbone = setup
-    tp = TrainParams(
+    tp = fixed_train(
         epochs=2,
         batch_size=8,
         gradient_accumulation_steps=1,
@@ -326,7 +332,7 @@ def trainer_with(setup, tiny_backbone, tmp_path, augment: AugmentParams) -> Trai
         device="cpu",
         augment=augment,
     )
-    variant = Variant("A", ModelParams(backbone=f"local-dir:{tiny_backbone}"), tp)
+    variant = Variant("A", fixed_model(backbone=f"local-dir:{tiny_backbone}"), tp)
     return Trainer(variant, train, val, backbone, tmp_path, "run", torch.device("cpu"))
 
 
@@ -358,7 +364,7 @@ def test_loop_batch_inputs(setup, tiny_backbone, tmp_path, spy):
     train, _, backbone = setup
     idx = np.arange(8)
     plain = to_model_input(train.pixels[torch.as_tensor(idx)], backbone.mean, backbone.std)
-    off = trainer_with(setup, tiny_backbone, tmp_path, AugmentParams(enabled=False))
+    off = trainer_with(setup, tiny_backbone, tmp_path, params_section(AugmentParams, enabled=False))
     x, _ = off.batches(train, idx, train_at=(0, 0, 8))
     assert torch.equal(x, plain) and not spy  # off: the un-augmented input, bit for bit
     on = trainer_with(setup, tiny_backbone, tmp_path, ALL_ON)

@@ -21,6 +21,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from lib.config.fixed import fixed_model, fixed_train
 from lib.config.params import ModelParams
 from lib.model.backbone import Backbone, load_backbone
 from lib.model.losses import compute_losses
@@ -84,7 +85,7 @@ def make_model(backbone_dir: Path, settings: dict) -> tuple[PatchIBModel, Backbo
     """The same model in every process: weights from the folder, new heads from seed 0."""
     backbone = load_backbone(f"local-dir:{backbone_dir}")  # a fresh one: the model owns it
     torch.manual_seed(0)
-    model = PatchIBModel(backbone, ModelParams(local_dim=16, **settings)).train()
+    model = PatchIBModel(backbone, fixed_model(local_dim=16, **settings)).train()
     # Train mode (nothing batch-dependent may hide behind eval), but deterministic: the demo
     # backbone has no dropout, and neither ViT drop-path nor dropout may be switched on.
     assert all(m.p == 0 for m in model.modules() if isinstance(m, nn.Dropout))
@@ -323,12 +324,11 @@ def _train_stage(config: Path, master: Path, root: Path, out: Path) -> str:
 def _write_config(out: Path, model: ModelParams, **train: object) -> Path:
     import json
 
-    from lib.config.params import TrainParams
     from lib.config.variants import Variant
 
     out.mkdir()
     config = out / "config.json"
-    config.write_text(json.dumps(Variant("C", model, TrainParams(**train)).to_dict()))
+    config.write_text(json.dumps(Variant("C", model, fixed_train(**train)).to_dict()))
     return config
 
 
@@ -345,7 +345,7 @@ def test_train_stage_under_torchrun_matches_one_process(small_master, tiny_backb
     from safetensors.torch import load_file
 
     master, root = small_master
-    mp_ = ModelParams(
+    mp_ = fixed_model(
         backbone=f"local-dir:{tiny_backbone}", use_local_alignment=True, use_masking=True,
         local_dim=16,
     )  # fmt: skip
@@ -403,7 +403,7 @@ def test_killed_torchrun_run_resumes_to_the_same_result(small_master, tiny_backb
     from safetensors.torch import load_file
 
     master, root = small_master
-    mp_ = ModelParams(
+    mp_ = fixed_model(
         backbone=f"local-dir:{tiny_backbone}", use_local_alignment=True, use_masking=True,
         local_dim=16,
     )  # fmt: skip

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib.config.params import ModelParams, TrainParams
+from lib.config.fixed import fixed_model, fixed_train
 from lib.config.variants import Variant
 from lib.data.master import read_master
 from lib.data.reports import split_sentences
@@ -30,8 +30,8 @@ def make_variant(backbone_dir, **train) -> Variant:
         eval_batch_size=64,
         device="cpu",
     )
-    tp = TrainParams(**{**settings, **train})
-    mp = ModelParams(
+    tp = fixed_train(**{**settings, **train})
+    mp = fixed_model(
         backbone=f"local-dir:{backbone_dir}",
         use_local_alignment=True,
         use_masking=True,
@@ -63,9 +63,9 @@ def new_trainer(setup, variant, state_dir) -> Trainer:
 
 
 def test_phases():
-    v = Variant("A", ModelParams(), TrainParams(epochs=4, warmup_epochs=2))
+    v = Variant("A", fixed_model(), fixed_train(epochs=4, warmup_epochs=2))
     assert [phase_of(e, v) for e in range(4)] == [1, 1, 2, 2]
-    v2 = dataclasses.replace(v, train=TrainParams(epochs=4, staged_training=False))
+    v2 = dataclasses.replace(v, train=fixed_train(epochs=4, staged_training=False))
     assert [phase_of(e, v2) for e in range(4)] == [2, 2, 2, 2]
 
 
