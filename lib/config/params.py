@@ -96,6 +96,8 @@ class DataParams:
     # Patients kept out of training and validation (stage qc): a file of subject ids, a CSV
     # with subject_id, or an MS-CXR-format CSV (its image paths name the patients). null = none.
     holdout_patients_from: str | None = None
+    # Hash each packed image against data.root/SHA256SUMS.txt (mismatches fail, by reason).  # h3
+    verify_checksums: bool = False  # h3
 
     def validate(self) -> None:
         if not self.grounding:
@@ -132,9 +134,14 @@ class QCParams:
     image_listing: str | None = None
     # Threads for image checks: network file systems answer many small requests in parallel.
     io_threads: int = 16
+    # Above the demo (0.01 / 0) and MIMIC-CXR (a few % / ~0), far below a wrong file (1.0).  # h3
+    max_missing_label_fraction: float = 0.1  # h3
+    max_missing_report_fraction: float = 0.05  # h3
 
     def validate(self) -> None:
         _fraction("qc.max_missing_image_fraction", self.max_missing_image_fraction)
+        _fraction("qc.max_missing_label_fraction", self.max_missing_label_fraction)  # h3
+        _fraction("qc.max_missing_report_fraction", self.max_missing_report_fraction)  # h3
         _positive("qc.io_threads", self.io_threads)
 
 

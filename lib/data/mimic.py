@@ -10,6 +10,7 @@ METADATA_FILE = "mimic-cxr-2.0.0-metadata.csv.gz"
 SPLIT_FILE = "mimic-cxr-2.0.0-split.csv.gz"
 CHEXPERT_FILE = "mimic-cxr-2.0.0-chexpert.csv.gz"
 REPORTS_ZIP = "mimic-cxr-reports.zip"
+CHECKSUM_FILE = "SHA256SUMS.txt"  # `<sha256>  <relative path>` per file of the release
 IMAGES_DIR = "files"
 
 METADATA_COLUMNS: tuple[str, ...] = (
