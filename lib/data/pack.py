@@ -99,9 +99,7 @@ def pack_images(
     state_dir.mkdir(parents=True, exist_ok=True)
     meta_path = state_dir / "run.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    resume = meta.get("run_id") == run_id and all(
-        (state_dir / f).is_file() for f in (IMAGES, OK)
-    )
+    resume = meta.get("run_id") == run_id and all((state_dir / f).is_file() for f in (IMAGES, OK))
     if not resume:
         for p in state_dir.iterdir():
             shutil.rmtree(p) if p.is_dir() else p.unlink()
@@ -181,9 +179,7 @@ def pack_images(
         for start in range(0, len(todo), chunk_size):
             rows = todo[start : start + chunk_size]
             chunk = (
-                pool.map(decode, rows.tolist())
-                if device is None
-                else decode_on_device(pool, rows)
+                pool.map(decode, rows.tolist()) if device is None else decode_on_device(pool, rows)
             )
             for i, pixels, reason, error in chunk:
                 if pixels is None:

@@ -13,9 +13,9 @@ import pytest
 import torch
 import yaml
 
+from lib.data.checksums import read_checksums
 from lib.data.images import load_image, load_images
 from lib.data.master import read_master
-from lib.data.checksums import read_checksums
 from lib.data.pack import Pack, PackedPixels, pack_images, pack_metrics
 from lib.errors import DataError
 from tests.test_stages import assert_clean_error, run_stage
