@@ -232,7 +232,7 @@ class Pack:
         if not (len(images) == len(dicom) == len(ok)):
             raise DataError(
                 f"{path}: images, ok and dicom lengths differ; repack with "
-                "`dvc repro -f pack_images`"
+                "`dvc repro -s -f pack_images`"
             )
         return cls(images, ok, {d: i for i, d in enumerate(dicom.tolist())}, images.shape[1], path)
 
@@ -340,11 +340,12 @@ def check_failed(result: PackResult, max_fraction: float, root: Path, listed_in:
         reasons = dict(sorted(Counter(f["reason"] for f in result.failed).items()))
         raise DataError(
             f"{len(result.failed)} of {result.n_images} images under {root} could not be "
-            f"decoded ({fraction:.2%} > pack.max_failed_fraction = {max_fraction}; by reason "
-            f"{reasons}), e.g. {examples}. Replace the damaged files (all are listed in "
-            f"{listed_in}) and run `dvc repro -f pack_images` (-f: DVC does not track the "
-            "image files; the rerun retries only the failed images), or raise "
-            "pack.max_failed_fraction to leave them out"
+            f"decoded or verified ({fraction:.2%} > pack.max_failed_fraction = "
+            f"{max_fraction}; by reason {reasons}), e.g. {examples}. Replace the damaged "
+            f"files (all are listed in {listed_in}) and run `dvc repro -s -f pack_images` "
+            "(-f because DVC does not track the image files, -s to rerun this stage alone; "
+            "it retries only the failed images), or raise pack.max_failed_fraction to leave "
+            "them out"
         )
 
 

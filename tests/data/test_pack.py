@@ -254,9 +254,10 @@ def test_stage_fails_past_the_threshold_and_lists_images(corpus, tmp_path):
 
 
 def test_the_advised_rerun_after_a_repair_packs_every_image(corpus, tmp_path):
-    """The failure message advises replacing the files and `dvc repro -f pack_images`; -f
-    runs the stage's command again (DVC's run cache skipped), here run as DVC would: the
-    stale failure list of data/state/pack must not fail the repaired image again."""
+    """The failure message advises replacing the files and `dvc repro -s -f pack_images`;
+    -f runs the stage's command again (dvc/stage/run.py: DVC's run cache is skipped when
+    forced), run here as DVC would: the failures recorded in the state directory must not
+    fail the repaired image again (issue 27.3)."""
     master, root, _, _, _ = corpus
     bad_root = tmp_path / "root"
     shutil.copytree(root, bad_root)
@@ -265,9 +266,9 @@ def test_the_advised_rerun_after_a_repair_packs_every_image(corpus, tmp_path):
     (bad_root / broken).write_bytes(b"garbage")
     _, args = stage_setup(master, bad_root, tmp_path, max_failed_fraction=0.0)
     proc = run_stage("pack_images", *args)
-    assert_clean_error(proc, broken, "Replace the damaged files", "`dvc repro -f pack_images`")
+    assert_clean_error(proc, broken, "Replace the damaged files", "`dvc repro -s -f pack_images`")
     shutil.copy(root / broken, bad_root / broken)  # the repair
-    proc = run_stage("pack_images", *args)  # what `dvc repro -f pack_images` runs
+    proc = run_stage("pack_images", *args)  # what `dvc repro -s -f pack_images` runs
     assert proc.returncode == 0, proc.stderr
     pack = Pack.open(tmp_path / "out")
     assert pack.ok.all() and len(pack.ok) == len(records)
