@@ -14,7 +14,7 @@ from lib.data.qc import (
     run_qc,
     write_jsonl,
 )
-from lib.errors import DataError
+from lib.errors import DataError, ParamsError
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 64
 FINDINGS = "Moderate cardiomegaly. No pleural effusion or pneumothorax."
@@ -237,3 +237,9 @@ def test_read_holdout_errors_name_the_problem(tmp_path, text, needle):
         read_holdout(f)
     with pytest.raises(DataError, match="not found"):
         read_holdout(tmp_path / "missing.txt")
+
+
+@pytest.mark.parametrize("key", ["max_missing_label_fraction", "max_missing_report_fraction"])
+def test_missing_limits_must_be_fractions(key):
+    with pytest.raises(ParamsError, match=f"qc.{key} = 1.5 must be a fraction"):
+        QCParams(**{key: 1.5}).validate()
