@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from lib.cli import run
 from lib.config.loader import load_params
+from lib.data.checksums import read_checksums
 from lib.data.master import read_master
 from lib.data.pack import (
     check_failed,
@@ -34,6 +35,9 @@ def main() -> None:
     ap.add_argument("--metrics", type=Path, required=True)
     ap.add_argument("--efficiency", type=Path, required=True)
     ap.add_argument("--state-dir", type=Path, required=True, help="resumable work in progress")
+    ap.add_argument(
+        "--checksums", type=Path, required=True, help="SHA256SUMS.txt (data.verify_checksums)"
+    )
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args()
 
@@ -42,7 +46,9 @@ def main() -> None:
     splits = read_master(args.master)
     images = [path for s in SPLITS for path in splits[s].images]
     dicom = [d for s in SPLITS for d in splits[s].dicom]
-    run_id = pack_run_id(args.master, args.root, size, p.decoder)
+    verify = params.data.verify_checksums
+    checksums = read_checksums(args.checksums) if verify else None
+    run_id = pack_run_id(args.master, args.root, size, p.decoder, verify)
     device = decode_device(p.decoder, args.params)
     workers = default_workers(p.workers)
     start = time.perf_counter()
@@ -51,7 +57,7 @@ def main() -> None:
     ) as bar:
         result = pack_images(
             args.root, images, dicom, size, args.state_dir, run_id, workers, p.chunk_size,
-            progress=bar.update, device=device, batch_size=p.gpu_batch_size,
+            progress=bar.update, device=device, batch_size=p.gpu_batch_size, checksums=checksums,
         )  # fmt: skip
     seconds = time.perf_counter() - start
     write_json(args.metrics, pack_metrics(result))
@@ -61,12 +67,13 @@ def main() -> None:
         "seconds": round(seconds, 2),
         "workers": workers,
         "decoder": p.decoder,
-        "chunks_resumed": result.chunks_resumed,
+        "images_resumed": result.images_resumed,
     }
     write_json(args.efficiency, efficiency)
     publish(args.state_dir, args.out)
     n, failed = result.n_images, len(result.failed)
-    print(f"pack_images: {n} images at {size} px, {failed} unreadable -> {args.out}")
+    checked = ", checksums verified" if verify else ""
+    print(f"pack_images: {n} images at {size} px, {failed} unreadable{checked} -> {args.out}")
 
 
 if __name__ == "__main__":

@@ -188,6 +188,8 @@ class DataParams(Section):
     # Patients kept out of training and validation (stage qc): a file of subject ids, a CSV
     # with subject_id, or an MS-CXR-format CSV (its image paths name the patients). null = none.
     holdout_patients_from: str | None
+    # Hash each packed image against data.root/SHA256SUMS.txt (mismatches fail, by reason).
+    verify_checksums: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,6 +204,9 @@ class QCParams(Section):
     image_listing: str | None
     # Threads for image checks: network file systems answer many small requests in parallel.
     io_threads: Annotated[int, Positive]
+    # Above the demo (0.01 / 0) and MIMIC-CXR (a few % / ~0), far below a wrong file (1.0).
+    max_missing_label_fraction: Annotated[float, Fraction]
+    max_missing_report_fraction: Annotated[float, Fraction]
 
 
 MaskMode = Literal["soft", "topk", "drop"]

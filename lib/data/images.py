@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -27,8 +27,9 @@ def resize_shape(width: int, height: int, size: int) -> tuple[int, int]:
     return max(size, round(width * scale)), max(size, round(height * scale))
 
 
-def load_image(path: str | Path, size: int) -> np.ndarray:
+def load_image(path: str | Path | BinaryIO, size: int) -> np.ndarray:
     """(size, size) uint8: grayscale, shorter side resized to ``size`` (bicubic), centre crop.
+    ``path`` may be an open binary file (the pack passes bytes it has just hashed).
 
     JPEG draft mode lets the decoder skip detail it would throw away (DCT scaling by
     1/2..1/8), which is several times faster on full-size MIMIC images.

@@ -6,10 +6,15 @@ synthetic demo corpus and the readers share one definition.
 
 from __future__ import annotations
 
+import re
+
+from lib.errors import DataError
+
 METADATA_FILE = "mimic-cxr-2.0.0-metadata.csv.gz"
 SPLIT_FILE = "mimic-cxr-2.0.0-split.csv.gz"
 CHEXPERT_FILE = "mimic-cxr-2.0.0-chexpert.csv.gz"
 REPORTS_ZIP = "mimic-cxr-reports.zip"
+CHECKSUM_FILE = "SHA256SUMS.txt"  # `<sha256>  <relative path>` per file of the release
 IMAGES_DIR = "files"
 
 METADATA_COLUMNS: tuple[str, ...] = (
@@ -66,10 +71,20 @@ STUDY_ID_PATTERN = r"^5\d{7}$"
 DICOM_ID_PATTERN = r"^[0-9a-f]{8}(-[0-9a-f]{8}){4}$"
 
 
+_DICOM_ID = re.compile(DICOM_ID_PATTERN)
+
+
 def image_relpath(subject_id: int, study_id: int, dicom_id: str) -> str:
-    """Path of one JPEG relative to the MIMIC-CXR-JPG root."""
-    s = str(subject_id)
-    return f"{IMAGES_DIR}/p{s[:2]}/p{s}/s{study_id}/{dicom_id}.jpg"
+    """Path of one JPEG relative to the MIMIC-CXR-JPG root. ``dicom_id`` must have MIMIC's
+    shape (filter_views drops and counts the rows whose ids do not): no id leaves data.root."""
+    if not _DICOM_ID.fullmatch(dicom_id):
+        raise DataError(
+            f"dicom_id {dicom_id!r} (study_id {study_id}) is not a MIMIC-CXR dicom_id (five "
+            "dash-separated groups of 8 hex digits); fix the metadata row or rerun "
+            "`dvc repro filter_views`, which drops such rows"
+        )
+    s = str(int(subject_id))
+    return f"{IMAGES_DIR}/p{s[:2]}/p{s}/s{int(study_id)}/{dicom_id}.jpg"
 
 
 def report_relpath(subject_id: int, study_id: int) -> str:

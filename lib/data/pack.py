@@ -9,19 +9,23 @@ then gather batches from the page cache. On a GPU, ``pack.decoder: nvjpeg`` deco
 with nvJPEG instead (``lib.data.jpeg_batch``): the same preprocessing within 3 grey levels, not
 bit for bit; ``index.json`` records which decoder made the pack.
 
-The work is done in chunks written in place into a state directory; a killed run continues
-with the first chunk not yet done. Unreadable or corrupt images are counted and listed; their
-rows are zeros and flagged not ``ok``, and readers leave them out.
+The work is done in chunks written in place into a state directory; ``ok.npy`` records every
+decoded row, so a killed run, resumed with any ``pack.chunk_size``, decodes exactly the rows
+not yet ``ok``. Rows that failed are retried on every resume (a repaired file then decodes).
+Unreadable or corrupt images, and with ``data.verify_checksums`` images whose SHA-256 is not
+the one in SHA256SUMS.txt, are counted by reason and listed; their rows are zeros and flagged
+not ``ok``, and readers leave them out.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from lib.data.checksums import checksum_problem
 from lib.data.images import load_image
 from lib.data.master import Split
 from lib.errors import DataError
@@ -45,14 +50,17 @@ DICOM = "dicom.npy"
 
 # Decoding errors of a corrupt, truncated or foreign file (PIL raises these).
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+UNREADABLE = "unreadable"  # failure reason of a file that is missing or does not decode
+
+Decoded = tuple[int, np.ndarray | None, str, str]  # row, pixels or None, reason, error
 
 
 @dataclass(frozen=True)
 class PackResult:
     n_images: int
     image_size: int
-    failed: list[dict[str, str]]  # {"image", "error"} per unreadable image
-    chunks_resumed: int
+    failed: list[dict[str, str]]  # {"image", "reason", "error"} per image left out
+    images_resumed: int  # rows an earlier, interrupted run of the same pack had decoded
 
 
 def pack_images(
@@ -67,12 +75,17 @@ def pack_images(
     progress: Callable[[int], Any] | None = None,
     device: torch.device | None = None,
     batch_size: int = 64,
+    checksums: Mapping[str, str] | None = None,
 ) -> PackResult:
     """Decode ``images`` (paths relative to ``root``) into ``state_dir/images.npy``.
 
-    Resumes in ``state_dir`` when its ``run_id`` matches (same master file, size and
-    decoder); the finished state directory holds images.npy, ok.npy, dicom.npy and
-    index.json. ``progress`` is called with the number of images finished after each chunk.
+    Resumes in ``state_dir`` when its ``run_id`` matches (same master file, root, size,
+    decoder and checksum setting), decoding every row not yet ``ok``; the finished state
+    directory holds images.npy, ok.npy, dicom.npy and index.json. ``progress`` is called
+    with the number of images finished after each chunk.
+
+    ``checksums`` (relative path -> SHA-256, from SHA256SUMS.txt): each file's bytes are
+    hashed before decoding; a mismatch or an unlisted file fails that image by reason.
 
     Without ``device``, ``workers`` threads decode with ``load_image`` (Pillow, draft mode).
     With one, ``workers`` threads read the files and ``lib.data.jpeg_batch.decode_batch`` decodes
@@ -86,7 +99,7 @@ def pack_images(
     state_dir.mkdir(parents=True, exist_ok=True)
     meta_path = state_dir / "run.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    resume = meta.get("run_id") == run_id and (state_dir / IMAGES).is_file()
+    resume = meta.get("run_id") == run_id and all((state_dir / f).is_file() for f in (IMAGES, OK))
     if not resume:
         for p in state_dir.iterdir():
             shutil.rmtree(p) if p.is_dir() else p.unlink()
@@ -94,22 +107,42 @@ def pack_images(
             state_dir / IMAGES, mode="w+", dtype=np.uint8, shape=(n, size, size)
         ).flush()
         write_npy(state_dir / OK, np.zeros(n, dtype=bool))
-        meta = {"run_id": run_id, "chunks_done": [], "failed": []}
-        write_json(meta_path, meta)
+        write_json(meta_path, {"run_id": run_id})
     out = np.load(state_dir / IMAGES, mmap_mode="r+")
     ok = np.load(state_dir / OK)
-    done = set(meta["chunks_done"])
-    failed: list[dict[str, str]] = list(meta["failed"])
-    n_chunks = -(-n // chunk_size)
-    resumed = len(done)
-    if progress and done:
-        progress(sum(min(chunk_size, n - c * chunk_size) for c in done))
+    if out.shape != (n, size, size) or ok.shape != (n,):
+        raise DataError(
+            f"{state_dir}: the resumable pack holds {out.shape[0]} rows for {n} images; "
+            f"remove it (rm -rf {state_dir}) and rerun `dvc repro pack_images`"
+        )
+    # The rows still to decode: never decoded, or failed before (retried: a file replaced
+    # since then decodes now). Done rows are tracked, not chunks, so any chunk_size resumes.
+    todo = np.flatnonzero(~ok)
+    resumed = n - len(todo)
+    if progress and resumed:
+        progress(resumed)
 
-    def decode(i: int) -> tuple[int, np.ndarray | None, str]:
+    def decode_bytes(i: int, data: bytes | None) -> Decoded:
         try:
-            return i, load_image(root / images[i], size), ""
+            if data is None:
+                return i, load_image(root / images[i], size), "", ""
+            return i, load_image(io.BytesIO(data), size), "", ""
         except DECODE_ERRORS as err:
-            return i, None, f"{type(err).__name__}: {err}"
+            return i, None, UNREADABLE, f"{type(err).__name__}: {err}"
+
+    def verified(i: int, data: bytes) -> Decoded | None:
+        """The failure of an image whose bytes are not those of SHA256SUMS.txt, else None."""
+        problem = checksum_problem(data, images[i], checksums) if checksums is not None else None
+        return None if problem is None else (i, None, *problem)
+
+    def decode(i: int) -> Decoded:
+        if checksums is None:
+            return decode_bytes(i, None)
+        try:
+            data = (root / images[i]).read_bytes()
+        except OSError as err:
+            return i, None, UNREADABLE, f"{type(err).__name__}: {err}"
+        return verified(i, data) or decode_bytes(i, data)
 
     def read(i: int) -> bytes:
         try:
@@ -117,53 +150,51 @@ def pack_images(
         except OSError:
             return b""  # not a JPEG to decode_batch: decode() reports the error
 
-    def decode_on_device(
-        pool: ThreadPoolExecutor, lo: int, hi: int
-    ) -> Iterator[tuple[int, np.ndarray | None, str]]:
+    def decode_on_device(pool: ThreadPoolExecutor, rows: np.ndarray) -> Iterator[Decoded]:
         from lib.data.jpeg_batch import decode_batch  # only the pack_images stage needs it
 
         # Threads read up to two batches ahead while the device decodes (bounded memory).
         ahead: deque[Future[bytes]] = deque()
-        following = lo
-        for start in range(lo, hi, batch_size):
-            while following < hi and len(ahead) < 2 * batch_size:
-                ahead.append(pool.submit(read, following))
+        following = 0
+        for start in range(0, len(rows), batch_size):
+            while following < len(rows) and len(ahead) < 2 * batch_size:
+                ahead.append(pool.submit(read, int(rows[following])))
                 following += 1
-            idx = range(start, min(hi, start + batch_size))
-            batch = [ahead.popleft().result() for _ in idx]
-            for i, r in zip(idx, decode_batch(batch, size, device), strict=True):
+            idx = [int(i) for i in rows[start : start + batch_size]]
+            blobs = [ahead.popleft().result() for _ in idx]
+            bad = {i: v for i, b in zip(idx, blobs, strict=True) if b and (v := verified(i, b))}
+            keep = [(i, b) for i, b in zip(idx, blobs, strict=True) if i not in bad]
+            decoded = decode_batch([b for _, b in keep], size, device) if keep else []
+            yield from bad.values()
+            for (i, _), r in zip(keep, decoded, strict=True):
                 if r is None:  # not a JPEG, or unreadable: Pillow's path decodes or reports it
                     yield decode(i)
                 elif isinstance(r, str):
-                    yield i, None, r
+                    yield i, None, UNREADABLE, r
                 else:
-                    yield i, r, ""
+                    yield i, r, "", ""
 
+    failures: dict[int, dict[str, str]] = {}  # row -> its failure in this run
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        for c in range(n_chunks):
-            if c in done:
-                continue
-            lo, hi = c * chunk_size, min(n, (c + 1) * chunk_size)
+        for start in range(0, len(todo), chunk_size):
+            rows = todo[start : start + chunk_size]
             chunk = (
-                pool.map(decode, range(lo, hi))
-                if device is None
-                else decode_on_device(pool, lo, hi)
+                pool.map(decode, rows.tolist()) if device is None else decode_on_device(pool, rows)
             )
-            for i, pixels, error in chunk:
+            for i, pixels, reason, error in chunk:
                 if pixels is None:
                     out[i] = 0
                     ok[i] = False
-                    failed.append({"image": images[i], "error": error})
+                    failures[i] = {"image": images[i], "reason": reason, "error": error}
                 else:
                     out[i] = pixels
                     ok[i] = True
             out.flush()
-            write_npy(state_dir / OK, ok)  # before the chunk is marked done
-            meta["chunks_done"].append(c)
-            meta["failed"] = failed
-            write_json(meta_path, meta)
+            write_npy(state_dir / OK, ok)  # after the pixels: a row is ok only once written
             if progress:
-                progress(hi - lo)
+                progress(len(rows))
+    # Every row not ok was tried in this run: each is decoded or counted as failed.
+    failed = [failures[int(i)] for i in np.flatnonzero(~ok)]
     del out
     write_npy(state_dir / DICOM, np.asarray(dicom, dtype=np.bytes_))  # ASCII ids, 1 byte/char
     write_json(
@@ -174,6 +205,7 @@ def pack_images(
             "decoder": "pillow-draft" if device is None else f"torchvision-{device.type}",
             "n_failed": len(failed),
             "failed": failed,
+            "checksums_verified": checksums is not None,
         },
     )
     return PackResult(n, size, failed, resumed)
@@ -200,7 +232,7 @@ class Pack:
         if not (len(images) == len(dicom) == len(ok)):
             raise DataError(
                 f"{path}: images, ok and dicom lengths differ; repack with "
-                "`dvc repro -f pack_images`"
+                "`dvc repro -s -f pack_images`"
             )
         return cls(images, ok, {d: i for i, d in enumerate(dicom.tolist())}, images.shape[1], path)
 
@@ -264,10 +296,14 @@ class PackedPixels:
         return torch.from_numpy(out)
 
 
-def pack_run_id(master: Path, root: Path, size: int, decoder: str) -> str:
-    """Identifies a pack_images run: its state is resumed only by the same run."""
+def pack_run_id(
+    master: Path, root: Path, size: int, decoder: str, verify_checksums: bool = False
+) -> str:
+    """Identifies a pack_images run by everything that shapes its rows: its state is resumed
+    only by the same run (pack.chunk_size and pack.workers shape none)."""
     st = master.stat()
     blob = f"{master.resolve()}|{st.st_size}|{st.st_mtime_ns}|{root.resolve()}|{size}|{decoder}"
+    blob += f"|verify={verify_checksums}"
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -291,6 +327,7 @@ def pack_metrics(result: PackResult) -> dict[str, Any]:
         "image_size": result.image_size,
         "failed": len(result.failed),
         "failed_fraction": round(len(result.failed) / result.n_images, 6),
+        "failed_by_reason": dict(sorted(Counter(f["reason"] for f in result.failed).items())),
         "failed_images": result.failed,
     }
 
@@ -300,11 +337,14 @@ def check_failed(result: PackResult, max_fraction: float, root: Path, listed_in:
     fraction = len(result.failed) / result.n_images
     if fraction > max_fraction:
         examples = "; ".join(f"{f['image']}: {f['error']}" for f in result.failed[:5])
+        reasons = dict(sorted(Counter(f["reason"] for f in result.failed).items()))
         raise DataError(
             f"{len(result.failed)} of {result.n_images} images under {root} could not be "
-            f"decoded ({fraction:.2%} > pack.max_failed_fraction = {max_fraction}), "
-            f"e.g. {examples}. Replace the damaged files (all are listed in {listed_in}) "
-            "and run `dvc repro -f pack_images`, or raise pack.max_failed_fraction to leave "
+            f"decoded or verified ({fraction:.2%} > pack.max_failed_fraction = "
+            f"{max_fraction}; by reason {reasons}), e.g. {examples}. Replace the damaged "
+            f"files (all are listed in {listed_in}) and run `dvc repro -s -f pack_images` "
+            "(-f because DVC does not track the image files, -s to rerun this stage alone; "
+            "it retries only the failed images), or raise pack.max_failed_fraction to leave "
             "them out"
         )
 

@@ -153,6 +153,7 @@ def run_qc(
         image_relpath(s, t, d)
         for s, t, d in zip(df["subject_id"], df["study_id"], df["dicom_id"], strict=True)
     ]
+    missing_inputs = missing_labels_and_reports(images, reports)
     problems = image_problems(df["image"], root, params, listing)
     n_missing = int((problems != "").sum())
     for reason in ("image_missing", "image_unreadable"):
@@ -185,11 +186,13 @@ def run_qc(
         "rows_in": n_in,
         "rows_out": len(df),
         "missing_image_fraction": round(n_missing / n_in, 6),
+        **{f"missing_{k}_fraction": round(len(v) / n_in, 6) for k, v in missing_inputs.items()},
         **holdout_metrics,
         **log.metrics(),
         **distribution(df),
     }
     failures = readiness_failures(df, n_missing, n_in, params)
+    failures += missing_input_failures(missing_inputs, n_in, params)
     metrics["warnings"] = readiness_warnings(df)
     metrics["ready"] = not failures
     if failures:
@@ -200,6 +203,48 @@ def run_qc(
             + json.dumps(metrics["dropped"])
         )
     return df, metrics
+
+
+def missing_labels_and_reports(images: pd.DataFrame, reports: pd.DataFrame) -> dict[str, pd.Series]:
+    """Study ids (one per image) of the images that reached QC without a CheXpert label row
+    (``label``) and without a readable report (``report``: missing, subject mismatch or
+    unreadable), before any row is dropped."""
+    status = images["study_id"].map(reports.set_index("study_id")["status"]).fillna("missing")
+    no_label = images["labels_missing"].astype(bool) if "labels_missing" in images else False
+    return {
+        "label": images.loc[no_label, "study_id"],
+        "report": images.loc[status != "ok", "study_id"],
+    }
+
+
+def missing_input_failures(missing: dict[str, pd.Series], n_in: int, params: QCParams) -> list[str]:
+    """A label file or reports archive that does not match the images (issue 27.2): the
+    images would train on all-zero labels, or most of them drop out, without a word."""
+    fixes = {
+        "label": (
+            "have no CheXpert label row",
+            params.max_missing_label_fraction,
+            "check that data.root's mimic-cxr-2.0.0-chexpert.csv.gz belongs to this metadata "
+            "file (its study_ids must match; see metrics/inject_labels.json)",
+        ),
+        "report": (
+            "have no readable report",
+            params.max_missing_report_fraction,
+            "check that data.reports is the complete mimic-cxr-reports.zip for this data.root "
+            "(see metrics/extract_reports.json)",
+        ),
+    }
+    failures = []
+    for kind, (what, limit, fix) in fixes.items():
+        studies = missing[kind]
+        if len(studies) / n_in > limit:
+            examples = [str(s) for s in studies.drop_duplicates().head(5)]
+            failures.append(
+                f"{len(studies)} of {n_in} images ({len(studies) / n_in:.2%}) {what} (study_id "
+                f"e.g. {examples}), above qc.max_missing_{kind}_fraction = {limit}; {fix}, "
+                "or raise the threshold"
+            )
+    return failures
 
 
 def readiness_failures(df: pd.DataFrame, n_missing: int, n_in: int, params: QCParams) -> list[str]:

@@ -280,6 +280,10 @@ class ReportSource:
             return RawReport(subject, study, name, self._zip.read(name))
         except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as err:
             return RawReport(subject, study, name, None, f"unreadable: {err}")
+        except (NotImplementedError, RuntimeError) as err:
+            # An unsupported compression method (NotImplementedError), an encrypted member or
+            # a compressor module missing from this Python (RuntimeError): as unreadable.
+            return RawReport(subject, study, name, None, f"unreadable: {type(err).__name__}: {err}")
 
     def reopen(self) -> None:
         """Open a private handle on the zip (after fork: a shared file offset is unsafe)."""

@@ -6,7 +6,12 @@ from typing import Any
 
 import pandas as pd
 
-from lib.data.mimic import METADATA_COLUMNS
+from lib.data.mimic import (
+    DICOM_ID_PATTERN,
+    METADATA_COLUMNS,
+    STUDY_ID_PATTERN,
+    SUBJECT_ID_PATTERN,
+)
 from lib.data.tables import DropLog, parse_ids
 
 BLANK_VIEW = "(blank)"
@@ -20,7 +25,7 @@ def filter_views(
     """Rows of the official metadata whose ViewPosition is in ``views``, one per dicom_id.
 
     Returns the kept images and a metrics dict counting every view value seen, kept and
-    dropped, and every row dropped by reason.
+    dropped, and every row dropped by reason (ids not of MIMIC-CXR's shape included).
     """
     log = DropLog()
     n_in = len(metadata)
@@ -32,6 +37,15 @@ def filter_views(
         "study_id",
     )
     df = parse_ids(df, ["subject_id", "study_id"], log)
+    # Ids become file paths (files/pXX/p<subject>/s<study>/<dicom_id>.jpg): an id not of
+    # MIMIC-CXR's shape ("../..", "/", a short number) is dropped before any path is built.
+    for col, pattern in (
+        ("subject_id", SUBJECT_ID_PATTERN),
+        ("study_id", STUDY_ID_PATTERN),
+        ("dicom_id", DICOM_ID_PATTERN),
+    ):
+        bad = ~df[col].astype(str).str.fullmatch(pattern)
+        df = log.drop(df, bad, f"invalid_{col}", col)  # examples show the bad values
     df = log.drop(df, df.duplicated(keep="first"), "duplicate_row", "dicom_id")
     conflicting = df["dicom_id"].duplicated(keep=False)
     df = log.drop(df, conflicting, "conflicting_duplicate_dicom_id", "dicom_id")

@@ -24,7 +24,9 @@ import pandas as pd
 from PIL import Image
 
 from lib.config.params import DemoParams
+from lib.data.checksums import sha256sums_lines
 from lib.data.mimic import (
+    CHECKSUM_FILE,
     CHEXPERT_COLUMNS,
     CHEXPERT_FILE,
     FINDINGS,
@@ -431,6 +433,7 @@ def write_corpus(
         for job in _progress(jobs, len(jobs), progress):
             _write_image(job)
     summary = {**summarize(tables), "images_sha256": images_digest(root, tables["tasks"])}
+    write_sha256sums(root)
     if grounding is not None:
         summary["grounding"] = write_grounding(tables["grounding"], grounding, params.workers)
     return summary
@@ -456,6 +459,13 @@ def write_grounding(tasks: list[GroundingTask], path: Path, workers: int) -> dic
             for k, v in pd.Series([t.label for t in tasks]).value_counts().sort_index().items()
         },
     }
+
+
+def write_sha256sums(root: Path) -> None:
+    """SHA256SUMS.txt beside the corpus, as MIMIC-CXR-JPG ships it: every file's digest
+    and path relative to ``root``, in path order (data.verify_checksums checks against it)."""
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    (root / CHECKSUM_FILE).write_text("".join(sha256sums_lines(root, files)), encoding="utf-8")
 
 
 def images_digest(root: Path, tasks: list[ImageTask]) -> str:

@@ -14,7 +14,7 @@ from lib.data.qc import (
     run_qc,
     write_jsonl,
 )
-from lib.errors import DataError
+from lib.errors import DataError, ParamsError
 from tests.conftest import params_section
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 64
@@ -27,7 +27,7 @@ def make_case(tmp_path, n_per_split=3):
     i = 0
     for split in ("train", "val", "test"):
         for _ in range(n_per_split):
-            subject, study, dicom = 10000000 + i, 50000000 + i, f"{i:08x}-0-0-0-0"
+            subject, study, dicom = 10000000 + i, 50000000 + i, f"{i:08x}" + "-00000000" * 4
             rows.append(
                 {
                     "dicom_id": dicom,
@@ -82,9 +82,10 @@ def test_each_drop_reason_is_counted(tmp_path):
     reports.loc[8, "text"] = ""
     reports.loc[9, "status"] = "unreadable"
     reports = reports.drop(index=10)  # no report row at all
-    kept, m = run_qc(
-        images, reports, tmp_path, 30, params_section(QCParams, max_missing_image_fraction=0.5)
+    params = params_section(
+        QCParams, max_missing_image_fraction=0.5, max_missing_report_fraction=0.5
     )
+    kept, m = run_qc(images, reports, tmp_path, 30, params)
     assert m["dropped"] == {
         "image_missing": 1,
         "image_unreadable": 1,
@@ -95,6 +96,39 @@ def test_each_drop_reason_is_counted(tmp_path):
     }
     assert len(kept) == 12 - 7
     assert m["missing_image_fraction"] == round(2 / 12, 6)
+    assert m["missing_report_fraction"] == round(3 / 12, 6)  # missing x2, unreadable
+    assert m["missing_label_fraction"] == 0.0
+
+
+def test_label_file_matching_no_study_stops_qc(tmp_path):
+    """A CheXpert file whose study ids match nothing gives every image all-zero labels
+    (issue 27.2): QC stops with the counts, the key and the fix."""
+    images, reports = make_case(tmp_path, n_per_split=4)
+    with pytest.raises(DataError) as err:
+        run_qc(images.assign(labels_missing=True), reports, tmp_path, 30, params_section(QCParams))
+    msg = str(err.value)
+    assert "12 of 12 images (100.00%) have no CheXpert label row" in msg
+    assert "qc.max_missing_label_fraction = 0.1" in msg and "chexpert.csv.gz" in msg
+    # The demo's share (1 of 100 images, demo.missing_label_fraction) passes the default.
+    images, reports = make_case(tmp_path / "demo", n_per_split=34)
+    images.loc[0, "labels_missing"] = True
+    _, m = run_qc(images, reports, tmp_path / "demo", 30, params_section(QCParams))
+    assert m["ready"] and m["missing_label_fraction"] == round(1 / 102, 6)
+
+
+def test_reports_zip_missing_members_stops_qc(tmp_path):
+    """A reports archive missing 40% of its members (issue 27.2) stops QC instead of
+    training on the rest: counts, the key, the fix."""
+    images, reports = make_case(tmp_path, n_per_split=5)
+    gone = [0, 2, 5, 7, 10, 12]  # two of each split
+    with pytest.raises(DataError) as err:
+        run_qc(images, reports.drop(index=gone), tmp_path, 30, params_section(QCParams))
+    msg = str(err.value)
+    assert "6 of 15 images (40.00%) have no readable report" in msg
+    assert "qc.max_missing_report_fraction = 0.05" in msg and "data.reports" in msg
+    params = params_section(QCParams, max_missing_report_fraction=0.5)
+    kept, m = run_qc(images, reports.drop(index=gone), tmp_path, 30, params)
+    assert len(kept) == 9 and m["dropped"] == {"report_missing": 6}
 
 
 def test_exists_mode_accepts_any_nonempty_file(tmp_path):
@@ -206,3 +240,9 @@ def test_read_holdout_errors_name_the_problem(tmp_path, text, needle):
         read_holdout(f)
     with pytest.raises(DataError, match="not found"):
         read_holdout(tmp_path / "missing.txt")
+
+
+@pytest.mark.parametrize("key", ["max_missing_label_fraction", "max_missing_report_fraction"])
+def test_missing_limits_must_be_fractions(key):
+    with pytest.raises(ParamsError, match=f"qc.{key} = 1.5"):
+        params_section(QCParams, **{key: 1.5})

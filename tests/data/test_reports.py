@@ -175,6 +175,31 @@ def test_corrupt_zip_member_is_counted_not_raised(tmp_path):
     assert "s50000001.txt" in m["unreadable_examples"][0]
 
 
+def test_unsupported_or_encrypted_member_is_counted_and_named(tmp_path):
+    """A member stored with a compression method zipfile cannot read, or encrypted, ended
+    in a bare NotImplementedError/RuntimeError (issue 27.4): now counted as unreadable,
+    named in the metrics, like any other unreadable member."""
+    names = [f"files/p10/p1000000{i}/s5000000{i}.txt" for i in (1, 2, 3)]
+    path = tmp_path / "r.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name in names:
+            zf.writestr(name, FULL)
+    raw = bytearray(path.read_bytes())
+    central = [i for i in range(len(raw)) if raw[i : i + 4] == b"PK\x01\x02"]
+    raw[central[0] + 10 : central[0] + 12] = (97).to_bytes(2, "little")  # WavPack
+    raw[central[1] + 8] |= 0x1  # the encrypted flag
+    path.write_bytes(bytes(raw))
+    studies = pd.DataFrame(
+        {"subject_id": [10000001, 10000002, 10000003], "study_id": [50000001, 50000002, 50000003]}
+    )
+    df, m = extract_reports(studies, ReportSource(path), ("findings",))
+    assert df["status"].tolist() == ["unreadable", "unreadable", "ok"]
+    assert m["status"] == {"ok": 1, "unreadable": 2}
+    first, second = m["unreadable_examples"]
+    assert first.startswith(names[0]) and "NotImplementedError" in first
+    assert second.startswith(names[1]) and "encrypted" in second
+
+
 def test_directory_source(tmp_path):
     d = tmp_path / "reports" / "files" / "p10" / "p10000001"
     d.mkdir(parents=True)

@@ -90,6 +90,19 @@ def test_layout_columns_and_id_shapes(corpus):
         assert len(names) == meta["study_id"].nunique()
 
 
+def test_sha256sums_list_every_file_as_mimic_does(corpus):
+    """SHA256SUMS.txt (data.verify_checksums): `<sha256>  <relative path>` for every other
+    file of the corpus, images included, each digest that of the file's bytes."""
+    from lib.data.checksums import read_checksums
+
+    sums = read_checksums(corpus / "SHA256SUMS.txt")
+    files = {p.relative_to(corpus).as_posix() for p in corpus.rglob("*") if p.is_file()}
+    assert set(sums) == files - {"SHA256SUMS.txt"}
+    assert any(p.startswith("files/p1") and p.endswith(".jpg") for p in sums)
+    for rel in sorted(sums)[:20]:
+        assert sums[rel] == hashlib.sha256((corpus / rel).read_bytes()).hexdigest()
+
+
 def test_split_is_patient_disjoint(corpus):
     sp = pd.read_csv(corpus / SPLIT_FILE)
     assert set(sp["split"]) == {"train", "validate", "test"}
