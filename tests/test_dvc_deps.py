@@ -359,7 +359,7 @@ def test_a_variant_added_as_one_models_entry_is_trained_evaluated_and_compared(t
         assert "models" in {d.def_path for d in by_name["grounding"].deps}  # scores F too
         metrics = {o.def_path for s in graph.nodes for o in s.outs if o.metric}
         plots = {o.def_path for s in graph.nodes for o in s.outs if o.plot}
-    assert {"metrics/eval/F.json", "metrics/eval/C.json"} <= metrics
+    assert {"metrics/headline/eval/F.json", "metrics/headline/eval/C.json"} <= metrics
     assert {"plots/eval/F/recall_at_k.csv", "plots/train/F/plots/metrics"} <= plots
     top = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))
     listed = yaml.safe_dump({k: top.get(k) for k in ("metrics", "plots")})
