@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -400,11 +401,12 @@ def test_finetune_section_lists_the_fine_tuned_models_only():
     assert finetune_section([("B", {})], ["1pct"]) == []  # eval.finetune off: no section
 
 
-def _explain(n: int = 2) -> ExplainMaps:
+def _explain(n: int = 2, masked: bool = False) -> ExplainMaps:
     nan = np.full((n, 2, 3), np.nan)
     return ExplainMaps(
         row=np.arange(n), dicom=np.array(["d0", "d1"][:n]), image=np.array(["x.jpg"] * n),
-        label=np.array(["Edema"] * n), keyword=np.array(["edema"] * n), mask=nan,
+        label=np.array(["Edema"] * n), keyword=np.array(["edema"] * n),
+        mask=np.full((n, 2, 3), 0.5) if masked else nan,
         kept=np.ones((n, 2, 3), bool), attention=nan, grid=np.array([2, 3]),
     )  # fmt: skip
 
@@ -433,3 +435,56 @@ def test_read_inputs_reads_every_model_in_the_order_given(tmp_path):
     assert list(got.rows) == list(got.explain) == list(got.efficiency) == names
     assert list(got.grounding) == ["F", "pretrained"]
     assert got.details == {"zero_shot_mode": "prompt pair"} and got.grids["A"] == (2, 3)
+
+
+def test_compare_stage_reports_a_variant_added_as_one_entry(tmp_path, monkeypatch):
+    """stages/compare.py end to end on fake outputs of the models of a params.yaml whose
+    models: holds a variant F (a copy of C, its own description) and nothing else names it."""
+    import sys
+
+    import yaml
+    from PIL import Image
+
+    from stages.compare import main
+
+    repo = Path(__file__).resolve().parents[2]
+    raw = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
+    raw["models"] = {
+        "A": raw["models"]["A"],
+        "C": raw["models"]["C"],
+        "F": {**raw["models"]["C"], "description": "C under another name"},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    names = list(raw["models"])
+    for i, n in enumerate([*names, "pretrained", "pixels"]):
+        write_json(tmp_path / "m" / f"{n}.json", _metrics(0.2 + i / 100))
+    for i, n in enumerate(names):
+        write_json(
+            tmp_path / "eff" / f"{n}.json",
+            {"inference_images_per_second": 100.0, "process_peak_rss_mb": 9.0, "device": "cpu"},
+        )
+        (tmp_path / "evals" / n).mkdir(parents=True)
+        make_rows(i, 1.0 + i / 2).save(tmp_path / "evals" / n)
+        write_json(
+            tmp_path / "evals" / n / "details.json",
+            {"zero_shot_mode": "prompt pair", "prompt_template": "a {}",
+             "negative_prompt_template": "no {}"},
+        )  # fmt: skip
+        (tmp_path / "emb" / n).mkdir(parents=True)
+        _explain(masked=n != "A").save(tmp_path / "emb" / n)
+        write_json(tmp_path / "g" / f"{n}.json", _g(["mask", "attention", "similarity"], 0.3))
+    (tmp_path / "root").mkdir()
+    Image.new("L", (40, 40), 128).save(tmp_path / "root" / "x.jpg")
+    argv = ["compare", "--evals", "evals", "--eval-metrics", "m", "--efficiency", "eff",
+            "--embeddings", "emb", "--root", "root", "--demo-root", "root", "--grounding", "g",
+            "--summary", "s.json", "--report", "r.md", "--plots", "p"]  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", argv)
+    main()
+    report = (tmp_path / "r.md").read_text(encoding="utf-8")
+    assert "| **F** C under another name |" in report and "| **A** Global CLIP baseline |" in report
+    assert "against Model A" in report and "| F | I2T R@1 |" in report
+    assert "mask z (A, C, F)" in report
+    summary = yaml.safe_load((tmp_path / "s.json").read_text(encoding="utf-8"))
+    assert list(summary["models"]) == names and set(summary["tests_vs_A"]) == {"C", "F"}
+    assert (tmp_path / "p" / "explain.png").is_file()
