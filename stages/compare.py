@@ -1,6 +1,6 @@
-"""Stage compare: the results table of models A–E with intervals and the reference rows,
-paired tests against A, the published figures beside them, and the cross-model plots
-(incl. Patch-IB maps)."""
+"""Stage compare: the results table of the variants under models: with intervals and the
+reference rows, paired tests against the baseline (the first variant), the published figures
+beside them, and the cross-model plots (incl. Patch-IB maps)."""
 
 from __future__ import annotations
 
@@ -9,23 +9,22 @@ from pathlib import Path
 
 from lib.cli import run
 from lib.config.loader import load_params
-from lib.config.variants import resolve_all
-from lib.data.images import load_image
+from lib.config.variants import baseline, descriptions, resolve_all
 from lib.eval.compare import (
-    REFERENCES,
     data_description,
     explain_columns,
+    explain_images,
     paired_tests,
+    read_inputs,
     results_markdown,
     summary_json,
     summary_table,
     tests_table,
 )
-from lib.eval.embedding_files import ExplainMaps
-from lib.eval.evaluate import QueryRows, fraction_key
+from lib.eval.evaluate import fraction_key
 from lib.eval.plots import save_compare_plots
 from lib.eval.seeds import read_replicates, spread_keys, spread_markdown, spread_summary, spreads
-from lib.io import atomic_path, read_json, write_json
+from lib.io import atomic_path, write_json
 
 DISPLAY_SIZE = 224  # pixels of the X-rays in the explainability figure
 
@@ -45,54 +44,33 @@ def main() -> None:
     args = ap.parse_args()
 
     params = load_params(args.params)
-    p, names = params.eval, list(params.models)  # A, the baseline, first
-    ks = tuple(p.recall_ks)
-    metrics = {n: read_json(args.eval_metrics / f"{n}.json") for n in names}
-    references = {r: read_json(args.eval_metrics / f"{r}.json") for r in REFERENCES}
-    efficiency = {n: read_json(args.efficiency / f"{n}.json") for n in names}
-    rows = {n: QueryRows.load(args.evals / n) for n in names}
-    explain = {n: ExplainMaps.load(args.embeddings / n) for n in names}
+    p, names, base = params.eval, list(params.models), baseline(params)
+    ks, fractions = tuple(p.recall_ks), [fraction_key(f) for f in sorted(p.probe_fractions)]
+    got = read_inputs(
+        names, args.evals, args.eval_metrics, args.efficiency, args.embeddings, args.grounding
+    )
     seeds = {n: v.train.seed for n, v in resolve_all(params, str(args.params)).items()}
     reps = read_replicates(args.eval_metrics / "replicates", names, params.replicates.seeds)
-    fractions = [fraction_key(f) for f in sorted(p.probe_fractions)]
     keys = spread_keys(fractions[-1], max(ks))
-    spread = spreads(metrics, seeds, reps, [k for k, _ in keys])
-    tests = paired_tests(rows, ks, p.bootstrap, p.seed, p.ci_level, baseline=names[0])
+    spread = spreads(got.metrics, seeds, reps, [k for k, _ in keys])
+    tests = paired_tests(got.rows, ks, p.bootstrap, p.seed, p.ci_level, baseline=base)
     is_demo = params.data.demo
-    grounding = {}
-    if args.grounding is not None:  # A–E, then the pretrained backbone
-        for n in [*names, "pretrained"]:
-            if (args.grounding / f"{n}.json").is_file():
-                grounding[n] = read_json(args.grounding / f"{n}.json")
-    details = read_json(args.evals / names[0] / "details.json")
-    grids = {n: e.grid for n, e in explain.items()}
-    data = data_description(str(args.root), is_demo, details, grids)
-
-    write_json(
-        args.summary,
-        summary_json(metrics, tests, fractions, ks, is_demo, references, spread_summary(spread)),
+    data = data_description(str(args.root), is_demo, got.details, got.grids)
+    summary = summary_json(
+        got.metrics, tests, fractions, ks, is_demo, got.references, spread_summary(spread)
     )
+    write_json(args.summary, summary)
+    finetune = [fraction_key(f) for f in sorted(p.finetune_fractions)] if p.finetune else []
+    report = results_markdown(
+        got.metrics, got.efficiency, tests, data, fractions, ks, p.ci_level, got.references,
+        spread_markdown(spread, keys, base), got.grounding, finetune, descriptions(params),
+    )  # fmt: skip
     with atomic_path(args.report) as tmp:
-        report = results_markdown(
-            metrics,
-            efficiency,
-            tests,
-            data,
-            fractions,
-            ks,
-            p.ci_level,
-            references,
-            spread_markdown(spread, keys, names[0]),
-            grounding,
-            [fraction_key(f) for f in sorted(p.finetune_fractions)] if p.finetune else [],
-        )
         tmp.write_text(report, encoding="utf-8")
 
-    ref = explain[names[0]]
-    images = [load_image(args.root / str(path), DISPLAY_SIZE) for path in ref.image]
-    captions = [f"{lb}\n'{kw}'" for lb, kw in zip(ref.label, ref.keyword, strict=True)]
-    table, device = summary_table(metrics, efficiency), efficiency[names[0]]["device"]
-    columns = explain_columns(explain)
+    images, captions = explain_images(got.explain, args.root, DISPLAY_SIZE)
+    table = summary_table(got.metrics, got.efficiency)
+    device, columns = got.efficiency[base]["device"], explain_columns(got.explain)
     save_compare_plots(args.plots, table, tests_table(tests), ks, device, images, captions, columns)
     print(f"compare: {len(names)} models -> {args.report}, {args.summary}")
 

@@ -16,6 +16,7 @@ from lib.data.pack import Pack
 from lib.eval.embedding_files import Embeddings, load_finetune
 from lib.eval.evaluate import evaluate, fraction_key
 from lib.eval.plots import save_model_plots
+from lib.headline import model_headline
 from lib.io import atomic_path, write_json
 
 
@@ -26,7 +27,8 @@ def main() -> None:
     ap.add_argument("--master", type=Path, required=True)
     ap.add_argument("--pack", type=Path, help="output of pack_images, as given to embed@")
     ap.add_argument("--out", type=Path, required=True, help="per-row results for compare")
-    ap.add_argument("--metrics", type=Path, required=True)
+    ap.add_argument("--metrics", type=Path, required=True, help="every test metric")
+    ap.add_argument("--headline", type=Path, help="DVC metric: the headline (omitted: none)")
     ap.add_argument("--plots", type=Path, required=True)
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args()
@@ -47,8 +49,10 @@ def main() -> None:
         result.rows.save(tmp)
         (tmp / "details.json").write_text(json.dumps(result.details, indent=2) + "\n")
     write_json(args.metrics, result.metrics)
-
     full = fraction_key(max(p.probe_fractions))
+    if args.headline is not None:
+        write_json(args.headline, model_headline(result.metrics, full, p.recall_ks))
+
     save_model_plots(args.plots, name, result, splits["test"].labels, full)
     m = result.metrics
     print(

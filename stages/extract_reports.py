@@ -12,6 +12,7 @@ import pandas as pd
 from lib.cli import run
 from lib.config.loader import load_params
 from lib.data.reports import ReportSource, extract_reports
+from lib.headline import kept_dropped
 from lib.io import write_json, write_parquet
 
 
@@ -21,6 +22,7 @@ def main() -> None:
     ap.add_argument("--reports", type=Path, required=True, help="zip or directory (data.reports)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--metrics", type=Path, required=True)
+    ap.add_argument("--headline", type=Path, help="DVC metric: kept, dropped (omitted: none)")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args()
 
@@ -35,6 +37,8 @@ def main() -> None:
         source.close()
     write_parquet(args.out, reports)
     write_json(args.metrics, metrics)
+    if args.headline is not None:
+        write_json(args.headline, kept_dropped(metrics["studies"], metrics["dropped_total"]))
     print(f"extract_reports: {metrics['status']} for {metrics['studies']} studies -> {args.out}")
 
 

@@ -13,6 +13,7 @@ from lib.data.mimic import METADATA_COLUMNS
 from lib.data.plots import views_figure
 from lib.data.tables import read_csv_checked
 from lib.data.views import filter_views
+from lib.headline import rows_kept_dropped
 from lib.io import save_figure, write_csv, write_json, write_parquet
 
 
@@ -21,6 +22,7 @@ def main() -> None:
     ap.add_argument("--metadata", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--metrics", type=Path, required=True)
+    ap.add_argument("--headline", type=Path, help="DVC metric: kept, dropped (omitted: none)")
     ap.add_argument("--plots", type=Path, required=True, help="directory for plot files")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args()
@@ -37,6 +39,8 @@ def main() -> None:
     images, metrics = filter_views(meta, params.views)
     write_parquet(args.out, images)
     write_json(args.metrics, metrics)
+    if args.headline is not None:
+        write_json(args.headline, rows_kept_dropped(metrics, str(args.metrics)))
     views = pd.DataFrame([{"view": v, **c} for v, c in metrics["views"].items()])
     write_csv(args.plots / "views.csv", views)
     save_figure(args.plots / "views.png", views_figure(metrics["views"]))

@@ -25,6 +25,7 @@ from lib.eval.box_scores import Phrases, match_phrases, read_boxes, scale_box
 from lib.eval.embed_model import load_trained
 from lib.eval.phrase_grounding import Grounding, Truth, ground
 from lib.eval.plots import grounding_figure
+from lib.headline import pointing_headline
 from lib.io import atomic_path, write_json
 
 _UNKNOWN_LISTED = 20
@@ -41,6 +42,7 @@ def main() -> None:
     ap.add_argument("--pack", type=Path, help="output of pack_images (else decode the JPEGs)")
     ap.add_argument("--metrics", type=Path, required=True, help="folder: <variant>.json")
     ap.add_argument("--plots", type=Path, required=True, help="folder: <variant>.png")
+    ap.add_argument("--headline", type=Path, help="DVC metric: pointing by model (omitted: none)")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args()
 
@@ -62,6 +64,7 @@ def main() -> None:
         metrics_dir.mkdir()
         plots_dir.mkdir()
         truth: Truth | None = None  # boxes and floors, shared by models of one input grid
+        scored = {}
         for model_dir in model_dirs:
             trained = load_trained(model_dir, p.device)
             name = trained.variant.name
@@ -78,6 +81,7 @@ def main() -> None:
             result = ground(trained, phrases, pixels_of, p, truth)
             truth = result.truth
             write_json(metrics_dir / f"{name}.json", {**result.metrics, **unknown})
+            scored[name] = result.metrics
             _save(_figure(name, phrases, result, pixels_of, size), plots_dir / f"{name}.png")
             test = result.metrics["official_test"]
             summary = ", ".join(
@@ -88,6 +92,9 @@ def main() -> None:
                 f"grounding@{name}: {len(phrases)} phrases, {test['phrases']} scorable of "
                 f"official-test images: {summary}"
             )
+
+    if args.headline is not None:
+        write_json(args.headline, pointing_headline(scored))
 
 
 def _reader(

@@ -12,6 +12,7 @@ from lib.config.loader import load_params
 from lib.data.labels import inject_labels
 from lib.data.mimic import CHEXPERT_COLUMNS
 from lib.data.tables import read_csv_checked
+from lib.headline import rows_kept_dropped
 from lib.io import write_json, write_parquet
 
 
@@ -21,6 +22,7 @@ def main() -> None:
     ap.add_argument("--chexpert", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--metrics", type=Path, required=True)
+    ap.add_argument("--headline", type=Path, help="DVC metric: kept, dropped (omitted: none)")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args()
 
@@ -30,6 +32,8 @@ def main() -> None:
     labeled, metrics = inject_labels(images, chexpert, params.label_policy, str(args.chexpert))
     write_parquet(args.out, labeled)
     write_json(args.metrics, metrics)
+    if args.headline is not None:
+        write_json(args.headline, rows_kept_dropped(metrics, str(args.metrics)))
     print(
         f"inject_labels: {metrics['images_without_label_row']} of {metrics['rows_out']} images "
         f"have no label row (policy {params.label_policy}) -> {args.out}"

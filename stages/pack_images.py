@@ -24,6 +24,7 @@ from lib.data.pack import (
     publish,
 )
 from lib.data.splits import SPLITS
+from lib.headline import kept_dropped
 from lib.io import write_json
 
 
@@ -33,6 +34,7 @@ def main() -> None:
     ap.add_argument("--root", type=Path, required=True, help="data.root (images)")
     ap.add_argument("--out", type=Path, required=True, help="directory of the pack")
     ap.add_argument("--metrics", type=Path, required=True)
+    ap.add_argument("--headline", type=Path, help="DVC metric: kept, dropped (omitted: none)")
     ap.add_argument("--efficiency", type=Path, required=True)
     ap.add_argument("--state-dir", type=Path, required=True, help="resumable work in progress")
     ap.add_argument(
@@ -61,6 +63,10 @@ def main() -> None:
         )  # fmt: skip
     seconds = time.perf_counter() - start
     write_json(args.metrics, pack_metrics(result))
+    if args.headline is not None:
+        write_json(
+            args.headline, kept_dropped(result.n_images - len(result.failed), len(result.failed))
+        )
     check_failed(result, p.max_failed_fraction, args.root, args.metrics)
     efficiency = {
         "images_per_second": round(result.n_images / max(seconds, 1e-9), 1),

@@ -12,6 +12,7 @@ from lib.data.master import read_master
 from lib.data.pack import Pack
 from lib.eval.evaluate import fraction_key
 from lib.eval.pixels import pixel_probe
+from lib.headline import model_headline
 from lib.io import write_json
 
 
@@ -19,7 +20,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--master", type=Path, required=True)
     ap.add_argument("--pack", type=Path, required=True, help="output of pack_images")
-    ap.add_argument("--metrics", type=Path, required=True)
+    ap.add_argument("--metrics", type=Path, required=True, help="every test metric")
+    ap.add_argument("--headline", type=Path, help="DVC metric: the headline (omitted: none)")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args()
 
@@ -29,6 +31,8 @@ def main() -> None:
     m = pixel_probe(pack, splits, p)
     write_json(args.metrics, m)
     full = fraction_key(max(p.probe_fractions))
+    if args.headline is not None:
+        write_json(args.headline, model_headline(m, full))  # a probe: no retrieval
     print(
         f"pixel_probe: PCA({m['pca_dim']}) of {m['pixels_per_image']} pixels on "
         f"{m['pca_fit_images']} train images, probe {full} mean AUC "

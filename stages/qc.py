@@ -19,6 +19,7 @@ from lib.data.qc import (
     run_qc,
     write_jsonl,
 )
+from lib.headline import rows_kept_dropped
 from lib.io import atomic_path, save_figure, write_csv, write_json
 
 
@@ -29,6 +30,7 @@ def main() -> None:
     ap.add_argument("--root", type=Path, required=True, help="data.root (holds files/)")
     ap.add_argument("--out", type=Path, required=True, help="master JSONL file")
     ap.add_argument("--metrics", type=Path, required=True)
+    ap.add_argument("--headline", type=Path, help="DVC metric: kept, dropped (omitted: none)")
     ap.add_argument("--plots", type=Path, required=True, help="directory for plot files")
     ap.add_argument(
         "--stage-metrics",
@@ -55,6 +57,8 @@ def main() -> None:
     earlier = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in args.stage_metrics}
     metrics["pipeline"] = pipeline_drops({**earlier, "qc": metrics})
     write_json(args.metrics, metrics)
+    if args.headline is not None:
+        write_json(args.headline, rows_kept_dropped(metrics, str(args.metrics)))
     table = label_distribution_table(metrics["distribution"])
     write_csv(args.plots / "label_distribution.csv", table)
     save_figure(args.plots / "label_distribution.png", label_distribution_figure(table))

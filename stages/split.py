@@ -11,6 +11,7 @@ from lib.cli import run
 from lib.data.mimic import SPLIT_COLUMNS
 from lib.data.splits import apply_split
 from lib.data.tables import read_csv_checked
+from lib.headline import rows_kept_dropped
 from lib.io import write_json, write_parquet
 
 
@@ -20,6 +21,7 @@ def main() -> None:
     ap.add_argument("--split-file", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--metrics", type=Path, required=True)
+    ap.add_argument("--headline", type=Path, help="DVC metric: kept, dropped (omitted: none)")
     args = ap.parse_args()
 
     images = pd.read_parquet(args.images)
@@ -29,6 +31,8 @@ def main() -> None:
     out, metrics = apply_split(images, split_file, str(args.split_file))
     write_parquet(args.out, out)
     write_json(args.metrics, metrics)
+    if args.headline is not None:
+        write_json(args.headline, rows_kept_dropped(metrics, str(args.metrics)))
     print(f"split: {metrics['images']} images -> {args.out}")
 
 

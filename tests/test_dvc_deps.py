@@ -378,3 +378,60 @@ def test_the_demo_backbone_path_is_one():
     dvc_vars = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["vars"]
     paths = next(v["paths"] for v in dvc_vars if isinstance(v, dict) and "paths" in v)
     assert f"local-dir:{paths['backbone']}" == DEMO_BACKBONE
+
+
+# ------------------------------------------------------------- a variant is one entry
+
+
+def _resolved_repo(root: Path, models: Mapping) -> None:
+    """dvc.yaml beside params.yaml with ``models`` in place of its variants."""
+    from dvc.repo import Repo
+
+    Repo.init(str(root), no_scm=True).close()
+    raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    (root / "params.yaml").write_text(yaml.safe_dump({**raw, "models": dict(models)}))
+    (root / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text(encoding="utf-8"))
+
+
+def test_a_variant_added_as_one_models_entry_is_trained_evaluated_and_compared(tmp_path, params):
+    """Issue 30: variant F, a copy of C under another name, is one entry under models: and
+    nothing else; its stages are planned upstream of compare and declare their metrics and
+    plots (no top-level list of variants in dvc.yaml)."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    entry = {**params["models"]["C"], "description": "C under another name"}
+    _resolved_repo(tmp_path, {**params["models"], "F": entry})
+    with Repo(str(tmp_path)) as repo:
+        graph = repo.index.graph
+        by_name = {s.name: s for s in graph.nodes}
+        upstream = {s.name for s in nx.descendants(graph, by_name["compare"])}
+        assert {"train@F", "embed@F", "eval@F", "train@C"} <= upstream
+        assert "models/F" in {o.def_path for o in by_name["train@F"].outs}
+        assert "models" in {d.def_path for d in by_name["grounding"].deps}  # scores F too
+        metrics = {o.def_path for s in graph.nodes for o in s.outs if o.metric}
+        plots = {o.def_path for s in graph.nodes for o in s.outs if o.plot}
+    assert {"metrics/headline/eval/F.json", "metrics/headline/eval/C.json"} <= metrics
+    assert {"plots/eval/F/recall_at_k.csv", "plots/train/F/plots/metrics"} <= plots
+    top = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))
+    listed = yaml.safe_dump({k: top.get(k) for k in ("metrics", "plots")})
+    for name in params["models"]:
+        assert f"/{name}/" not in listed and f"/{name}." not in listed, name
+
+
+def test_only_compare_and_the_cheap_config_stages_read_the_models_section():
+    """A description lives in models:, so editing it reruns the stages that read that
+    section whole: resolve_config and convirt_backbone, whose outputs do not change (configs
+    without descriptions: tests/config/test_variants.py; a seeded backbone), and compare,
+    which renders it. train@X, embed@X and eval@X read their config file, never models:."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    with Repo(str(REPO)) as repo:
+        readers = {
+            s.name
+            for s in repo.index.stages
+            for d in s.deps
+            if isinstance(d, ParamsDependency) and "models" in (d.params or [])
+        }
+    assert readers == {"resolve_config", "convirt_backbone", "compare"}

@@ -47,6 +47,30 @@ def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str) -> None
         assert needle in proc.stderr, proc.stderr
 
 
+def test_filter_views_writes_its_headline_beside_its_full_metrics(tmp_path):
+    """Issue 30.6: the DVC metric is kept / dropped; the per-view counts stay in --metrics."""
+    import json
+
+    from lib.data.mimic import METADATA_COLUMNS
+
+    path = tmp_path / "meta.csv.gz"
+    rows = [("a", "PA"), ("b", "LATERAL"), ("c", "AP")]
+    with gzip.open(path, "wt") as fh:
+        fh.write(",".join(METADATA_COLUMNS) + "\n")
+        for i, (dicom, view) in enumerate(rows):
+            cells = {"dicom_id": dicom, "subject_id": "10000001", "study_id": f"5000000{i}"}
+            cells["ViewPosition"] = view
+            fh.write(",".join(cells.get(c, "1") for c in METADATA_COLUMNS) + "\n")
+    proc = run_stage(
+        "filter_views", "--metadata", str(path), "--out", str(tmp_path / "o.parquet"),
+        "--metrics", str(tmp_path / "m.json"), "--headline", str(tmp_path / "h.json"),
+        "--plots", str(tmp_path / "p"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "h.json").read_text()) == {"kept": 2, "dropped": 1}
+    assert "views" in json.loads((tmp_path / "m.json").read_text())
+
+
 def test_missing_metadata_names_file_and_params_key(tmp_path):
     proc = run_filter_views(tmp_path / "m.csv.gz", tmp_path)
     assert_clean_error(proc, "m.csv.gz", "not found", "data.root")

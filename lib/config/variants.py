@@ -1,5 +1,6 @@
-"""Models A–E: each variant's effective config = the shared ``model:`` / ``train:`` sections
-plus its differences under ``models.<name>``.
+"""The variants under ``models:`` in params.yaml, in its order (the first is the baseline):
+each variant's effective config = the shared ``model:`` / ``train:`` sections plus its
+differences under ``models.<name>``, and its ``description`` (the results table's text).
 
 The ``resolve_config`` stage writes one JSON file per variant; ``train@<name>`` depends on
 that file, not on whole params sections, so a change retrains exactly the variants whose
@@ -18,19 +19,13 @@ from lib.config.fixed import FIXED_MODEL, fixed_model, fixed_train
 from lib.config.params import ModelParams, Params, TrainParams, as_dict, build_section
 from lib.errors import DataError, ParamsError
 
-VARIANTS: tuple[str, ...] = ("A", "B", "C", "D", "E", "ConVIRT")
 # The reference rows' names (stage pretrained's models/pretrained, stage pixel_probe's
 # metrics/eval/pixels.json): a variant of either name would write over their folders.
 PRETRAINED = "pretrained"
 RESERVED: tuple[str, ...] = (PRETRAINED, "pixels")
-DESCRIPTIONS = {
-    "A": "Global CLIP baseline",
-    "B": "+ Local alignment",
-    "C": "+ Patch-IB",
-    "D": "Top-K (soft)",
-    "E": "Token drop (hard)",
-    "ConVIRT": "ConVIRT (ResNet + BERT, MLP heads)",
-}
+# models.<X>.description: the variant's line in the results table (stage compare). Not part
+# of its config, so editing it reruns compare only, never train@X.
+DESCRIPTION = "description"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +40,6 @@ class Variant:
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "description": DESCRIPTIONS.get(self.name, ""),
             "model": as_dict(self.model),
             "train": as_dict(self.train),
             "backbone_digest": self.backbone_digest,
@@ -71,6 +65,7 @@ def resolve_variant(params: Params, name: str, source: str = "params.yaml") -> V
     if not isinstance(overrides, Mapping):
         raise ParamsError(f"{source}: models.{name} must be a mapping of overrides")
     overrides = dict(overrides)
+    overrides.pop(DESCRIPTION, None)
     train_over = overrides.pop("train", None) or {}
     if not isinstance(train_over, Mapping):
         raise ParamsError(f"{source}: models.{name}.train must be a mapping of overrides")
@@ -134,7 +129,28 @@ def resolve_all(params: Params, source: str = "params.yaml") -> dict[str, Varian
             f"{source}: models.{reserved[0]}: {list(RESERVED)} name the reference rows "
             "(models/pretrained, metrics/eval/pixels.json); rename the variant"
         )
+    descriptions(params, source)  # a bad one stops every stage, not only compare
     return {name: resolve_variant(params, name, source) for name in params.models}
+
+
+def baseline(params: Params) -> str:
+    """The variant the others are tested against: the first entry of ``models:``."""
+    if not params.models:
+        raise ParamsError("params.yaml: 'models' is empty; define at least one variant")
+    return next(iter(params.models))
+
+
+def descriptions(params: Params, source: str = "params.yaml") -> dict[str, str]:
+    """{variant: its ``models.<X>.description``} in the order of ``models:``; "" if none."""
+    out = {}
+    for name, raw in params.models.items():
+        text = (raw or {}).get(DESCRIPTION, "") if isinstance(raw, Mapping) else ""
+        if not isinstance(text, str):
+            raise ParamsError(
+                f"{source}: models.{name}.{DESCRIPTION} must be a string, got {text!r}; quote it"
+            )
+        out[name] = text
+    return out
 
 
 def pretrained_variant(backbone: str, use_amp: bool) -> Variant:

@@ -1,29 +1,31 @@
-"""The comparison of models A–E (stage compare): one results table with intervals, paired
-bootstrap tests of every variant against A, and the published MIMIC-CXR figures beside it.
+"""The comparison of the variants under ``models:`` (stage compare): one results table with
+intervals, paired bootstrap tests of every variant against the baseline (the first variant),
+and the published MIMIC-CXR figures beside it.
 
-Beside A–E the table holds two reference rows, floors that a learned representation must
+Beside the variants the table holds two reference rows, floors that a learned representation must
 beat (``REFERENCES``): the pretrained backbone with no fine-tuning (stage eval_pretrained;
 BiomedCLIP zero-shot on real data) and a linear probe on PCA features of the raw pixels
 (stage pixel_probe; no text side, so no retrieval or zero-shot). They take no part in the
-paired tests, which stay against A."""
+paired tests, which stay against the baseline."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from lib.config.variants import DESCRIPTIONS
+from lib.data.images import load_image
 from lib.errors import DataError
 from lib.eval.embedding_files import ExplainMaps
 from lib.eval.evaluate import QueryRows, row_metrics
 from lib.eval.label_retrieval import PRECISION_KS
 from lib.eval.stats import holm, paired_bootstrap_table
+from lib.io import read_json
 
-BASELINE = "A"
 # Metrics tested against the baseline (paired bootstrap), with their table names.
 TESTED: tuple[tuple[str, str], ...] = (
     ("i2t_R@1", "I2T R@1"),
@@ -110,6 +112,48 @@ LITERATURE: tuple[Published, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class CompareInputs:
+    """What stage compare reads, each keyed by model in the order of ``models:``."""
+
+    metrics: dict[str, dict[str, Any]]  # metrics/eval/X.json
+    references: dict[str, dict[str, Any]]  # REFERENCES' metrics
+    efficiency: dict[str, dict[str, Any]]  # embed@X's
+    rows: dict[str, QueryRows]  # eval@X's per-row outputs (the paired tests)
+    explain: dict[str, ExplainMaps]  # embed@X's maps of the explainability figure
+    grounding: dict[str, dict[str, Any]]  # stage grounding's, the variants' then pretrained's
+    details: dict[str, Any]  # the baseline's eval@ details.json (prompts, zero-shot mode)
+
+    @property
+    def grids(self) -> dict[str, tuple[int, ...]]:
+        """Each model's patch grid (a ViT's patches, a CNN's last feature map)."""
+        return {n: tuple(int(g) for g in e.grid) for n, e in self.explain.items()}
+
+
+def read_inputs(
+    names: Sequence[str],
+    evals: Path,
+    eval_metrics: Path,
+    efficiency: Path,
+    embeddings: Path,
+    grounding: Path | None,
+) -> CompareInputs:
+    """Every model's outputs from the folders stage compare is given (dvc.yaml)."""
+    found = {}
+    for n in [*names, "pretrained"] if grounding is not None else []:
+        if (grounding / f"{n}.json").is_file():
+            found[n] = read_json(grounding / f"{n}.json")
+    return CompareInputs(
+        metrics={n: read_json(eval_metrics / f"{n}.json") for n in names},
+        references={r: read_json(eval_metrics / f"{r}.json") for r in REFERENCES},
+        efficiency={n: read_json(efficiency / f"{n}.json") for n in names},
+        rows={n: QueryRows.load(evals / n) for n in names},
+        explain={n: ExplainMaps.load(embeddings / n) for n in names},
+        grounding=found,
+        details=read_json(evals / names[0] / "details.json"),
+    )
+
+
 def check_same_rows(rows: Mapping[str, QueryRows]) -> None:
     """Paired tests need every model evaluated on the same test rows."""
     names = list(rows)
@@ -134,13 +178,15 @@ def paired_tests(
     n_rounds: int,
     seed: int,
     level: float,
-    baseline: str = BASELINE,
+    baseline: str | None = None,
 ) -> dict[str, dict[str, dict[str, float | None]]]:
-    """{variant: {metric: {diff, ci_low, ci_high, p_value, p_holm, rounds}}} against baseline.
+    """{variant: {metric: {diff, ci_low, ci_high, p_value, p_holm, rounds}}} against baseline
+    (None: the first of ``rows``, which follow ``models:``).
 
     Every variant is compared with the baseline on the same patient resamples (same seed);
     p_holm adjusts the p-values of all variant × metric tests together (Holm–Bonferroni).
     """
+    baseline = next(iter(rows), "") if baseline is None else baseline
     if baseline not in rows:
         raise DataError(f"no evaluation of the baseline model {baseline}; evaluate it first")
     check_same_rows(rows)
@@ -285,6 +331,35 @@ def _ci3(s: Mapping[str, Any] | None) -> str:
     return f"{s['mean']:.3f} [{s['low']:.3f}, {s['high']:.3f}]"
 
 
+# What each map is, for the report's prose; (kind, its text, why a model lacks it).
+_MAP_PROSE: tuple[tuple[str, str, str], ...] = (
+    ("mask", "mask z", ""),
+    ("attention", "the phrase's word→patch attention of the local alignment", ""),
+    (
+        "similarity",
+        "each patch token's cosine with the phrase's global embedding through the global "
+        "image head",
+        "whose dropped tokens never reach the head",
+    ),
+)
+
+
+def maps_sentence(grounding: Mapping[str, Mapping[str, Any]]) -> str:
+    """Which models have which map, from the ``maps`` each was scored with (stage grounding
+    derives them from the variant's flags: lib/eval/phrase_maps.py, map_kinds)."""
+    parts = []
+    for kind, text, why in _MAP_PROSE:
+        have = [n for n, g in grounding.items() if kind in g.get("maps", ())]
+        if not have:
+            continue
+        part = f"{text} ({', '.join(have)})"
+        lack = [n for n in grounding if n not in have]
+        if why and lack:
+            part += f"; none for {', '.join(lack)}, {why}"
+        parts.append(part)
+    return "; ".join(parts) if parts else "none"
+
+
 def grounding_section(
     grounding: Mapping[str, Mapping[str, Any]], ci: str, is_demo: bool
 ) -> list[str]:
@@ -309,11 +384,7 @@ def grounding_section(
         "feature map), upsampled bilinearly to the input; CNR as BioViL defines it "
         "(|mean inside − mean outside| / pooled sd), pointing game (the map's maximum in a "
         f"box), IoU of the map's top-k pixels (k = box area) with the box; {ci} "
-        "patient-bootstrap intervals. Maps: mask z (C–E), the phrase's word→patch attention "
-        "of the local alignment (B–E), and each patch token's cosine with the phrase's "
-        "global embedding through the global image head (A–D, ConVIRT and the pretrained "
-        "backbone; "
-        "none for E, whose dropped tokens never reach the head).",
+        f"patient-bootstrap intervals. Maps: {maps_sentence(scored)}.",
         "",
         "| Model | Map | CNR | Pointing | Top-k IoU |",
         "| --- | --- | --- | --- | --- |",
@@ -402,12 +473,16 @@ def results_markdown(
     seed_section: Sequence[str] = (),
     grounding: Mapping[str, Mapping[str, Any]] | None = None,
     finetune_fractions: Sequence[str] = (),
+    descriptions: Mapping[str, str] | None = None,
 ) -> str:
-    """The results report: our table (seed format, with intervals) with the reference rows
-    (``REFERENCES``: name -> its metrics) and whether each model beats them, the probe, the
-    tests against A, efficiency, and the published figures, each labelled with its data."""
+    """The results report: our table (seed format, with intervals; each variant with its
+    ``descriptions`` entry) with the reference rows (``REFERENCES``: name -> its metrics) and
+    whether each model beats them, the probe, the tests against the baseline (the first of
+    ``metrics``), efficiency, and the published figures, each labelled with its data."""
     references = dict(references or {})
+    descriptions = dict(descriptions or {})
     names = list(metrics)
+    baseline = names[0]
     first = metrics[names[0]]
     ci = f"{100 * level:g} %"
     lines = [
@@ -432,7 +507,7 @@ def results_markdown(
     full = fractions[-1]
     head += [f"Probe {full} mean AUC", f"Probe {full} mean AP"]
     lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    rows = [(f"**{n}** {DESCRIPTIONS.get(n, '')}".strip(), metrics[n]) for n in names]
+    rows = [(f"**{n}** {descriptions.get(n, '')}".strip(), metrics[n]) for n in names]
     rows += [(reference_label(r, m), m) for r, m in references.items()]
     for title, m in rows:
         cells = [title]
@@ -453,9 +528,9 @@ def results_markdown(
         lines += [
             "",
             "The *reference* rows are floors, not models: the backbone as loaded "
-            "(`model.backbone`) with no fine-tuning, scored like A–E; and a linear probe on a "
-            "PCA of the raw pixels (train split), which has no text side (no retrieval or "
-            "zero-shot). A learned representation should beat both.",
+            "(`model.backbone`) with no fine-tuning, scored like the models; and a linear "
+            "probe on a PCA of the raw pixels (train split), which has no text side (no "
+            "retrieval or zero-shot). A learned representation should beat both.",
             "",
             floors_line(metrics, references, full),
         ]
@@ -485,9 +560,9 @@ def results_markdown(
     )
     lines += [
         "",
-        f"## Paired bootstrap tests against Model {BASELINE}",
+        f"## Paired bootstrap tests against Model {baseline}",
         "",
-        f"Difference (variant − {BASELINE}) with its {ci} interval; two-sided bootstrap "
+        f"Difference (variant − {baseline}) with its {ci} interval; two-sided bootstrap "
         "p-value and the Holm-adjusted p-value over all tests in this table.",
         "",
         "| Variant | Metric | Difference | p | p (Holm) |",
@@ -652,6 +727,17 @@ def tests_table(tests: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> pd.Data
     return pd.DataFrame(
         [{"variant": v, "metric": label[k], **t} for v, ts in tests.items() for k, t in ts.items()]
     )
+
+
+def explain_images(
+    explain: Mapping[str, ExplainMaps], root: Path, size: int
+) -> tuple[list[np.ndarray], list[str]]:
+    """The X-rays of the explainability figure (the first model's explain images, at
+    ``size`` pixels, from ``root``) and their captions (label and keyword)."""
+    ref = next(iter(explain.values()))
+    images = [load_image(root / str(path), size) for path in ref.image]
+    captions = [f"{lb}\n'{kw}'" for lb, kw in zip(ref.label, ref.keyword, strict=True)]
+    return images, captions
 
 
 def explain_columns(

@@ -3,9 +3,11 @@ import pytest
 from lib.config.loader import load_params, parse_params
 from lib.config.params import CONVIRT_DEMO_BACKBONE
 from lib.config.variants import (
+    DESCRIPTION,
     PRETRAINED,
-    VARIANTS,
     Variant,
+    baseline,
+    descriptions,
     pretrained_variant,
     resolve_all,
     resolve_variant,
@@ -16,8 +18,11 @@ from tests.conftest import repo_raw
 
 
 def test_repo_variants_follow_the_seed_table():
-    v = resolve_all(load_params("params.yaml"))
-    assert tuple(v) == VARIANTS
+    params = load_params("params.yaml")
+    v = resolve_all(params)
+    # the seed's variants, in params.yaml's order, A the baseline; more may follow
+    assert tuple(v)[:6] == ("A", "B", "C", "D", "E", "ConVIRT") and baseline(params) == "A"
+    assert all(descriptions(params).values()), "every variant of params.yaml has a description"
     assert not v["A"].model.use_local_alignment and not v["A"].model.use_masking
     assert v["B"].model.use_local_alignment and not v["B"].model.use_masking
     assert v["C"].model.use_masking and v["C"].model.mask_mode == "soft"
@@ -167,3 +172,35 @@ def test_pretrained_reference_is_the_global_model_and_names_its_key(tmp_path):
     folder = tmp_path / "bb"
     with pytest.raises(DataError, match="^model.backbone: backbone folder"):
         with_backbone_digest(pretrained_variant(f"local-dir:{folder}", False))
+
+
+def test_a_variant_is_its_entry_with_its_description_outside_its_config():
+    """models.<X>.description names the variant in the report and nowhere else: not in the
+    config resolve_config writes (train@X's dep), so editing it retrains nothing."""
+    raw = {"models": {"A": {DESCRIPTION: "base"}, "F": {DESCRIPTION: "copy", "use_masking": True}}}
+    params = parse_params(raw)
+    assert descriptions(params) == {"A": "base", "F": "copy"} and baseline(params) == "A"
+    before = {n: v.to_dict() for n, v in resolve_all(params).items()}
+    assert all(DESCRIPTION not in d for d in before.values())
+    edited = {
+        n: {**e, DESCRIPTION: f"{e[DESCRIPTION]}, reworded"} for n, e in raw["models"].items()
+    }
+    after = {n: v.to_dict() for n, v in resolve_all(parse_params({"models": edited})).items()}
+    assert after == before
+    assert resolve_all(parse_params({"models": {"A": {}}}))["A"].to_dict() == before["A"]
+    assert descriptions(parse_params({"models": {"A": {}, "B": None}})) == {"A": "", "B": ""}
+
+
+def test_a_copy_of_c_under_another_name_is_c_but_for_its_name():
+    params = load_params("params.yaml")
+    raw = {**params.models, "F": {**params.models["C"], DESCRIPTION: "C again"}}
+    v = resolve_all(parse_params({"models": raw}))
+    assert list(v)[-1] == "F" and v["F"].model == v["C"].model and v["F"].train == v["C"].train
+    assert descriptions(parse_params({"models": raw}))["F"] == "C again"
+
+
+def test_a_description_that_is_not_text_is_reported():
+    with pytest.raises(ParamsError, match=r"models\.B\.description must be a string.*quote"):
+        resolve_all(parse_params({"models": {"A": {}, "B": {DESCRIPTION: 3}}}))
+    with pytest.raises(ParamsError, match="'models' is empty"):
+        baseline(parse_params({}))

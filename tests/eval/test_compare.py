@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,10 +20,13 @@ from lib.eval.compare import (
     finetune_section,
     floor_verdicts,
     grounding_section,
+    maps_sentence,
     paired_tests,
+    read_inputs,
     results_markdown,
     summary_json,
 )
+from lib.eval.embeddings import ExplainMaps
 from lib.eval.evaluate import QueryRows
 from lib.eval.plots import (
     auc_bars_figure,
@@ -33,6 +37,7 @@ from lib.eval.plots import (
     recall_curve_figure,
     roc_figure,
 )
+from lib.io import write_json
 
 KS = (1, 5, 10)
 
@@ -79,7 +84,7 @@ def test_models_on_different_rows_are_refused():
     with pytest.raises(DataError, match="different test rows"):
         check_same_rows({"A": a, "B": b})
     with pytest.raises(DataError, match="baseline"):
-        paired_tests({"B": a}, KS, 10, 0, 0.95)
+        paired_tests({"B": a}, KS, 10, 0, 0.95, baseline="A")
 
 
 def _metrics(value: float) -> dict:
@@ -116,9 +121,11 @@ def test_results_markdown_labels_data_and_literature():
         "patch_tokens_total": {"A": 36, "B": 36},
     }
     md = results_markdown(
-        {"A": _metrics(0.2), "B": _metrics(0.3)}, eff, tests, data, ["100pct"], KS, 0.95
-    )
+        {"A": _metrics(0.2), "B": _metrics(0.3)}, eff, tests, data, ["100pct"], KS, 0.95,
+        descriptions={"A": "Global CLIP baseline"},
+    )  # fmt: skip
     assert "| **A** Global CLIP baseline | 20.0 [19.0, 21.0]" in md
+    assert "| **B** | 30.0" in md  # no description: the name alone
     assert "chance (random ranking)" in md and "not computed by this pipeline" in md
     assert "synthetic demo corpus" in md and "are not." in md
     for p in LITERATURE:
@@ -329,6 +336,50 @@ def test_grounding_section_lists_maps_floors_and_published_figures():
     assert "comparable on MS-CXR" in real
 
 
+def test_a_new_variant_appears_with_its_description_and_maps():
+    """Variant F (a copy of C under another name, issue 30): its description, its tests
+    against the first model (the baseline) and its maps come from its entry and flags alone;
+    nothing in lib/eval/compare.py names a variant."""
+    names = ("B", "C", "F")  # B first: the baseline is whichever model comes first
+    rows = {n: make_rows(i, 1.0 + i / 2) for i, n in enumerate(names)}
+    tests = paired_tests(rows, KS, 50, 0, 0.95)
+    assert list(tests) == ["C", "F"]
+    eff = {
+        n: {"inference_images_per_second": 100.0, "process_peak_rss_mb": 900.0, "device": "cpu"}
+        for n in names
+    }
+    data = {
+        "description": "the synthetic demo corpus",
+        "is_demo": True,
+        "zero_shot_mode": "prompt pair",
+        "patch_tokens_total": dict.fromkeys(names, 36),
+    }
+    maps = {"B": ["attention", "similarity"], "C": ["mask", "attention", "similarity"]}
+    grounding = {n: _g(maps.get(n, maps["C"]), 0.3) for n in names}
+    grounding["E"] = _g(["mask", "attention"], 0.3)
+    md = results_markdown(
+        {n: _metrics(0.2) for n in names}, eff, tests, data, ["100pct"], KS, 0.95,
+        grounding=grounding, descriptions={"B": "local", "C": "+ Patch-IB", "F": "C again"},
+    )  # fmt: skip
+    assert "| **F** C again | 20.0" in md and "| **B** local |" in md
+    assert "## Paired bootstrap tests against Model B" in md and "(variant − B)" in md
+    assert "| F | I2T R@1 |" in md and "| F | mask z |" in md
+    assert (
+        "Maps: mask z (C, F, E); the phrase's word→patch attention of the local alignment "
+        "(B, C, F, E); each patch token's cosine with the phrase's global embedding through "
+        "the global image head (B, C, F); none for E, whose dropped tokens never reach the "
+        "head." in md
+    )
+    for spelled in ("C–E", "B–E", "A–D", "A–E"):
+        assert spelled not in md
+
+
+def test_maps_sentence_names_only_the_maps_that_exist():
+    assert maps_sentence({}) == "none"
+    one = maps_sentence({"A": _g(["similarity"], 0.3)})
+    assert one.startswith("each patch token's cosine") and one.endswith("(A)")
+
+
 def test_grounding_section_says_why_nothing_was_scored():
     assert grounding_section({}, "95 %", True) == []
     lines = grounding_section({"A": {"variant": "A", "skipped": "no image"}}, "95 %", False)
@@ -348,3 +399,92 @@ def test_finetune_section_lists_the_fine_tuned_models_only():
     assert "| A | 0.700 [0.600, 0.800] |" in lines and "| C | 0.800 [0.700, 0.900] |" in lines
     assert not any(line.startswith("| B |") for line in lines)
     assert finetune_section([("B", {})], ["1pct"]) == []  # eval.finetune off: no section
+
+
+def _explain(n: int = 2, masked: bool = False) -> ExplainMaps:
+    nan = np.full((n, 2, 3), np.nan)
+    return ExplainMaps(
+        row=np.arange(n), dicom=np.array(["d0", "d1"][:n]), image=np.array(["x.jpg"] * n),
+        label=np.array(["Edema"] * n), keyword=np.array(["edema"] * n),
+        mask=np.full((n, 2, 3), 0.5) if masked else nan,
+        kept=np.ones((n, 2, 3), bool), attention=nan, grid=np.array([2, 3]),
+    )  # fmt: skip
+
+
+def test_read_inputs_reads_every_model_in_the_order_given(tmp_path):
+    """What stage compare reads, for the models of models: in their order (F included),
+    grounding of those scored, and the baseline's (the first's) details."""
+    names = ["F", "A"]
+    for n in [*names, "pretrained", "pixels"]:
+        write_json(tmp_path / "m" / f"{n}.json", {"zero_shot_mean_auc": 0.5, "who": n})
+    for n in names:
+        write_json(tmp_path / "eff" / f"{n}.json", {"device": "cpu"})
+        (tmp_path / "evals" / n).mkdir(parents=True)
+        make_rows(1, 1.0).save(tmp_path / "evals" / n)
+        (tmp_path / "emb" / n).mkdir(parents=True)
+        _explain().save(tmp_path / "emb" / n)
+    write_json(tmp_path / "evals" / "F" / "details.json", {"zero_shot_mode": "prompt pair"})
+    write_json(tmp_path / "g" / "F.json", {"maps": ["mask"]})
+    write_json(tmp_path / "g" / "pretrained.json", {"maps": ["similarity"]})
+    got = read_inputs(
+        names, tmp_path / "evals", tmp_path / "m", tmp_path / "eff", tmp_path / "emb",
+        tmp_path / "g",
+    )  # fmt: skip
+    assert list(got.metrics) == names and got.metrics["A"]["who"] == "A"
+    assert list(got.references) == ["pretrained", "pixels"]
+    assert list(got.rows) == list(got.explain) == list(got.efficiency) == names
+    assert list(got.grounding) == ["F", "pretrained"]
+    assert got.details == {"zero_shot_mode": "prompt pair"} and got.grids["A"] == (2, 3)
+
+
+def test_compare_stage_reports_a_variant_added_as_one_entry(tmp_path, monkeypatch):
+    """stages/compare.py end to end on fake outputs of the models of a params.yaml whose
+    models: holds a variant F (a copy of C, its own description) and nothing else names it."""
+    import sys
+
+    import yaml
+    from PIL import Image
+
+    from stages.compare import main
+
+    repo = Path(__file__).resolve().parents[2]
+    raw = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
+    raw["models"] = {
+        "A": raw["models"]["A"],
+        "C": raw["models"]["C"],
+        "F": {**raw["models"]["C"], "description": "C under another name"},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    names = list(raw["models"])
+    for i, n in enumerate([*names, "pretrained", "pixels"]):
+        write_json(tmp_path / "m" / f"{n}.json", _metrics(0.2 + i / 100))
+    for i, n in enumerate(names):
+        write_json(
+            tmp_path / "eff" / f"{n}.json",
+            {"inference_images_per_second": 100.0, "process_peak_rss_mb": 9.0, "device": "cpu"},
+        )
+        (tmp_path / "evals" / n).mkdir(parents=True)
+        make_rows(i, 1.0 + i / 2).save(tmp_path / "evals" / n)
+        write_json(
+            tmp_path / "evals" / n / "details.json",
+            {"zero_shot_mode": "prompt pair", "prompt_template": "a {}",
+             "negative_prompt_template": "no {}"},
+        )  # fmt: skip
+        (tmp_path / "emb" / n).mkdir(parents=True)
+        _explain(masked=n != "A").save(tmp_path / "emb" / n)
+        write_json(tmp_path / "g" / f"{n}.json", _g(["mask", "attention", "similarity"], 0.3))
+    (tmp_path / "root").mkdir()
+    Image.new("L", (40, 40), 128).save(tmp_path / "root" / "x.jpg")
+    argv = ["compare", "--evals", "evals", "--eval-metrics", "m", "--efficiency", "eff",
+            "--embeddings", "emb", "--root", "root", "--demo-root", "root", "--grounding", "g",
+            "--summary", "s.json", "--report", "r.md", "--plots", "p"]  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", argv)
+    main()
+    report = (tmp_path / "r.md").read_text(encoding="utf-8")
+    assert "| **F** C under another name |" in report and "| **A** Global CLIP baseline |" in report
+    assert "against Model A" in report and "| F | I2T R@1 |" in report
+    assert "mask z (A, C, F)" in report
+    summary = yaml.safe_load((tmp_path / "s.json").read_text(encoding="utf-8"))
+    assert list(summary["models"]) == names and set(summary["tests_vs_A"]) == {"C", "F"}
+    assert (tmp_path / "p" / "explain.png").is_file()
