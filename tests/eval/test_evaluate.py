@@ -302,3 +302,24 @@ def test_finetune_scores_are_scored_like_the_probe(case):
     assert "finetune_100pct_mean_auc" not in case[4].metrics  # off: no such metric
     with pytest.raises(DataError, match="re-run embed@"):
         evaluate(Embeddings.from_arrays(emb), splits, pos, neg, PARAMS, {"1pct": ft["100pct"][1:]})
+
+
+def test_the_configured_probe_c_reaches_every_logistic_regression(case, monkeypatch):
+    """eval.probe_c is what each label's LogisticRegression gets (params.yaml sets 0.01; a
+    call that dropped it would fall back to fit_probe's default of 1.0 unnoticed)."""
+    import lib.eval.probe as probe
+
+    seen: list[float] = []
+
+    class Recording(probe.LogisticRegression):
+        def fit(self, x, y):
+            seen.append(self.C)
+            return super().fit(x, y)
+
+    monkeypatch.setattr(probe, "LogisticRegression", Recording)
+    splits, emb, pos, neg, res = case
+    p = dataclasses.replace(PARAMS, probe_c=0.037, bootstrap=5)
+    other = evaluate(Embeddings.from_arrays(emb), splits, pos, neg, p)
+    assert seen and set(seen) == {0.037}
+    # and it changes the numbers: a stronger penalty, another probe
+    assert other.metrics["probe_100pct_mean_auc"] != res.metrics["probe_100pct_mean_auc"]
