@@ -15,6 +15,7 @@ from lib.eval.compare import (
     REFERENCES,
     data_description,
     explain_columns,
+    floor_tests,
     paired_tests,
     results_markdown,
     summary_json,
@@ -59,6 +60,13 @@ def main() -> None:
     keys = spread_keys(fractions[-1], max(ks))
     spread = spreads(metrics, seeds, reps, [k for k, _ in keys])
     tests = paired_tests(rows, ks, p.bootstrap, p.seed, p.ci_level, baseline=names[0])
+    # The floors with per-image rows (eval_pretrained's; the pixel floor saves none).
+    floor_rows = {
+        r: QueryRows.load(args.evals / r)
+        for r in REFERENCES
+        if (args.evals / r / QueryRows.FILE).is_file()
+    }
+    floors = floor_tests(rows, floor_rows, fractions[-1], p.bootstrap, p.seed, p.ci_level)
     is_demo = args.root.resolve() == args.demo_root.resolve()
     grounding = {}
     if args.grounding is not None:  # A–E, then the pretrained backbone
@@ -71,7 +79,9 @@ def main() -> None:
 
     write_json(
         args.summary,
-        summary_json(metrics, tests, fractions, ks, is_demo, references, spread_summary(spread)),
+        summary_json(
+            metrics, tests, fractions, ks, is_demo, references, spread_summary(spread), floors
+        ),
     )
     with atomic_path(args.report) as tmp:
         report = results_markdown(
@@ -86,6 +96,7 @@ def main() -> None:
             spread_markdown(spread, keys, names[0]),
             grounding,
             [fraction_key(f) for f in sorted(p.finetune_fractions)] if p.finetune else [],
+            floors,
         )
         tmp.write_text(report, encoding="utf-8")
 

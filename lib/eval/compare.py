@@ -17,11 +17,12 @@ import numpy as np
 import pandas as pd
 
 from lib.config.variants import DESCRIPTIONS
+from lib.data.mimic import LABELS
 from lib.errors import DataError
 from lib.eval.embeddings import ExplainMaps
-from lib.eval.evaluate import QueryRows, row_metrics
+from lib.eval.evaluate import QueryRows, row_metrics, shared_means
 from lib.eval.label_retrieval import PRECISION_KS
-from lib.eval.stats import holm, paired_bootstrap_table
+from lib.eval.stats import PairedTest, holm, paired_bootstrap_table
 
 BASELINE = "A"
 # Metrics tested against the baseline (paired bootstrap), with their table names.
@@ -48,19 +49,75 @@ def reference_label(name: str, m: Mapping[str, Any]) -> str:
     return f"*reference:* {REFERENCES[name].format(pca_dim=m.get('pca_dim', '?'))}"
 
 
+def floor_tests(
+    rows: Mapping[str, QueryRows],
+    floor_rows: Mapping[str, QueryRows],
+    full: str,
+    n_rounds: int,
+    seed: int,
+    level: float,
+) -> dict[str, dict[str, PairedTest]]:
+    """{model: {floor: paired bootstrap of probe_<full>_mean_auc, model − floor}} for the
+    floors whose per-image rows exist (the pretrained backbone's eval@; the pixel floor saves
+    none): the same patient resamples for both, each mean over the labels both score."""
+    out: dict[str, dict[str, PairedTest]] = {}
+    for name, r in rows.items():
+        out[name] = {}
+        for ref, f in floor_rows.items():
+            check_same_rows({name: r, ref: f})
+            labels = _probe_labels(r) & _probe_labels(f)
+            shared = [lb for lb in LABELS if lb in labels]
+            key = f"probe_{full}_mean_auc"
+
+            def table(q: QueryRows, shared: list[str] = shared) -> Any:
+                def metric(idx: np.ndarray) -> dict[str, float | None]:
+                    img = idx[idx < q.n_images]
+                    return shared_means({full: q.probe[full]}, q.labels, img, shared)
+
+                return metric
+
+            tests = paired_bootstrap_table(table(f), table(r), f.patient, n_rounds, seed, level)
+            out[name][ref] = tests[key]
+    return out
+
+
+def _probe_labels(rows: QueryRows) -> set[str]:
+    """The labels every probe fraction of ``rows`` could fit (an untrainable label's test
+    scores are NaN): the set each fraction's mean covers (lib/eval/probe.py)."""
+    return {
+        lb
+        for c, lb in enumerate(LABELS)
+        if all(not np.isnan(s[:, c]).all() for s in rows.probe.values())
+    }
+
+
 def floor_verdicts(
     metrics: Mapping[str, Mapping[str, Any]],
     references: Mapping[str, Mapping[str, Any]],
     key: str,
-) -> dict[str, dict[str, bool | None]]:
-    """{model: {reference: model's ``key`` > the reference's}} on the point estimates; None
-    where either is undefined."""
-    out: dict[str, dict[str, bool | None]] = {}
+    tests: Mapping[str, Mapping[str, PairedTest]] | None = None,
+) -> dict[str, dict[str, str | None]]:
+    """{model: {reference: "yes" | "no" | "tie"}} on intervals, not point estimates: "yes"
+    when the interval of model − floor lies above 0, "no" below, "tie" when it holds 0. The
+    interval is the paired test's of ``tests`` where the floor has one; else (the pixel
+    floor) the two intervals must not overlap (stricter). None where either is undefined."""
+    tests = tests or {}
+    out: dict[str, dict[str, str | None]] = {}
     for name, m in metrics.items():
         out[name] = {}
         for ref, r in references.items():
-            v, floor = m.get(key), r.get(key)
-            out[name][ref] = None if v is None or floor is None else bool(v > floor)
+            t = tests.get(name, {}).get(ref)
+            if t is not None:
+                low, high = t.low, t.high
+            else:
+                lo_m, hi_m = m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high")
+                lo_r, hi_r = r.get(f"{key}_ci_low"), r.get(f"{key}_ci_high")
+                bad = None in (lo_m, hi_m, lo_r, hi_r, m.get(key), r.get(key))
+                low, high = (None, None) if bad else (lo_m - hi_r, hi_m - lo_r)
+            if low is None or high is None:
+                out[name][ref] = None
+            else:
+                out[name][ref] = "yes" if low > 0 else "no" if high < 0 else "tie"
     return out
 
 
@@ -68,24 +125,42 @@ def floors_line(
     metrics: Mapping[str, Mapping[str, Any]],
     references: Mapping[str, Mapping[str, Any]],
     full: str,
+    tests: Mapping[str, Mapping[str, PairedTest]] | None = None,
+    ci: str = "95 %",
 ) -> str:
-    """One line under the table: does each model's probe mean AUC beat each floor?"""
+    """One line under the table: does each model's probe mean AUC beat each floor, by the
+    interval of the difference (``floor_verdicts``)?"""
     key = f"probe_{full}_mean_auc"
-    verdicts = floor_verdicts(metrics, references, key)
+    verdicts = floor_verdicts(metrics, references, key, tests)
+    paired = sorted({ref for t in (tests or {}).values() for ref in t})
     floors = " and ".join(
         f"{REFERENCES[r].format(pca_dim=v.get('pca_dim', '?'))} ({r}, {_num(v.get(key))})"
         for r, v in references.items()
     )
-    word = {True: "yes", False: "no", None: "n/a"}
+    word = {"yes": "yes", "no": "no", "tie": "tie", None: "n/a"}
     per_model = "; ".join(
         f"{name} {_num(metrics[name].get(key))}: "
         + ", ".join(f"{ref} {word[ok]}" for ref, ok in verdicts[name].items())
         for name in metrics
     )
-    return (
-        f"**Beats the floors?** Probe {full} mean AUC (point estimates) against {floors}: "
-        f"{per_model}."
+    unpaired = [r for r in references if r not in paired]
+    how = (
+        f"*yes* means the {ci} interval of the difference (model − floor) lies above 0, *no* "
+        "below, *tie* that it holds 0"
+        + (
+            f"; against {', '.join(paired)} a paired patient bootstrap (the same resamples "
+            "for both)"
+            if paired
+            else ""
+        )
+        + (
+            f"; against {', '.join(unpaired)}, whose per-image scores are not saved, the two "
+            "intervals must not overlap (stricter)"
+            if unpaired
+            else ""
+        )
     )
+    return f"**Beats the floors?** Probe {full} mean AUC against {floors}: {per_model}. {how}."
 
 
 @dataclass(frozen=True)
@@ -402,9 +477,11 @@ def results_markdown(
     seed_section: Sequence[str] = (),
     grounding: Mapping[str, Mapping[str, Any]] | None = None,
     finetune_fractions: Sequence[str] = (),
+    floor_tests: Mapping[str, Mapping[str, PairedTest]] | None = None,
 ) -> str:
     """The results report: our table (seed format, with intervals) with the reference rows
-    (``REFERENCES``: name -> its metrics) and whether each model beats them, the probe, the
+    (``REFERENCES``: name -> its metrics) and whether each model beats them (by the
+    interval of the difference: ``floor_tests``, see :func:`floor_verdicts`), the probe, the
     tests against A, efficiency, and the published figures, each labelled with its data."""
     references = dict(references or {})
     names = list(metrics)
@@ -457,20 +534,26 @@ def results_markdown(
             "PCA of the raw pixels (train split), which has no text side (no retrieval or "
             "zero-shot). A learned representation should beat both.",
             "",
-            floors_line(metrics, references, full),
+            floors_line(metrics, references, full, floor_tests, ci),
         ]
 
     lines += [
         "",
         "## Linear probe by fraction of labelled train images (ConVIRT protocol), mean AUC",
         "",
-        "| Model | " + " | ".join(fractions) + " |",
-        "|" + " --- |" * (len(fractions) + 1),
+        "Every fraction's mean averages the same labels: those each fraction's train "
+        "subsample can fit (a positive and a negative) and the test split scores; *Labels* "
+        f"counts them (of {len(LABELS)}). A rare label with no positive among the 1 % rows "
+        "leaves every fraction's mean, so the fractions compare on one label set.",
+        "",
+        "| Model | " + " | ".join(fractions) + " | Labels |",
+        "|" + " --- |" * (len(fractions) + 2),
     ]
     for title, m in [(n, metrics[n]) for n in names] + [
         (reference_label(r, m), m) for r, m in references.items()
     ]:
         cells = [_with_ci(m, f"probe_{f}_mean_auc", _num) for f in fractions]
+        cells.append(str(m.get("probe_mean_labels", "n/a")))
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
     lines += finetune_section(
         [(n, metrics[n]) for n in names]
@@ -593,6 +676,7 @@ def summary_json(
     is_demo: bool,
     references: Mapping[str, Mapping[str, Any]] | None = None,
     seed_spread: Mapping[str, Any] | None = None,
+    floor_tests: Mapping[str, Mapping[str, PairedTest]] | None = None,
 ) -> dict[str, Any]:
     """metrics/summary.json: each model's headline numbers with intervals, the reference
     rows' (those they have) and which floors each model's full-fraction probe beats, and the
@@ -623,7 +707,12 @@ def summary_json(
     return {
         "models": models,
         "references": refs,
-        f"{full}_beats": floor_verdicts(metrics, references, full),
+        f"{full}_beats": floor_verdicts(metrics, references, full, floor_tests),
+        # the paired differences (model − floor) the verdicts rest on, where a floor has rows
+        f"{full}_minus_floors": {
+            n: {r: {"diff": t.diff, "ci_low": t.low, "ci_high": t.high} for r, t in ts.items()}
+            for n, ts in (floor_tests or {}).items()
+        },
         f"tests_vs_{names[0]}": dict(tests),
         "test_images": metrics[names[0]]["n_test_images"],
         "demo_data": is_demo,
