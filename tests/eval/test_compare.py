@@ -269,6 +269,37 @@ def test_literature_is_the_seeds_table():
     ]
 
 
+def test_literature_rows_name_their_sources_and_say_whose_numbers_they_are():
+    md = results_markdown(
+        {"A": _metrics(0.2)},
+        {"A": {"inference_images_per_second": 1.0, "process_peak_rss_mb": 1.0, "device": "cpu"}},
+        {},
+        {
+            "description": "d",
+            "is_demo": True,
+            "zero_shot_mode": "m",
+            "patch_tokens_total": {"A": 4},
+        },
+        ["100pct"],
+        KS,
+        0.95,
+    )
+    assert "As quoted in the specification's comparison table" in md
+    assert "As reported by each paper" not in md
+    assert all(("arXiv:" in p.source or "doi:" in p.source) for p in LITERATURE)
+    by_model = {p.model: p for p in LITERATURE}
+    assert "arXiv:2210.06044" in by_model["MGCA"].source
+    assert "NeurIPS 2022" in by_model["MGCA"].source
+    assert "report-generation" in by_model["MAIRA-2"].note
+    for p in LITERATURE:
+        assert f"| {p.source} | {p.note or '—'} |" in md
+
+
+def test_cnr_is_described_by_its_denominator_not_as_a_pooled_sd():
+    text = "\n".join(grounding_section({"A": _g(["similarity"], 0.3)}, "95 %", True))
+    assert "sqrt(var inside + var outside)" in text and "pooled" not in text
+
+
 def test_figures_draw():
     rows = make_rows(0, 1.0)
     labels = rows.labels.copy()
