@@ -4,6 +4,8 @@ where DVC (or the next stage) would take it for a finished one."""
 from __future__ import annotations
 
 import contextlib
+import glob
+import hashlib
 import json
 import os
 import shutil
@@ -15,17 +17,71 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+# Where a DVC project keeps its temporaries: DVC's own scratch folder, git-ignored by
+# .dvc/.gitignore and never part of any stage's dependency. A temporary beside the output
+# (the old scheme) sat inside the output's parent, and a parent can be a dependency of
+# another stage (models/ is grounding's): a write killed with -9 left models/.A.<rand>.tmp
+# there and changed that folder's hash.
+SCRATCH = Path(".dvc") / "tmp" / "atomic"
+
+
+def _absolute(path: Path) -> Path:
+    # not resolve(): an output DVC linked from its cache would resolve into .dvc/cache
+    return Path(os.path.abspath(path))
+
+
+def scratch_dir(path: Path) -> Path:
+    """The folder ``path``'s temporary is made in: ``<project>/.dvc/tmp/atomic`` for a path
+    inside a DVC project on the same file system (so the final rename stays a rename),
+    else ``path``'s own parent (no stage can depend on a folder outside a project)."""
+    parent = _absolute(path).parent
+    for root in (parent, *parent.parents):
+        if (root / ".dvc").is_dir():
+            scratch = root / SCRATCH
+            scratch.mkdir(parents=True, exist_ok=True)
+            if os.stat(scratch).st_dev == os.stat(parent).st_dev:
+                return scratch
+            break
+    return parent
+
+
+def _temp_prefix(path: Path, scratch: Path) -> str:
+    """Names a temporary after its output: the name, plus the digest of the full path when
+    the temporary is not beside the output (models/A and data/eval/A share a scratch)."""
+    if scratch == _absolute(path).parent:
+        return f".{path.name}."
+    digest = hashlib.sha256(str(_absolute(path)).encode()).hexdigest()[:12]
+    return f".{path.name}.{digest}."
+
+
+def remove_stale_temps(path: Path, scratch: Path) -> list[Path]:
+    """Delete what an earlier write of ``path`` left when it was killed before cleaning up
+    (``kill -9``, power loss): its temporaries in the scratch folder, and those the old scheme
+    left beside the output (``.<name>.<rand>.tmp``). Returns the folders removed."""
+    stale = [*scratch.glob(f"{glob.escape(_temp_prefix(path, scratch))}*.tmp")]
+    stale += _absolute(path).parent.glob(f".{glob.escape(path.name)}.*.tmp")
+    removed = []
+    for tmp in dict.fromkeys(stale):
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path``; on success rename it onto ``path``.
+    """Yield a temporary path; on success rename it onto ``path``.
 
-    Works for files and directories; the temporary lives in the same directory so
-    the final ``os.replace`` is a rename on one file system.
+    Works for files and directories. The temporary lives in the project's scratch folder
+    (:func:`scratch_dir`), on the same file system, so no dependency folder ever holds one
+    and the final ``os.replace`` is a rename; stale temporaries of the same output are
+    removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    scratch = scratch_dir(path)
+    remove_stale_temps(path, scratch)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path, scratch), suffix=".tmp", dir=scratch))
     target = tmp / path.name
     try:
         yield target
@@ -39,8 +95,6 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def tree_digest(path: str | Path) -> str:
     """sha256 of a file, or of a folder's files (their relative paths and bytes, in sorted
     order): what identifies a backbone folder in a variant's resolved config."""
-    import hashlib
-
     root = Path(path)
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     h = hashlib.sha256()

@@ -14,6 +14,7 @@ from lib.eval.compare import (
     data_description,
     explain_columns,
     explain_images,
+    floor_tests,
     paired_tests,
     read_inputs,
     results_markdown,
@@ -54,16 +55,17 @@ def main() -> None:
     keys = spread_keys(fractions[-1], max(ks))
     spread = spreads(got.metrics, seeds, reps, [k for k, _ in keys])
     tests = paired_tests(got.rows, ks, p.bootstrap, p.seed, p.ci_level, baseline=base)
+    floors = floor_tests(got.rows, got.floor_rows, fractions[-1], p.bootstrap, p.seed, p.ci_level)
     is_demo = params.data.demo
     data = data_description(str(args.root), is_demo, got.details, got.grids)
     summary = summary_json(
-        got.metrics, tests, fractions, ks, is_demo, got.references, spread_summary(spread)
+        got.metrics, tests, fractions, ks, is_demo, got.references, spread_summary(spread), floors
     )
     write_json(args.summary, summary)
     finetune = [fraction_key(f) for f in sorted(p.finetune_fractions)] if p.finetune else []
     report = results_markdown(
         got.metrics, got.efficiency, tests, data, fractions, ks, p.ci_level, got.references,
-        spread_markdown(spread, keys, base), got.grounding, finetune, descriptions(params),
+        spread_markdown(spread, keys, base), got.grounding, finetune, descriptions(params), floors,
     )  # fmt: skip
     with atomic_path(args.report) as tmp:
         tmp.write_text(report, encoding="utf-8")

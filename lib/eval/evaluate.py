@@ -7,7 +7,7 @@ numbers. NumPy only (no torch), on the embeddings of embed@X plus the prompt emb
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from lib.eval.metrics import (
     summarize_ranks,
     zero_shot_scores,
 )
-from lib.eval.probe import ProbeResult, fit_probe, fraction_key
+from lib.eval.probe import ProbeResult, fit_probe, fraction_key, on_shared_labels
 from lib.eval.stats import Interval, TableMetric, bootstrap_table
 
 
@@ -95,16 +95,23 @@ class QueryRows:
         )
 
 
-def row_metrics(rows: QueryRows, ks: tuple[int, ...], probes: bool = True) -> TableMetric:
+def row_metrics(
+    rows: QueryRows,
+    ks: tuple[int, ...],
+    probes: bool = True,
+    probe_labels: Sequence[str] = LABELS,
+) -> TableMetric:
     """The bootstrap's table function: headline metrics on a resample of rows.
 
     idx indexes QueryRows' rows (images first, then report texts); repeats are allowed.
     probes=False leaves the linear-probe metrics out (the paired tests do not use them).
+    The probe means of every fraction average one label set: those of ``probe_labels``
+    (the labels every fraction scores, :func:`lib.eval.probe.shared_labels`) that each
+    fraction defines on the resample (:func:`shared_means`).
     """
     n = rows.n_images
     scored = [("zero_shot", rows.zero_shot)]
     if probes:
-        scored += [(f"probe_{k}", s) for k, s in rows.probe.items()]
         scored += [(f"finetune_{k}", s) for k, s in rows.finetune.items()]
 
     def table(idx: np.ndarray) -> dict[str, float | None]:
@@ -124,23 +131,40 @@ def row_metrics(rows: QueryRows, ks: tuple[int, ...], probes: bool = True) -> Ta
                 out.update({f"zero_shot_auc_{label_key(lb)}": a for lb, a in aucs.items()})
             out[f"{prefix}_mean_auc"] = _mean(aucs.values())
             out[f"{prefix}_mean_ap"] = _mean(aps.values())
+        if probes:
+            out.update(shared_means(rows.probe, rows.labels, img, probe_labels))
         return out
 
     return table
 
 
-def probe_table(scores: Mapping[str, np.ndarray], labels: np.ndarray) -> TableMetric:
+def shared_means(
+    scores: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    idx: np.ndarray,
+    probe_labels: Sequence[str],
+) -> dict[str, float | None]:
+    """probe_<key>_mean_auc / _mean_ap of every fraction's scores ({key: (N, 14)}) on the
+    rows ``idx``, each averaging the same labels: those of ``probe_labels`` that every
+    fraction defines on these rows (a resample can lose a rare label's last positive)."""
+    per = {key: _per_label(s[idx], labels[idx]) for key, s in scores.items()}
+    common = [lb for lb in probe_labels if all(a[lb] is not None for a, _ in per.values())]
+    out: dict[str, float | None] = {}
+    for key, (aucs, aps) in per.items():
+        out[f"probe_{key}_mean_auc"] = _mean(aucs[lb] for lb in common)
+        out[f"probe_{key}_mean_ap"] = _mean(aps[lb] for lb in common)
+    return out
+
+
+def probe_table(
+    scores: Mapping[str, np.ndarray], labels: np.ndarray, probe_labels: Sequence[str] = LABELS
+) -> TableMetric:
     """The bootstrap's table function of probe scores alone ({fraction key: (N, 14)} on N
     test images): probe_<key>_mean_auc / _mean_ap, as row_metrics computes them. For a
     representation with no text side (the raw-pixel floor, lib/eval/pixels.py)."""
 
     def table(idx: np.ndarray) -> dict[str, float | None]:
-        out: dict[str, float | None] = {}
-        for key, s in scores.items():
-            aucs, aps = _per_label(s[idx], labels[idx])
-            out[f"probe_{key}_mean_auc"] = _mean(aucs.values())
-            out[f"probe_{key}_mean_ap"] = _mean(aps.values())
-        return out
+        return shared_means(scores, labels, idx, probe_labels)
 
     return table
 
@@ -193,22 +217,25 @@ def evaluate(
     if neg_prompt_emb is not None:
         single = auc_per_label(zero_shot_scores(x_test, prompt_emb), test.labels, LABELS)
 
-    # Linear probe at each data fraction.
-    probes = {
-        fraction_key(f): fit_probe(
-            emb.images["train"],
-            splits["train"].labels,
-            emb.images["val"],
-            splits["val"].labels,
-            x_test,
-            test.labels,
-            LABELS,
-            fraction=f,
-            seed=params.seed,
-            C=params.probe_c,
-        )
-        for f in params.probe_fractions
-    }
+    # Linear probe at each data fraction; every fraction's mean over the same labels.
+    probes = on_shared_labels(
+        {
+            fraction_key(f): fit_probe(
+                emb.images["train"],
+                splits["train"].labels,
+                emb.images["val"],
+                splits["val"].labels,
+                x_test,
+                test.labels,
+                LABELS,
+                fraction=f,
+                seed=params.seed,
+                C=params.probe_c,
+            )
+            for f in params.probe_fractions
+        }
+    )
+    shared = next(iter(probes.values())).mean_labels if probes else ()
 
     # Fine-tuning at each data fraction (scores computed in embed@X).
     finetune = dict(finetune or {})
@@ -236,7 +263,11 @@ def evaluate(
         finetune=finetune,
     )
     intervals = bootstrap_table(
-        row_metrics(rows, ks), rows.patient, params.bootstrap, params.seed, params.ci_level
+        row_metrics(rows, ks, probe_labels=shared),
+        rows.patient,
+        params.bootstrap,
+        params.seed,
+        params.ci_level,
     )
 
     m: dict[str, Any] = {}
@@ -260,6 +291,8 @@ def evaluate(
         m[f"probe_{k}_labels_scored"] = (
             len(LABELS) - len(r.undefined_labels) - len(r.untrainable_labels)
         )
+    # How many labels each fraction's probe mean covers (the same for every fraction).
+    m["probe_mean_labels"] = len(shared)
     for k, t in ft_tables.items():
         _with_ci(m, f"finetune_{k}_mean_auc", t["mean_auc"], intervals[f"finetune_{k}_mean_auc"])
         _with_ci(m, f"finetune_{k}_mean_ap", t["mean_ap"], intervals[f"finetune_{k}_mean_ap"])

@@ -36,7 +36,7 @@ from lib.data.pack import Pack, PackedPixels
 from lib.errors import DataError
 from lib.eval.evaluate import fraction_key, probe_table
 from lib.eval.label_retrieval import PRECISION_KS, label_retrieval_metrics
-from lib.eval.probe import fit_probe
+from lib.eval.probe import fit_probe, on_shared_labels
 from lib.eval.stats import bootstrap_table
 
 CHUNK = 1024  # images per chunk, when streaming pixels through the PCA
@@ -86,7 +86,8 @@ def pixel_probe(pack: Pack, splits: Mapping[str, Split], params: EvalParams) -> 
     of the raw pixels, with patient-bootstrap intervals, as eval@X reports its probe.
 
     ``splits`` must already exclude the images the pack could not decode (Pack.usable).
-    Keys: probe_<fraction>_mean_auc / _mean_ap (+ _ci_low / _ci_high), _labels_scored, the
+    Keys: probe_<fraction>_mean_auc / _mean_ap (+ _ci_low / _ci_high) over the labels every
+    fraction scores (probe_mean_labels of them), probe_<fraction>_labels_scored, the
     full fraction's per-label AUC, ConVIRT's label-based image→image retrieval on the PCA
     features (label_i2i_P@K, lib/eval/label_retrieval.py), and the PCA's size and
     explained variance.
@@ -98,23 +99,27 @@ def pixel_probe(pack: Pack, splits: Mapping[str, Split], params: EvalParams) -> 
     )
     x_train, x_val, x_test = project(pca, train), project(pca, val), project(pca, test)
     labels = splits["test"].labels
-    probes = {
-        fraction_key(f): fit_probe(
-            x_train,
-            splits["train"].labels,
-            x_val,
-            splits["val"].labels,
-            x_test,
-            labels,
-            LABELS,
-            fraction=f,
-            seed=params.seed,
-            C=params.probe_c,
-        )
-        for f in params.probe_fractions
-    }
+    # Every fraction's mean over the same labels, as eval@X's (the same rows: the same set).
+    probes = on_shared_labels(
+        {
+            fraction_key(f): fit_probe(
+                x_train,
+                splits["train"].labels,
+                x_val,
+                splits["val"].labels,
+                x_test,
+                labels,
+                LABELS,
+                fraction=f,
+                seed=params.seed,
+                C=params.probe_c,
+            )
+            for f in params.probe_fractions
+        }
+    )
+    shared = next(iter(probes.values())).mean_labels
     intervals = bootstrap_table(
-        probe_table({k: r.test_scores for k, r in probes.items()}, labels),
+        probe_table({k: r.test_scores for k, r in probes.items()}, labels, shared),
         splits["test"].subject,
         params.bootstrap,
         params.seed,
@@ -130,6 +135,7 @@ def pixel_probe(pack: Pack, splits: Mapping[str, Split], params: EvalParams) -> 
         m[f"probe_{k}_labels_scored"] = (
             len(LABELS) - len(r.undefined_labels) - len(r.untrainable_labels)
         )
+    m["probe_mean_labels"] = len(shared)
     test = splits["test"]
     m.update(
         label_retrieval_metrics(

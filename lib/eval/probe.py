@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -50,7 +50,9 @@ class ProbeResult:
     - threshold: val-chosen probability threshold; None when untrainable or val lacks a
       class. confusion: test counts at that threshold, None likewise.
     - n_train / n_train_positive: subsampled train rows with the label defined / positive.
-    mean_auc / mean_ap average the defined labels (None when none is). untrainable_labels:
+    mean_auc / mean_ap average the labels of ``mean_labels`` (None when it is empty): the
+    defined labels of this run, or after :func:`on_shared_labels` those every fraction
+    defines, so that the fractions' means cover one label set. untrainable_labels:
     the subsample held one class (or no row) for them; undefined_labels: trained, but test
     has one class; not_converged_labels: lbfgs hit max_iter (scores still reported).
     """
@@ -72,6 +74,7 @@ class ProbeResult:
     # (N_test, C) decision scores (log-odds) on every test row, NaN in the columns of
     # untrainable labels; for bootstrap intervals. Not part of to_dict() or ==.
     test_scores: np.ndarray = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+    mean_labels: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: confusions as {"tn", "fp", "fn", "tp"}, tuples as lists."""
@@ -90,6 +93,7 @@ class ProbeResult:
             "n_train_positive": dict(self.n_train_positive),
             "mean_auc": self.mean_auc,
             "mean_ap": self.mean_ap,
+            "mean_labels": list(self.mean_labels),
             "undefined_labels": list(self.undefined_labels),
             "untrainable_labels": list(self.untrainable_labels),
             "not_converged_labels": list(self.not_converged_labels),
@@ -240,7 +244,34 @@ def fit_probe(
         untrainable_labels=tuple(untrainable),
         not_converged_labels=tuple(not_converged),
         test_scores=test_scores,
+        mean_labels=tuple(lb for lb in names if auc[lb] is not None),
     )
+
+
+def shared_labels(results: Mapping[str, ProbeResult]) -> tuple[str, ...]:
+    """The labels every probe of ``results`` scores (AUC defined): trainable in each
+    fraction's subsample and with both classes on test. The subsamples are nested, so on
+    the demo this is the 1 % probe's labels (11 of 14: the rarest have no positive among
+    its rows); averaging each fraction over its own labels compared different label sets."""
+    runs = list(results.values())
+    if not runs:
+        return ()
+    return tuple(lb for lb in runs[0].auc if all(r.auc[lb] is not None for r in runs))
+
+
+def on_shared_labels(results: Mapping[str, ProbeResult]) -> dict[str, ProbeResult]:
+    """``results`` with every mean_auc / mean_ap over :func:`shared_labels` (one label set
+    for every fraction); per-label values unchanged."""
+    shared = shared_labels(results)
+    return {
+        k: replace(
+            r,
+            mean_auc=mean_defined({lb: r.auc[lb] for lb in shared}),
+            mean_ap=mean_defined({lb: r.ap[lb] for lb in shared}),
+            mean_labels=shared,
+        )
+        for k, r in results.items()
+    }
 
 
 def _fit_labels(

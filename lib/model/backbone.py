@@ -472,7 +472,9 @@ def _load_from_dir(folder: Path, spec: str, device: str | torch.device) -> Backb
     context_length = int(text_cfg.get("context_length", 77))
     tokenizer_name = text_cfg.get("hf_tokenizer_name") or text_cfg["hf_model_name"]
     tokenizer_dir = _resolve_hf_dir(tokenizer_name, folder, spec, "text_cfg.hf_tokenizer_name")
-    tokenizer = HFTokenizer(str(tokenizer_dir), context_length=context_length)
+    tokenizer = HFTokenizer(
+        str(tokenizer_dir), context_length=context_length, trust_remote_code=False
+    )
     hf_tok = tokenizer.tokenizer
     pad_id = int(hf_tok.pad_token_id)
     if pad_id != clip.text.config.pad_token_id:
@@ -515,7 +517,58 @@ def _vision_depth(trunk: nn.Module) -> int:
     return sum(1 for i in range(1, 5) if hasattr(trunk, f"layer{i}"))
 
 
+def refuse_remote_code(folder: Path, spec: str) -> None:
+    """Raise if a json file of ``folder`` (open_clip_config.json, config.json,
+    tokenizer_config.json, ...) carries ``auto_map``: a pointer to Python code in the folder
+    that transformers would import and run (after asking "run the custom code? [y/N]" on a
+    terminal). This loader builds BERT and open_clip towers only, which need no such code."""
+    for path in sorted(folder.glob("*.json")):
+        try:
+            content = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            continue  # not a config; the reader that needs it reports it
+        if _has_key(content, "auto_map"):
+            raise BackboneConfigError(
+                f"{PARAMS_KEY} = {spec!r}: {path} has an 'auto_map' entry, which points "
+                "transformers at Python code shipped in the folder; this loader never runs a "
+                "model folder's code (trust_remote_code=False). Remove 'auto_map' if the model "
+                "is a standard architecture (BERT), or use a backbone that needs no custom code"
+            )
+
+
+def _has_key(obj: Any, key: str) -> bool:
+    if isinstance(obj, dict):
+        return key in obj or any(_has_key(v, key) for v in obj.values())
+    if isinstance(obj, list):
+        return any(_has_key(v, key) for v in obj)
+    return False
+
+
+@contextlib.contextmanager
+def _no_remote_code() -> Iterator[None]:
+    """open_clip's HF text tower calls ``AutoConfig.from_pretrained`` and ``AutoModel`` without
+    ``trust_remote_code``, which leaves transformers free to prompt for, and run, a folder's
+    code; within this block those calls get ``trust_remote_code=False``."""
+    import open_clip.hf_model as hf_model
+
+    saved = hf_model.AutoConfig, hf_model.AutoModel
+
+    def forced(method: Callable[..., Any]) -> Callable[..., Any]:
+        return lambda *args, **kwargs: method(*args, **{**kwargs, "trust_remote_code": False})
+
+    hf_model.AutoConfig = types.SimpleNamespace(from_pretrained=forced(saved[0].from_pretrained))
+    hf_model.AutoModel = types.SimpleNamespace(
+        from_pretrained=forced(saved[1].from_pretrained),
+        from_config=forced(saved[1].from_config),
+    )
+    try:
+        yield
+    finally:
+        hf_model.AutoConfig, hf_model.AutoModel = saved
+
+
 def _read_config(folder: Path, spec: str) -> dict[str, Any]:
+    refuse_remote_code(folder, spec)
     path = folder / CLIP_CONFIG
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
@@ -563,14 +616,15 @@ def _create_clip(
     # BERT is built from its config; its weights are part of the CLIP checkpoint, or (towers)
     # its own, from the folder resolved above.
     text_cfg["hf_model_pretrained"] = towers
-    clip = open_clip.create_model(
-        f"local-dir:{folder}",
-        load_weights=load_weights,
-        device=device,
-        pretrained_image=False,  # (towers) loaded below, from the cache this loader reads
-        pretrained_text=towers,
-        text_cfg=text_cfg,  # overrides the file's text_cfg: names resolved to local dirs
-    )
+    with _no_remote_code():
+        clip = open_clip.create_model(
+            f"local-dir:{folder}",
+            load_weights=load_weights,
+            device=device,
+            pretrained_image=False,  # (towers) loaded below, from the cache this loader reads
+            pretrained_text=towers,
+            text_cfg=text_cfg,  # overrides the file's text_cfg: names resolved to local dirs
+        )
     if towers:
         _load_timm_weights(clip.visual.trunk, timm_name, spec)
     return clip
@@ -633,12 +687,15 @@ def _resolve_hf_dir(name: str, folder: Path, spec: str, key: str) -> Path:
         path = Path(name)
     else:
         filename = "config.json" if key.endswith("hf_model_name") else _tokenizer_file(name)
-        return _cached_snapshot(name, filename, spec)
+        path = _cached_snapshot(name, filename, spec)
+        refuse_remote_code(path, spec)
+        return path
     if not (path / "config.json").is_file():
         raise BackboneNotFoundError(
             f"{PARAMS_KEY} = {spec!r}: {key} = {name!r} in {folder / CLIP_CONFIG} points at "
             f"{path}, which has no Hugging Face config.json; rewrite the backbone folder"
         )
+    refuse_remote_code(path, spec)
     return path
 
 

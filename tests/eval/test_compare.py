@@ -18,6 +18,7 @@ from lib.eval.compare import (
     check_same_rows,
     data_description,
     finetune_section,
+    floor_tests,
     floor_verdicts,
     grounding_section,
     maps_sentence,
@@ -120,12 +121,16 @@ def test_results_markdown_labels_data_and_literature():
         "zero_shot_mode": "prompt pair",
         "patch_tokens_total": {"A": 36, "B": 36},
     }
+    metrics = {"A": {**_metrics(0.2), "probe_mean_labels": 11}, "B": _metrics(0.3)}
     md = results_markdown(
-        {"A": _metrics(0.2), "B": _metrics(0.3)}, eff, tests, data, ["100pct"], KS, 0.95,
+        metrics, eff, tests, data, ["100pct"], KS, 0.95,
         descriptions={"A": "Global CLIP baseline"},
     )  # fmt: skip
     assert "| **A** Global CLIP baseline | 20.0 [19.0, 21.0]" in md
     assert "| **B** | 30.0" in md  # no description: the name alone
+    # the probe table says how many labels each mean covers
+    assert "| Model | 100pct | Labels |" in md and "*Labels* counts them (of 14)" in md
+    assert "| A | 0.200 [0.190, 0.210] | 11 |" in md and "| B | 0.300 [0.290, 0.310] | n/a |" in md
     assert "chance (random ranking)" in md and "not computed by this pipeline" in md
     assert "synthetic demo corpus" in md and "are not." in md
     for p in LITERATURE:
@@ -175,9 +180,9 @@ def test_reference_rows_are_rendered_as_floors():
     floors = next(ln for ln in lines if ln.startswith("**Beats the floors?**"))
     assert "pretrained backbone, no fine-tuning (pretrained, 0.100)" in floors
     assert "raw pixels + PCA(256) probe (pixels, 0.250)" in floors
-    assert floors.endswith(
-        ": A 0.200: pretrained yes, pixels no; B 0.300: pretrained yes, pixels yes."
-    )
+    assert ": A 0.200: pretrained yes, pixels no; B 0.300: pretrained yes, pixels yes. " in floors
+    assert "interval of the difference (model − floor) lies above 0" in floors
+    assert "intervals must not overlap" in floors
     # The paired tests stay against A: no reference in them.
     assert "| pretrained |" not in md and "| pixels |" not in md
     # Efficiency lists the models only.
@@ -185,8 +190,8 @@ def test_reference_rows_are_rendered_as_floors():
 
     verdicts = floor_verdicts(metrics, refs, "probe_100pct_mean_auc")
     assert verdicts == {
-        "A": {"pretrained": True, "pixels": False},
-        "B": {"pretrained": True, "pixels": True},
+        "A": {"pretrained": "yes", "pixels": "no"},
+        "B": {"pretrained": "yes", "pixels": "yes"},
     }
     summary = summary_json(metrics, tests, ["100pct"], KS, True, refs)
     assert list(summary["models"]) == ["A", "B"]
@@ -201,6 +206,42 @@ def test_floor_verdict_is_none_when_undefined():
     m = {"A": {"probe_100pct_mean_auc": None}}
     refs = {"pixels": {"probe_100pct_mean_auc": 0.7}}
     assert floor_verdicts(m, refs, "probe_100pct_mean_auc") == {"A": {"pixels": None}}
+
+
+def test_a_point_estimate_above_the_floor_is_not_a_yes():
+    """B's 0.909 against the floor's 0.907 (results.md on 4ba7e5f said "yes"): with
+    intervals ~0.03 wide that is a tie, not a win."""
+    key = "probe_100pct_mean_auc"
+
+    def m(v):
+        return {key: v, f"{key}_ci_low": v - 0.015, f"{key}_ci_high": v + 0.015}
+
+    verdicts = floor_verdicts({"B": m(0.909), "X": m(0.850)}, {"pretrained": m(0.907)}, key)
+    assert verdicts == {"B": {"pretrained": "tie"}, "X": {"pretrained": "no"}}
+
+
+def test_floor_tests_pair_the_resamples_and_decide_the_verdict():
+    """With the floor's rows, the verdict is the paired interval's: a model whose probe
+    scores are the floor's plus a little signal on every image beats it although the
+    two intervals overlap; an identical model ties."""
+    floor = make_rows(3, 1.0)
+    better = dataclasses.replace(
+        floor, probe={"100pct": floor.probe["100pct"] + 0.3 * floor.labels}
+    )
+    tests = floor_tests({"B": better, "A": floor}, {"pretrained": floor}, "100pct", 200, 0, 0.95)
+    b, same = tests["B"]["pretrained"], tests["A"]["pretrained"]
+    assert b.low > 0 and b.diff > 0
+    assert same.diff == 0 and same.low == same.high == 0
+    key = "probe_100pct_mean_auc"
+    wide = {key: 0.8, f"{key}_ci_low": 0.7, f"{key}_ci_high": 0.9}  # overlapping intervals
+    verdicts = floor_verdicts({"B": wide, "A": wide}, {"pretrained": wide}, key, tests)
+    assert verdicts == {"B": {"pretrained": "yes"}, "A": {"pretrained": "tie"}}
+    # the floor's mean uses the labels the model's does (an untrainable label: NaN scores)
+    probe = floor.probe["100pct"].copy()
+    probe[:, 0] = np.nan
+    gap = dataclasses.replace(floor, probe={"100pct": probe})
+    t = floor_tests({"A": gap}, {"pretrained": floor}, "100pct", 20, 0, 0.95)["A"]["pretrained"]
+    assert t.diff == 0
 
 
 def test_data_description_names_the_prompts():
@@ -235,6 +276,37 @@ def test_literature_is_the_seeds_table():
         ("BioViL-L", 27.4, 68.2, 0.821),
         ("MAIRA-2", 31.2, 74.5, 0.868),
     ]
+
+
+def test_literature_rows_name_their_sources_and_say_whose_numbers_they_are():
+    md = results_markdown(
+        {"A": _metrics(0.2)},
+        {"A": {"inference_images_per_second": 1.0, "process_peak_rss_mb": 1.0, "device": "cpu"}},
+        {},
+        {
+            "description": "d",
+            "is_demo": True,
+            "zero_shot_mode": "m",
+            "patch_tokens_total": {"A": 4},
+        },
+        ["100pct"],
+        KS,
+        0.95,
+    )
+    assert "As quoted in the specification's comparison table" in md
+    assert "As reported by each paper" not in md
+    assert all(("arXiv:" in p.source or "doi:" in p.source) for p in LITERATURE)
+    by_model = {p.model: p for p in LITERATURE}
+    assert "arXiv:2210.06044" in by_model["MGCA"].source
+    assert "NeurIPS 2022" in by_model["MGCA"].source
+    assert "report-generation" in by_model["MAIRA-2"].note
+    for p in LITERATURE:
+        assert f"| {p.source} | {p.note or '—'} |" in md
+
+
+def test_cnr_is_described_by_its_denominator_not_as_a_pooled_sd():
+    text = "\n".join(grounding_section({"A": _g(["similarity"], 0.3)}, "95 %", True))
+    assert "sqrt(var inside + var outside)" in text and "pooled" not in text
 
 
 def test_figures_draw():

@@ -16,7 +16,7 @@ from lib.errors import DataError
 from lib.eval.embedding_files import Embeddings, study_reports
 from lib.eval.evaluate import QueryRows, evaluate, fraction_key, label_key, row_metrics
 from lib.eval.metrics import auc_per_label, retrieval_metrics, zero_shot_scores
-from lib.eval.probe import fit_probe
+from lib.eval.probe import fit_probe, subsample
 from lib.eval.stats import bootstrap_ci
 from tests.conftest import params_section
 
@@ -99,10 +99,9 @@ def test_single_prompt_mode(case):
     assert "zero_shot_single_prompt_mean_auc" not in res.metrics
 
 
-def test_probe_equals_fit_probe(case):
-    splits, emb, _, _, res = case
-    for f in PARAMS.probe_fractions:
-        ref = fit_probe(
+def _fit_probes(splits, emb, params=PARAMS):
+    return {
+        fraction_key(f): fit_probe(
             emb["train_image"],
             splits["train"].labels,
             emb["val_image"],
@@ -111,11 +110,98 @@ def test_probe_equals_fit_probe(case):
             splits["test"].labels,
             LABELS,
             fraction=f,
-            seed=PARAMS.seed,
+            seed=params.seed,
+            C=params.probe_c,
         )
-        k = fraction_key(f)
-        assert res.metrics[f"probe_{k}_mean_auc"] == pytest.approx(ref.mean_auc, abs=1e-6)
+        for f in params.probe_fractions
+    }
+
+
+def _shared(refs):
+    return [lb for lb in LABELS if all(r.auc[lb] is not None for r in refs.values())]
+
+
+def test_probe_equals_fit_probe(case):
+    splits, emb, _, _, res = case
+    refs = _fit_probes(splits, emb)
+    shared = _shared(refs)
+    for k, ref in refs.items():
+        mean = np.mean([ref.auc[lb] for lb in shared])
+        assert res.metrics[f"probe_{k}_mean_auc"] == pytest.approx(mean, abs=1e-6)
         assert res.details["probe"][k]["auc"] == ref.to_dict()["auc"]
+
+
+@pytest.fixture(scope="module")
+def rare_case(case):
+    """The case with Pleural Other rare in train: positive only on train rows outside the 10 %
+    subsample, so the 10 % probe cannot fit it and the 100 % probe can."""
+    splits, emb, pos, neg, _ = case
+    train = splits["train"]
+    c = LABELS.index("Pleural Other")
+    outside = np.setdiff1d(np.arange(len(train)), subsample(len(train), 0.1, PARAMS.seed))
+    labels = train.labels.copy()
+    labels[:, c] = 0
+    labels[outside[:10], c] = 1
+    test = splits["test"]
+    test_labels = test.labels.copy()
+    test_labels[:, c] = 0
+    test_labels[: len(test) // 3, c] = 1  # both classes on test: only the subsample lacks one
+    rare = {
+        **splits,
+        "train": dataclasses.replace(train, labels=labels),
+        "test": dataclasses.replace(test, labels=test_labels),
+    }
+    return rare, emb, evaluate(Embeddings.from_arrays(emb), rare, pos, neg, PARAMS)
+
+
+def test_every_fraction_averages_the_same_labels(rare_case):
+    """The 10 % probe cannot score Pleural Other; the 100 % probe's mean leaves it out too,
+    so the fractions compare on one label set (13 here), and the per-label AUC stays."""
+    splits, emb, res = rare_case
+    refs = _fit_probes(splits, emb)
+    assert refs["10pct"].auc["Pleural Other"] is None
+    assert refs["100pct"].auc["Pleural Other"] is not None
+    shared = _shared(refs)
+    assert "Pleural Other" not in shared
+    m = res.metrics
+    assert m["probe_mean_labels"] == len(shared) < len(LABELS)
+    assert m["probe_100pct_labels_scored"] > m["probe_10pct_labels_scored"] == len(shared)
+    for k, ref in refs.items():
+        assert m[f"probe_{k}_mean_auc"] == pytest.approx(
+            np.mean([ref.auc[lb] for lb in shared]), abs=1e-6
+        )
+        assert m[f"probe_{k}_mean_ap"] == pytest.approx(
+            np.mean([ref.ap[lb] for lb in shared]), abs=1e-6
+        )
+        assert res.details["probe"][k]["mean_labels"] == shared
+    assert res.details["probe"]["100pct"]["auc"]["Pleural Other"] is not None
+
+
+def test_bootstrap_rounds_average_the_same_labels(rare_case):
+    """The intervals are those of the shared-label mean, resample by resample."""
+    splits, emb, res = rare_case
+    refs = _fit_probes(splits, emb)
+    shared = _shared(refs)
+    rows, labels = res.rows, splits["test"].labels
+    n = rows.n_images
+
+    def full_mean(idx):
+        img = idx[idx < n]
+        per = {}
+        for k, r in refs.items():
+            s, y = r.test_scores[img], labels[img]
+            per[k] = {}
+            for c, lb in enumerate(LABELS):
+                keep = y[:, c] != -1
+                t = y[keep, c]
+                ok = lb in shared and 0 < t.sum() < len(t)
+                per[k][lb] = roc_auc_score(t, s[keep, c]) if ok else None
+        common = [lb for lb in shared if all(per[k][lb] is not None for k in per)]
+        return float(np.mean([per["100pct"][lb] for lb in common]))
+
+    ref = bootstrap_ci(full_mean, rows.patient, PARAMS.bootstrap, PARAMS.seed)
+    assert res.metrics["probe_100pct_mean_auc_ci_low"] == pytest.approx(ref.low, abs=1e-6)
+    assert res.metrics["probe_100pct_mean_auc_ci_high"] == pytest.approx(ref.high, abs=1e-6)
 
 
 def test_intervals_match_a_direct_bootstrap(case):
@@ -219,3 +305,24 @@ def test_finetune_scores_are_scored_like_the_probe(case):
     assert "finetune_100pct_mean_auc" not in case[4].metrics  # off: no such metric
     with pytest.raises(DataError, match="re-run embed@"):
         evaluate(Embeddings.from_arrays(emb), splits, pos, neg, PARAMS, {"1pct": ft["100pct"][1:]})
+
+
+def test_the_configured_probe_c_reaches_every_logistic_regression(case, monkeypatch):
+    """eval.probe_c is what each label's LogisticRegression gets (params.yaml sets 0.01; a
+    call that dropped it would fall back to fit_probe's default of 1.0 unnoticed)."""
+    import lib.eval.probe as probe
+
+    seen: list[float] = []
+
+    class Recording(probe.LogisticRegression):
+        def fit(self, x, y):
+            seen.append(self.C)
+            return super().fit(x, y)
+
+    monkeypatch.setattr(probe, "LogisticRegression", Recording)
+    splits, emb, pos, neg, res = case
+    p = dataclasses.replace(PARAMS, probe_c=0.037, bootstrap=5)
+    other = evaluate(Embeddings.from_arrays(emb), splits, pos, neg, p)
+    assert seen and set(seen) == {0.037}
+    # and it changes the numbers: a stronger penalty, another probe
+    assert other.metrics["probe_100pct_mean_auc"] != res.metrics["probe_100pct_mean_auc"]

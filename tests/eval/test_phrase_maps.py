@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_model
@@ -12,7 +13,7 @@ from safetensors.torch import save_model
 from lib.config.fixed import fixed_model, fixed_train
 from lib.config.params import DemoParams, EvalParams
 from lib.config.variants import Variant
-from lib.data.images import load_images
+from lib.data.images import load_images, to_model_input
 from lib.data.master import read_master
 from lib.demo.corpus import build_tables, write_grounding
 from lib.eval.box_scores import match_phrases, read_boxes
@@ -20,7 +21,7 @@ from lib.eval.embed_model import load_trained
 from lib.eval.phrase_grounding import ground
 from lib.eval.phrase_maps import map_kinds, phrase_maps
 from lib.model.backbone import load_backbone
-from lib.model.patch_ib import PatchIBModel
+from lib.model.patch_ib import PatchIBModel, trim_padding
 from tests.conftest import params_section
 
 MODES = {
@@ -88,6 +89,73 @@ def test_maps_shapes_and_ranges(trained, phrases_and_pixels, name):
         assert ((maps["mask"] > 0) & (maps["mask"] < 1)).all()
     if "similarity" in maps:
         assert (maps["similarity"].abs() <= 1 + 1e-5).all()
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    return a / np.linalg.norm(a, axis=-1, keepdims=True)
+
+
+def _encoded(trained_model, pixels, phrases):
+    """The model's own encoder outputs, the inputs of the NumPy maps below."""
+    model, bb = trained_model.model, trained_model.backbone
+    x = to_model_input(pixels, bb.mean, bb.std)
+    ids = trim_padding(bb.tokenizer(phrases), bb.pad_id)
+    with torch.no_grad():
+        return model, x, model.encode_image(x), model.encode_text(ids)
+
+
+@pytest.mark.parametrize("name", ["B", "C", "E"])
+def test_attention_equals_a_numpy_softmax_over_patches(trained, phrases_and_pixels, name):
+    """Word→patch attention recomputed by hand from the encoders' outputs: softmax over the
+    patches of cos(word, patch) / local_temperature, times z and renormalised where the model
+    masks, mean over the phrase's words, scattered onto the grid (E: kept patches only)."""
+    phrases, pixels = phrases_and_pixels
+    n = min(4, len(phrases))
+    texts = list(phrases.text[:n])
+    maps = phrase_maps(trained[name], pixels[:n], texts)["attention"].reshape(n, -1).numpy()
+    model, _, img, txt = _encoded(trained[name], pixels[:n], texts)
+    gh, gw = model.grid
+    for i in range(n):
+        w = _unit(txt.word_emb[i][txt.word_mask[i]].double().numpy())  # (t, l)
+        p = _unit(img.patch_emb[i].double().numpy())  # (N', l)
+        logits = w @ p.T / model.params.local_temperature
+        att = np.exp(logits - logits.max(axis=1, keepdims=True))
+        att /= att.sum(axis=1, keepdims=True)
+        if img.patch_weight is not None:
+            att *= img.patch_weight[i].double().numpy()[None, :]
+            att /= att.sum(axis=1, keepdims=True)
+        expected = np.zeros(gh * gw)
+        where = img.kept_index[i].numpy() if img.kept_index is not None else np.arange(len(p))
+        expected[where] = att.mean(axis=0)
+        np.testing.assert_allclose(maps[i], expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["A", "B", "C"])
+def test_similarity_equals_a_numpy_cosine_through_the_global_head(
+    trained, phrases_and_pixels, name
+):
+    """Patch–phrase similarity recomputed by hand: each final patch token of the trunk times
+    the visual head's projection matrix, L2-normalised, dotted with the phrase's unit global
+    text embedding."""
+    phrases, pixels = phrases_and_pixels
+    n = min(4, len(phrases))
+    texts = list(phrases.text[:n])
+    maps = phrase_maps(trained[name], pixels[:n], texts)["similarity"].reshape(n, -1).numpy()
+    model, x, _, txt = _encoded(trained[name], pixels[:n], texts)
+    visual = model.clip.visual
+    assert isinstance(visual.trunk.fc_norm, torch.nn.Identity)  # the tiny ViT's (CLS pooling)
+    with torch.no_grad():
+        tokens = visual.trunk.forward_features(x)[:, model.num_prefix :].double().numpy()
+    head = visual.head.proj.weight.detach().double().numpy()  # (d, W), no bias
+    assert visual.head.proj.bias is None
+    patches = _unit(tokens @ head.T)  # (n, N, d)
+    text = _unit(txt.global_emb.double().numpy())  # (n, d)
+    expected = np.einsum("bnd,bd->bn", patches, text)
+    np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-5)
+    # and one cell by its definition, a cosine
+    i, j = 0, 1
+    cos = patches[i, j] @ text[i] / (np.linalg.norm(patches[i, j]) * np.linalg.norm(text[i]))
+    assert maps[i, j] == pytest.approx(cos, abs=1e-5)
 
 
 def test_e_attends_only_to_the_patches_it_kept(trained, phrases_and_pixels):

@@ -141,3 +141,21 @@ def test_fewer_train_images_than_components_fail_loudly():
     pack, splits = synthetic_pack()
     with pytest.raises(DataError, match="pixel_pca_dim"):
         px.fit_pixel_pca(pack.pixels(splits["train"], SIZE), 500, 1000, 0)
+
+
+def test_the_configured_probe_c_reaches_every_logistic_regression(monkeypatch):
+    """eval.probe_c reaches the pixel floor's probe too (a dropped C=params.probe_c would fall
+    back to fit_probe's default 1.0, which is also EvalParams' default: so not 1.0 here)."""
+    import lib.eval.probe as probe
+
+    seen: list[float] = []
+
+    class Recording(probe.LogisticRegression):
+        def fit(self, x, y):
+            seen.append(self.C)
+            return super().fit(x, y)
+
+    monkeypatch.setattr(probe, "LogisticRegression", Recording)
+    pack, splits = synthetic_pack()
+    px.pixel_probe(pack, splits, params(probe_c=0.037, bootstrap=5))
+    assert seen and set(seen) == {0.037}

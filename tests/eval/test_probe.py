@@ -4,7 +4,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from lib.eval.probe import Confusion, fit_probe, subsample
+from lib.eval.probe import Confusion, fit_probe, on_shared_labels, shared_labels, subsample
 
 NAMES = ["Atelectasis", "Cardiomegaly", "Edema"]
 
@@ -213,3 +213,26 @@ def test_test_scores_give_the_reported_auc():
         keep = ey[:, c] != -1
         auc, ap = binary_auc_ap(ey[keep, c], res.test_scores[keep, c])
         assert auc == pytest.approx(res.auc[name]) and ap == pytest.approx(res.ap[name])
+
+
+def test_on_shared_labels_averages_every_fraction_over_the_same_labels():
+    """A label the small fraction cannot fit leaves every fraction's mean, not only its own;
+    the per-label values stay."""
+    data = splits()
+    (tx, ty), (vx, vy), (ex, ey) = data
+    ty = ty.copy()
+    small = subsample(len(tx), 0.1, 0)
+    ty[small, 2] = 0  # Edema: no positive among the 10 % rows, positives elsewhere
+    runs = {
+        k: fit_probe(tx, ty, vx, vy, ex, ey, NAMES, fraction=f, seed=0)
+        for k, f in (("10pct", 0.1), ("100pct", 1.0))
+    }
+    assert runs["10pct"].untrainable_labels == ("Edema",)
+    assert runs["100pct"].mean_labels == tuple(NAMES)  # alone, it averages all three
+    assert shared_labels(runs) == ("Atelectasis", "Cardiomegaly")
+    shared = on_shared_labels(runs)
+    for k, r in shared.items():
+        assert r.mean_labels == ("Atelectasis", "Cardiomegaly")
+        assert r.mean_auc == pytest.approx(np.mean([r.auc["Atelectasis"], r.auc["Cardiomegaly"]]))
+        assert r.auc == runs[k].auc and r.to_dict()["mean_labels"] == list(r.mean_labels)
+    assert shared["100pct"].auc["Edema"] is not None

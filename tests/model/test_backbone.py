@@ -366,6 +366,69 @@ def test_text_tower_path_must_hold_a_bert_config(tmp_path, demo_dir):
         load_backbone(f"local-dir:{tmp_path / 'd'}")
 
 
+# --- a folder that ships code ----------------------------------------------------------
+
+# What a folder with custom code holds: a module transformers would import (and so run) when
+# trusted; here it only leaves a marker file behind.
+EVIL = """
+import pathlib, os
+pathlib.Path(os.environ["MARKER"]).write_text("ran")
+from transformers import BertConfig, BertModel
+class EvilConfig(BertConfig):
+    model_type = "evilbert"
+class EvilModel(BertModel):
+    config_class = EvilConfig
+"""
+
+
+def _folder_with_code(tmp_path: Path, demo_dir: Path, json_file: str) -> Path:
+    folder = tmp_path / "d"
+    shutil.copytree(demo_dir, folder)
+    (folder / "evil.py").write_text(EVIL)
+    content = json.loads((folder / json_file).read_text())
+    content["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"}
+    if json_file == "config.json":
+        content["model_type"] = "evilbert"  # unknown to transformers: only the code knows it
+    (folder / json_file).write_text(json.dumps(content))
+    return folder
+
+
+@pytest.mark.parametrize("json_file", ["config.json", "tokenizer_config.json", CLIP_CONFIG])
+def test_folder_with_auto_map_is_refused_and_its_code_never_runs(
+    tmp_path, demo_dir, monkeypatch, json_file
+):
+    folder = _folder_with_code(tmp_path, demo_dir, json_file)
+    marker = tmp_path / "marker"
+    monkeypatch.setenv("MARKER", str(marker))
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
+    with pytest.raises(BackboneConfigError, match=r"auto_map.*never runs") as err:
+        load_backbone(f"local-dir:{folder}")
+    assert str(folder / json_file) in str(err.value)
+    assert not marker.exists()
+
+
+def test_transformers_is_told_not_to_trust_remote_code(tmp_path, demo_dir):
+    """Past the refusal (switched off here), transformers itself must refuse: a user answering
+    "y" to its "run the custom code?" prompt ran the folder's code before."""
+    folder = _folder_with_code(tmp_path, demo_dir, "config.json")
+    marker = tmp_path / "marker"
+    code = (
+        "import lib.model.backbone as b; b.refuse_remote_code = lambda *a: None; "
+        f"b.load_backbone('local-dir:{folder}')"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+        "MARKER": str(marker),
+        "HF_MODULES_CACHE": str(tmp_path / "modules"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code], input="y\n", env=env, capture_output=True, text=True
+    )
+    assert done.returncode != 0 and "trust_remote_code" in done.stderr, done.stderr[-2000:]
+    assert not marker.exists()
+
+
 def test_unknown_scheme():
     with pytest.raises(ValueError, match=r"model\.backbone = 'ViT-B-16'.*local-dir"):
         load_backbone("ViT-B-16")
