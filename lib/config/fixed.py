@@ -1,7 +1,7 @@
 """The model and training settings of the configs built in code, not read from params.yaml.
 
 Three configs are deliberately not ``model:`` / ``train:``: the demo backbone's CLIP
-pretraining (``lib.demo.pretrain.pretrain_variant``, so that ``-S model.<key>`` does not
+pretraining (``lib.runs.pretrain.pretrain_variant``, so that ``-S model.<key>`` does not
 rerun the pretraining), the "pretrained backbone, no fine-tuning" reference
 (``lib.config.variants.pretrained_variant``), and the settings a variant never reads
 (``lib.config.variants.without_inert_settings``, so that they leave its config, and its

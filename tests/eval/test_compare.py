@@ -27,7 +27,7 @@ from lib.eval.compare import (
     results_markdown,
     summary_json,
 )
-from lib.eval.embeddings import ExplainMaps
+from lib.eval.embedding_files import ExplainMaps
 from lib.eval.evaluate import QueryRows
 from lib.eval.plots import (
     auc_bars_figure,
