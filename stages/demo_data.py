@@ -35,7 +35,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", type=Path, required=True, help="corpus root to create")
     ap.add_argument(
-        "--grounding", type=Path, help="MS-CXR-format CSV of the test split's finding boxes"
+        "--grounding", type=Path, help="MS-CXR-format CSV of the val and test splits' finding boxes"
     )
     ap.add_argument("--metrics", type=Path, required=True)
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))

@@ -264,8 +264,9 @@ class Pack:
         bad = ~self.ok[rows]
         if bad.any():
             raise DataError(
-                f"{int(bad.sum())} images of this split could not be decoded; call "
-                "Pack.usable(split) first"
+                f"{self.path}: {int(bad.sum())} images of this split could not be decoded "
+                f"(e.g. {split.dicom[int(np.flatnonzero(bad)[0])]}); leave them out with "
+                "Pack.usable(split), or fix them under data.root and `dvc repro pack_images`"
             )
         return PackedPixels(self.images, rows)
 

@@ -124,7 +124,8 @@ class ImageTask:
 
 @dataclass(frozen=True)
 class GroundingTask:
-    """One MS-CXR-format ground-truth phrase: a positive finding of a frontal test image."""
+    """One MS-CXR-format ground-truth phrase: a positive finding of a frontal val or test
+    image."""
 
     image: ImageTask
     dicom_id: str
@@ -134,8 +135,11 @@ class GroundingTask:
 
 
 # The MS-CXR-format file the demo writes (lib/eval/box_scores.py reads it): positive findings
-# of the frontal images of the test split, each with the report's phrase and its boxes.
-GROUNDING_SPLITS = ("test",)
+# of the frontal images of the validate and test splits, each with the report's phrase and
+# its boxes. Validate's are there to choose grounding settings on (results.md reports test).
+# Which images get boxes draws nothing from the corpus's random stream (nor does boxing
+# them, lib/demo/boxes.py), so the images, reports and labels do not depend on this list.
+GROUNDING_SPLITS = ("validate", "test")
 GROUNDING_VIEWS = ("PA", "AP")
 # Findings left out of it: which bone the renderer breaks (a rib or the clavicle, which rib)
 # is not tied to the report's words ("left fifth rib", "vertebral body"), so the box could
@@ -413,8 +417,8 @@ def write_corpus(
     params: DemoParams, root: Path, progress: bool = False, grounding: Path | None = None
 ) -> dict[str, Any]:
     """Write the whole corpus under ``root`` (which must not exist yet); return its summary.
-    With ``grounding``, also the MS-CXR-format boxes of its test findings (`grounding_rows`)
-    to that CSV."""
+    With ``grounding``, also the MS-CXR-format boxes of its val and test findings
+    (`grounding_rows`) to that CSV."""
     tables = build_tables(params)
     root.mkdir(parents=True)
     write_csv_gz(tables["metadata"], root / METADATA_FILE)
@@ -454,6 +458,7 @@ def write_grounding(tasks: list[GroundingTask], path: Path, workers: int) -> dic
         "phrases_without_box": sum(1 for r in per_task if not r),
         "boxes": len(df),
         "images": int(df["dicom_id"].nunique()),
+        "phrases_per_split": dict(sorted(Counter(t.split for t in tasks).items())),
         "phrases_per_category": {
             k: int(v)
             for k, v in pd.Series([t.label for t in tasks]).value_counts().sort_index().items()

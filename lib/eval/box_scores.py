@@ -189,7 +189,9 @@ def random_map(grid: tuple[int, int], size: int, rng: np.random.Generator) -> np
 
 # --- phrases of a grounding file, matched to the master file ---------------------------------
 
-SUBSETS: tuple[str, ...] = ("official_test", "all")
+# Subset -> the official split (master file) of its images; None: every phrase. Settings are
+# chosen on "val"; results.md reports "official_test".
+SUBSETS: dict[str, str | None] = {"official_test": "test", "val": "val", "all": None}
 FLOORS: tuple[str, ...] = ("random", "centre")
 SCORES: tuple[str, ...] = ("cnr", "pointing", "iou")
 CNR_CAP = 100.0
@@ -346,7 +348,7 @@ def score_patch_maps(patch_maps: np.ndarray, masks: np.ndarray) -> dict[str, np.
 
 
 def score_floors(
-    grid: tuple[int, int], masks: np.ndarray, seed: int
+    grid: tuple[int, int], masks: np.ndarray, seed: int | Sequence[int]
 ) -> dict[str, dict[str, np.ndarray]]:
     """The floors' scores against (n, S, S) masks: the random maps of ``floor_maps`` (same
     values), upsampled a chunk at a time, and the centre prior."""
@@ -365,7 +367,8 @@ def summarise(
     level: float,
 ) -> dict[str, Any]:
     """Mean and patient-bootstrap interval of every score of every map, overall and per
-    category, on each of ``SUBSETS``: the phrases of official-test images, and all.
+    category, on each of ``SUBSETS``: the phrases of official-test images, of official-val
+    images, and all.
 
     ``scores``: map kind -> score -> (n,) per phrase; ``scorable``: (n,) bool, phrases whose
     box survives the centre crop (the others are counted, not scored). An infinite CNR (a
@@ -374,10 +377,10 @@ def summarise(
     """
     category = np.asarray(phrases.category)
     out: dict[str, Any] = {}
-    for subset in SUBSETS:
+    for subset, split in SUBSETS.items():
         rows = scorable.copy()
-        if subset == "official_test":
-            rows &= np.asarray(phrases.split) == "test"
+        if split is not None:
+            rows &= np.asarray(phrases.split) == split
         sub: dict[str, Any] = {"phrases": int(rows.sum()), **{kind: {} for kind in scores}}
         groups = {"all": rows, **{c: rows & (category == c) for c in sorted(set(category))}}
         columns = [(kind, name) for kind in scores for name in SCORES]

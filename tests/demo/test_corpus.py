@@ -27,6 +27,7 @@ from lib.data.mimic import (
     image_relpath,
 )
 from lib.data.reports import parse_report
+from lib.demo import corpus as corpus_module
 from lib.demo.boxes import DIFF_THRESHOLD
 from lib.demo.corpus import (
     LABEL_RATES,
@@ -252,14 +253,15 @@ def test_grounding_leaves_out_the_findings_it_cannot_box_faithfully(big):
     assert "Fracture" not in labels and len(labels) == 12
 
 
-def test_grounding_tasks_are_positive_findings_of_frontal_test_images(big):
+def test_grounding_tasks_are_positive_findings_of_frontal_val_and_test_images(big):
     split = big["split"].set_index("dicom_id")["split"]
     meta = big["metadata"].set_index("dicom_id")
     label = big["chexpert"].set_index("study_id")
     tasks = big["grounding"]
     assert len(tasks) > 500
+    assert {g.split for g in tasks} == {"validate", "test"}
     for g in tasks[:400]:
-        assert split[g.dicom_id] == "test"
+        assert split[g.dicom_id] == g.split
         assert meta.loc[g.dicom_id, "ViewPosition"] in ("PA", "AP")
         study = int(meta.loc[g.dicom_id, "study_id"])
         if study in label.index:  # a few studies have no label row (missing_label_fraction)
@@ -267,9 +269,26 @@ def test_grounding_tasks_are_positive_findings_of_frontal_test_images(big):
         assert g.phrase and g.label in dict(g.image.severity)
 
 
+def test_val_boxes_leave_the_corpus_and_the_test_boxes_as_they_were(monkeypatch):
+    """Boxing the validate split's findings too draws nothing from the corpus's random
+    stream: every table and image task (so every pixel) is the same as with test boxes
+    only, and so are the test phrases, in order."""
+    params = DemoParams(n_patients=200)
+    both = build_tables(params)
+    monkeypatch.setattr(corpus_module, "GROUNDING_SPLITS", ("test",))
+    test_only = build_tables(params)
+    for name in ("metadata", "split", "chexpert"):
+        pd.testing.assert_frame_equal(both[name], test_only[name])
+    assert both["reports"] == test_only["reports"] and both["tasks"] == test_only["tasks"]
+    assert [g for g in both["grounding"] if g.split == "test"] == test_only["grounding"]
+    assert any(g.split == "validate" for g in both["grounding"])
+
+
 def test_grounding_boxes_hold_what_the_finding_changes(tmp_path):
     tables = build_tables(params_section(DemoParams, min_positive_rate=0.0, n_patients=200))
-    tasks = tables["grounding"][:40]
+    # The first 40 test phrases (the same as before val got boxes: lines and tubes can span
+    # most of the film, and a val catheter's boxes cover 92 % of it).
+    tasks = [g for g in tables["grounding"] if g.split == "test"][:40]
     for g in tasks:
         rows = grounding_rows(g)
         assert rows, (g.label, g.phrase)
@@ -290,13 +309,16 @@ def test_grounding_boxes_hold_what_the_finding_changes(tmp_path):
 
 def test_grounding_file_is_ms_cxr_format_and_readable(tmp_path):
     out = tmp_path / "ms_cxr.csv"
-    write_corpus(
+    summary = write_corpus(
         params_section(DemoParams, min_positive_rate=0.0, n_patients=60, workers=1),
         tmp_path / "root",
         grounding=out,
     )
     boxes = read_boxes(out)  # the evaluation's own reader and checks
     assert list(boxes.columns) == list(MS_CXR_COLUMNS)
-    assert len(boxes) > 0 and set(boxes["split"]) == {"test"}
+    assert len(boxes) > 0 and set(boxes["split"]) == {"validate", "test"}
+    per_split = summary["grounding"]["phrases_per_split"]
+    assert set(per_split) == {"validate", "test"}
+    assert sum(per_split.values()) == summary["grounding"]["phrases"]
     for _, row in boxes.iterrows():
         assert (tmp_path / "root" / row.path).is_file()

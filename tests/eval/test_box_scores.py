@@ -349,3 +349,28 @@ def test_chunked_patch_and_floor_scores_equal_the_full_size_ones():
         np.testing.assert_allclose(chunked[name], full[name])
         for kind in ("random", "centre"):
             np.testing.assert_allclose(floors[kind][name], score_all(ref[kind], masks)[name])
+
+
+def test_val_and_test_images_are_scored_apart_and_val_leaves_test_as_it_was():
+    """Subset "val" holds the phrases of official-val images only; adding them to the file
+    changes neither "official_test"'s phrases nor its figures (the same resamples)."""
+    split_of = ["test"] * 4 + ["val"] * 4 + ["train"] * 2
+    rows = [(f"d{i}", "Edema", "t", "p", 0, 0, 4, 4, 8, 8, "x") for i in range(10)]
+    splits = {
+        s: _split([f"d{i}" for i in range(10) if split_of[i] == s],
+                  [i for i in range(10) if split_of[i] == s], s)
+        for s in ("test", "val", "train")
+    }  # fmt: skip
+    ph = match_phrases(_boxes(rows), splits)
+    values = np.array([0.1, 0.2, 0.3, 0.4, 0.9, 0.8, 0.7, 0.6, 0.5, 0.5])
+    scores = {"mask": {s: values.copy() for s in SCORES}}
+    out = summarise(scores, ph, np.ones(10, dtype=bool), n_rounds=100, seed=0, level=0.9)
+    assert {s: out[s]["phrases"] for s in out} == {"official_test": 4, "val": 4, "all": 10}
+    assert out["val"]["mask"]["cnr"]["mean"] == pytest.approx(0.75)
+    assert out["official_test"]["mask"]["cnr"]["mean"] == pytest.approx(0.25)
+    keep = [i for i in range(10) if split_of[i] != "val"]
+    without = match_phrases(_boxes([rows[i] for i in keep]), splits)
+    fewer = {"mask": {s: values[keep] for s in SCORES}}
+    alone = summarise(fewer, without, np.ones(6, dtype=bool), n_rounds=100, seed=0, level=0.9)
+    assert alone["official_test"] == out["official_test"]
+    assert alone["val"]["phrases"] == 0

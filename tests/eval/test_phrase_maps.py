@@ -207,11 +207,11 @@ def test_ground_scores_every_phrase_with_floors(trained, phrases_and_pixels):
 
 
 def test_the_stage_decodes_held_out_images_that_the_pack_lacks(small_master):
-    """stages/grounding.py: a batch holding a held-out patient's image (not in the master
+    """phrase_pixels: a batch holding a held-out patient's image (not in the master
     file, so not in the pack) is decoded from data.root like the pack's own images."""
     import dataclasses
 
-    from stages.grounding import _reader
+    from lib.eval.ground import phrase_pixels
 
     master, root = small_master
     test = read_master(master)["test"]
@@ -223,5 +223,98 @@ def test_the_stage_decodes_held_out_images_that_the_pack_lacks(small_master):
     phrases = dataclasses.make_dataclass("P", ["image", "split", "dicom"])(
         image=test.images[:2], split=["holdout", "test"], dicom=test.dicom[:2]
     )
-    pixels = _reader(phrases, NoPack(), None, root, 32, 1)([0, 1])
+    pixels = phrase_pixels(phrases, NoPack(), root, 32, 1)([0, 1])
     torch.testing.assert_close(pixels, load_images(root, test.images[:2], 32, threads=1))
+
+
+def test_val_phrases_leave_the_other_phrases_floors_as_they_were():
+    """truth_for: official-val phrases draw their random maps from their own stream, so a
+    grounding file with val boxes added keeps the official-test floors."""
+    import numpy as np
+    import pandas as pd
+
+    from lib.data.master import Split
+    from lib.eval.ground import truth_for
+    from lib.eval.grounding import COLUMNS
+
+    def split(dicoms):
+        n = len(dicoms)
+        return Split([f"f/{d}.jpg" for d in dicoms], np.arange(n), np.arange(n), ["x"] * n,
+                     np.zeros((n, 14), dtype=np.int8), list(dicoms))  # fmt: skip
+
+    # val images "a0".."a5" sort before the test images "t0".."t5": phrases 0-5 are val's
+    rows = [(f"{s}{i}", "Edema", "t", "p", i, 2, 9, 11, 32, 32, s) for s in "at" for i in range(6)]
+    boxes = pd.DataFrame([dict(zip(COLUMNS, r, strict=True)) for r in rows])
+    splits = {"test": split([f"t{i}" for i in range(6)]), "val": split([f"a{i}" for i in range(6)])}
+    both = truth_for(match_phrases(boxes, splits), 32, (3, 3), seed=4)
+    test = truth_for(match_phrases(boxes[boxes.split == "t"], splits), 32, (3, 3), seed=4)
+    for score, values in test.floors["random"].items():
+        np.testing.assert_array_equal(both.floors["random"][score][6:], values)
+    assert not np.isnan(both.floors["random"]["cnr"]).any()
+
+
+def test_phrase_pixels_gather_from_the_pack_through_its_checks(small_master, tmp_path):
+    import dataclasses
+
+    from lib.data.pack import Pack, pack_images, publish
+    from lib.errors import DataError
+    from lib.eval.ground import phrase_pixels
+
+    master, root = small_master
+    test = read_master(master)["test"]
+    pack_images(root, test.images[:3], test.dicom[:3], 32, tmp_path / "s", "r", 1)
+    publish(tmp_path / "s", tmp_path / "p")
+    pack = Pack.open(tmp_path / "p")
+    phrases = dataclasses.make_dataclass("P", ["image", "split", "dicom", "subject", "text"])(
+        image=test.images[:3], split=["test"] * 3, dicom=test.dicom[:3],
+        subject=test.subject[:3], text=["t"] * 3,
+    )  # fmt: skip
+    pixels = phrase_pixels(phrases, pack, root, 32, 1)([2, 0])
+    expected = load_images(root, [test.images[2], test.images[0]], 32, threads=1)
+    torch.testing.assert_close(pixels, expected)
+    with pytest.raises(DataError, match="data.image_size: 48"):
+        phrase_pixels(phrases, pack, root, 48, 1)([0])
+    pack.ok[pack.row_of[test.dicom[1]]] = False
+    with pytest.raises(DataError, match=f"{test.dicom[1]}.*dvc repro pack_images"):
+        phrase_pixels(phrases, pack, root, 32, 1)([0, 1])
+
+
+def test_the_stage_writes_test_and_val_figures_per_model(small_master, tiny_backbone, tmp_path):
+    """stages/grounding.py end to end on one model: metrics keep official_test and all, and
+    add val; a figure per model."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    master, root = small_master
+    write_grounding(
+        build_tables(DemoParams(n_patients=120, seed=11, image_size=64))["grounding"],
+        tmp_path / "ms.csv",
+        workers=1,
+    )
+    mp = ModelParams(backbone=f"local-dir:{tiny_backbone}", local_dim=16, keep_ratio=0.5,
+                     use_local_alignment=True, use_masking=True)  # fmt: skip
+    (tmp_path / "models" / "C").mkdir(parents=True)
+    save_model(
+        PatchIBModel(load_backbone(mp.backbone), mp), str(tmp_path / "models/C/model.safetensors")
+    )
+    cfg = {**Variant("C", mp, TrainParams(device="cpu")).to_dict(), "best_epoch": 1}
+    (tmp_path / "models/C/config.json").write_text(json.dumps(cfg))
+    repo = Path(__file__).resolve().parents[2]
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["eval"].update(device="cpu", bootstrap=20)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    args = {"models": "models", "boxes": "ms.csv", "master": str(master), "root": str(root),
+            "metrics": "m", "plots": "p", "params": "params.yaml"}  # fmt: skip
+    cmd = [sys.executable, "-m", "stages.grounding", *(f"--{k}={v}" for k, v in args.items())]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(repo)})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((tmp_path / "m/C.json").read_text())
+    assert {"official_test", "val", "all", "unknown_dicom_ids"} <= set(m)
+    assert m["val"]["phrases"] > 0 and m["official_test"]["phrases"] > 0
+    assert m["all"]["phrases"] >= m["val"]["phrases"] + m["official_test"]["phrases"]
+    assert (tmp_path / "p/C.png").is_file() and "val: " in proc.stdout
