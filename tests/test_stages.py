@@ -54,7 +54,10 @@ def test_filter_views_writes_its_headline_beside_its_full_metrics(tmp_path):
     from lib.data.mimic import METADATA_COLUMNS
 
     path = tmp_path / "meta.csv.gz"
-    rows = [("a", "PA"), ("b", "LATERAL"), ("c", "AP")]
+    rows = [
+        (f"{c * 8}-{c * 8}-{c * 8}-{c * 8}-{c * 8}", v)
+        for c, v in zip("abc", ("PA", "LATERAL", "AP"), strict=True)
+    ]
     with gzip.open(path, "wt") as fh:
         fh.write(",".join(METADATA_COLUMNS) + "\n")
         for i, (dicom, view) in enumerate(rows):

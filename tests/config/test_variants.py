@@ -178,29 +178,29 @@ def test_a_variant_is_its_entry_with_its_description_outside_its_config():
     """models.<X>.description names the variant in the report and nowhere else: not in the
     config resolve_config writes (train@X's dep), so editing it retrains nothing."""
     raw = {"models": {"A": {DESCRIPTION: "base"}, "F": {DESCRIPTION: "copy", "use_masking": True}}}
-    params = parse_params(raw)
+    params = parse_params(repo_raw(models=raw["models"]))
     assert descriptions(params) == {"A": "base", "F": "copy"} and baseline(params) == "A"
     before = {n: v.to_dict() for n, v in resolve_all(params).items()}
     assert all(DESCRIPTION not in d for d in before.values())
     edited = {
         n: {**e, DESCRIPTION: f"{e[DESCRIPTION]}, reworded"} for n, e in raw["models"].items()
     }
-    after = {n: v.to_dict() for n, v in resolve_all(parse_params({"models": edited})).items()}
+    after = {n: v.to_dict() for n, v in resolve_all(parse_params(repo_raw(models=edited))).items()}
     assert after == before
-    assert resolve_all(parse_params({"models": {"A": {}}}))["A"].to_dict() == before["A"]
-    assert descriptions(parse_params({"models": {"A": {}, "B": None}})) == {"A": "", "B": ""}
+    assert resolve_all(parse_params(repo_raw(models={"A": {}})))["A"].to_dict() == before["A"]
+    assert descriptions(parse_params(repo_raw(models={"A": {}, "B": None}))) == {"A": "", "B": ""}
 
 
 def test_a_copy_of_c_under_another_name_is_c_but_for_its_name():
     params = load_params("params.yaml")
     raw = {**params.models, "F": {**params.models["C"], DESCRIPTION: "C again"}}
-    v = resolve_all(parse_params({"models": raw}))
+    v = resolve_all(parse_params(repo_raw(models=raw)))
     assert list(v)[-1] == "F" and v["F"].model == v["C"].model and v["F"].train == v["C"].train
-    assert descriptions(parse_params({"models": raw}))["F"] == "C again"
+    assert descriptions(parse_params(repo_raw(models=raw)))["F"] == "C again"
 
 
 def test_a_description_that_is_not_text_is_reported():
     with pytest.raises(ParamsError, match=r"models\.B\.description must be a string.*quote"):
-        resolve_all(parse_params({"models": {"A": {}, "B": {DESCRIPTION: 3}}}))
+        resolve_all(parse_params(repo_raw(models={"A": {}, "B": {DESCRIPTION: 3}})))
     with pytest.raises(ParamsError, match="'models' is empty"):
-        baseline(parse_params({}))
+        baseline(parse_params(repo_raw(models={})))

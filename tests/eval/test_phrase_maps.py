@@ -211,7 +211,7 @@ def test_the_stage_decodes_held_out_images_that_the_pack_lacks(small_master):
     file, so not in the pack) is decoded from data.root like the pack's own images."""
     import dataclasses
 
-    from lib.eval.ground import phrase_pixels
+    from lib.eval.phrase_grounding import phrase_pixels
 
     master, root = small_master
     test = read_master(master)["test"]
@@ -234,8 +234,8 @@ def test_val_phrases_leave_the_other_phrases_floors_as_they_were():
     import pandas as pd
 
     from lib.data.master import Split
-    from lib.eval.ground import truth_for
-    from lib.eval.grounding import COLUMNS
+    from lib.eval.box_scores import COLUMNS
+    from lib.eval.phrase_grounding import truth_for
 
     def split(dicoms):
         n = len(dicoms)
@@ -258,7 +258,7 @@ def test_phrase_pixels_gather_from_the_pack_through_its_checks(small_master, tmp
 
     from lib.data.pack import Pack, pack_images, publish
     from lib.errors import DataError
-    from lib.eval.ground import phrase_pixels
+    from lib.eval.phrase_grounding import phrase_pixels
 
     master, root = small_master
     test = read_master(master)["test"]
@@ -295,13 +295,13 @@ def test_the_stage_writes_test_and_val_figures_per_model(small_master, tiny_back
         tmp_path / "ms.csv",
         workers=1,
     )
-    mp = ModelParams(backbone=f"local-dir:{tiny_backbone}", local_dim=16, keep_ratio=0.5,
+    mp = fixed_model(backbone=f"local-dir:{tiny_backbone}", local_dim=16, keep_ratio=0.5,
                      use_local_alignment=True, use_masking=True)  # fmt: skip
     (tmp_path / "models" / "C").mkdir(parents=True)
     save_model(
         PatchIBModel(load_backbone(mp.backbone), mp), str(tmp_path / "models/C/model.safetensors")
     )
-    cfg = {**Variant("C", mp, TrainParams(device="cpu")).to_dict(), "best_epoch": 1}
+    cfg = {**Variant("C", mp, fixed_train(device="cpu")).to_dict(), "best_epoch": 1}
     (tmp_path / "models/C/config.json").write_text(json.dumps(cfg))
     repo = Path(__file__).resolve().parents[2]
     params = yaml.safe_load((repo / "params.yaml").read_text())
