@@ -16,7 +16,7 @@ from lib.data.pack import Pack
 from lib.eval.embedding_files import Embeddings, load_finetune
 from lib.eval.evaluate import evaluate, fraction_key
 from lib.eval.plots import save_model_plots
-from lib.headline import model_headline
+from lib.headline import model_headline, write_headline
 from lib.io import atomic_path, write_json
 
 
@@ -51,7 +51,7 @@ def main() -> None:
     write_json(args.metrics, result.metrics)
     full = fraction_key(max(p.probe_fractions))
     if args.headline is not None:
-        write_json(args.headline, model_headline(result.metrics, full, p.recall_ks))
+        write_headline(args.headline, model_headline(result.metrics, full, p.recall_ks))
 
     save_model_plots(args.plots, name, result, splits["test"].labels, full)
     m = result.metrics

@@ -12,7 +12,7 @@ import pandas as pd
 from lib.cli import run
 from lib.config.loader import load_params
 from lib.data.reports import ReportSource, extract_reports
-from lib.headline import kept_dropped
+from lib.headline import kept_dropped, write_headline
 from lib.io import write_json, write_parquet
 
 
@@ -38,7 +38,7 @@ def main() -> None:
     write_parquet(args.out, reports)
     write_json(args.metrics, metrics)
     if args.headline is not None:
-        write_json(args.headline, kept_dropped(metrics["studies"], metrics["dropped_total"]))
+        write_headline(args.headline, kept_dropped(metrics["studies"], metrics["dropped_total"]))
     print(f"extract_reports: {metrics['status']} for {metrics['studies']} studies -> {args.out}")
 
 

@@ -13,7 +13,7 @@ from lib.data.mimic import METADATA_COLUMNS
 from lib.data.plots import views_figure
 from lib.data.tables import read_csv_checked
 from lib.data.views import filter_views
-from lib.headline import rows_kept_dropped
+from lib.headline import rows_kept_dropped, write_headline
 from lib.io import save_figure, write_csv, write_json, write_parquet
 
 
@@ -40,7 +40,7 @@ def main() -> None:
     write_parquet(args.out, images)
     write_json(args.metrics, metrics)
     if args.headline is not None:
-        write_json(args.headline, rows_kept_dropped(metrics, str(args.metrics)))
+        write_headline(args.headline, rows_kept_dropped(metrics, str(args.metrics)))
     views = pd.DataFrame([{"view": v, **c} for v, c in metrics["views"].items()])
     write_csv(args.plots / "views.csv", views)
     save_figure(args.plots / "views.png", views_figure(metrics["views"]))

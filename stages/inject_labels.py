@@ -12,7 +12,7 @@ from lib.config.loader import load_params
 from lib.data.labels import inject_labels
 from lib.data.mimic import CHEXPERT_COLUMNS
 from lib.data.tables import read_csv_checked
-from lib.headline import rows_kept_dropped
+from lib.headline import rows_kept_dropped, write_headline
 from lib.io import write_json, write_parquet
 
 
@@ -33,7 +33,7 @@ def main() -> None:
     write_parquet(args.out, labeled)
     write_json(args.metrics, metrics)
     if args.headline is not None:
-        write_json(args.headline, rows_kept_dropped(metrics, str(args.metrics)))
+        write_headline(args.headline, rows_kept_dropped(metrics, str(args.metrics)))
     print(
         f"inject_labels: {metrics['images_without_label_row']} of {metrics['rows_out']} images "
         f"have no label row (policy {params.label_policy}) -> {args.out}"

@@ -24,7 +24,7 @@ from lib.data.pack import (
     publish,
 )
 from lib.data.splits import SPLITS
-from lib.headline import kept_dropped
+from lib.headline import kept_dropped, write_headline
 from lib.io import write_json
 
 
@@ -64,7 +64,7 @@ def main() -> None:
     seconds = time.perf_counter() - start
     write_json(args.metrics, pack_metrics(result))
     if args.headline is not None:
-        write_json(
+        write_headline(
             args.headline, kept_dropped(result.n_images - len(result.failed), len(result.failed))
         )
     check_failed(result, p.max_failed_fraction, args.root, args.metrics)

@@ -12,7 +12,7 @@ from lib.data.master import read_master
 from lib.data.pack import Pack
 from lib.eval.evaluate import fraction_key
 from lib.eval.pixels import pixel_probe
-from lib.headline import model_headline
+from lib.headline import model_headline, write_headline
 from lib.io import write_json
 
 
@@ -32,7 +32,7 @@ def main() -> None:
     write_json(args.metrics, m)
     full = fraction_key(max(p.probe_fractions))
     if args.headline is not None:
-        write_json(args.headline, model_headline(m, full))  # a probe: no retrieval
+        write_headline(args.headline, model_headline(m, full))  # a probe: no retrieval
     print(
         f"pixel_probe: PCA({m['pca_dim']}) of {m['pixels_per_image']} pixels on "
         f"{m['pca_fit_images']} train images, probe {full} mean AUC "

@@ -19,7 +19,7 @@ from lib.data.qc import (
     run_qc,
     write_jsonl,
 )
-from lib.headline import rows_kept_dropped
+from lib.headline import rows_kept_dropped, write_headline
 from lib.io import atomic_path, save_figure, write_csv, write_json
 
 
@@ -58,7 +58,7 @@ def main() -> None:
     metrics["pipeline"] = pipeline_drops({**earlier, "qc": metrics})
     write_json(args.metrics, metrics)
     if args.headline is not None:
-        write_json(args.headline, rows_kept_dropped(metrics, str(args.metrics)))
+        write_headline(args.headline, rows_kept_dropped(metrics, str(args.metrics)))
     table = label_distribution_table(metrics["distribution"])
     write_csv(args.plots / "label_distribution.csv", table)
     save_figure(args.plots / "label_distribution.png", label_distribution_figure(table))

@@ -11,7 +11,7 @@ from lib.cli import run
 from lib.data.mimic import SPLIT_COLUMNS
 from lib.data.splits import apply_split
 from lib.data.tables import read_csv_checked
-from lib.headline import rows_kept_dropped
+from lib.headline import rows_kept_dropped, write_headline
 from lib.io import write_json, write_parquet
 
 
@@ -32,7 +32,7 @@ def main() -> None:
     write_parquet(args.out, out)
     write_json(args.metrics, metrics)
     if args.headline is not None:
-        write_json(args.headline, rows_kept_dropped(metrics, str(args.metrics)))
+        write_headline(args.headline, rows_kept_dropped(metrics, str(args.metrics)))
     print(f"split: {metrics['images']} images -> {args.out}")
 
 

@@ -21,6 +21,8 @@ from lib.data.mimic import LABELS
 REPO = Path(__file__).resolve().parents[1]
 MODELS = tuple(yaml.safe_load((REPO / "params.yaml").read_text())["models"])  # baseline first
 ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": ""}
+# The README's `dvc exp show --drop`: the dependency columns (paths), not params or metrics.
+DEP_COLUMNS = r".*/|models$|params\.yaml$"
 pytestmark = pytest.mark.slow
 
 
@@ -455,6 +457,16 @@ def test_use_masking_retrains_exactly_the_variants_it_changes(repo):
     for name in ("C", "ConVIRT"):
         assert f"metrics/headline/eval/{name}.json" not in changed, name
     assert len(sh(["dvc", "metrics", "diff"], repo).splitlines()) < 80
+    # The design card's own view reads at a glance: the changed param and A's and B's headline
+    # changes in 200 columns (rich elides the columns that do not fit with "…"). DVC also
+    # lists every changed dependency as a column of its hash (models/A, data/config/A.json,
+    # params.yaml, ...): the README's --drop hides them.
+    shown = subprocess.run(
+        ["dvc", "exp", "show", "--only-changed", "--no-pager", "--drop", DEP_COLUMNS],
+        cwd=repo, env={**ENV, "COLUMNS": "200"}, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "…" not in shown and "model.use_masking" in shown, shown
+    assert all(f"{n}.{k}" in shown for n in "AB" for k in ("zero_shot", "probe", "R@10")), shown
     sh(["dvc", "plots", "diff", "-o", str(repo.parent / "plots_diff")], repo)
     restore(repo)
 

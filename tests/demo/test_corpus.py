@@ -273,7 +273,7 @@ def test_val_boxes_leave_the_corpus_and_the_test_boxes_as_they_were(monkeypatch)
     """Boxing the validate split's findings too draws nothing from the corpus's random
     stream: every table and image task (so every pixel) is the same as with test boxes
     only, and so are the test phrases, in order."""
-    params = DemoParams(n_patients=200)
+    params = params_section(DemoParams, n_patients=200, min_positive_rate=0.0)
     both = build_tables(params)
     monkeypatch.setattr(corpus_module, "GROUNDING_SPLITS", ("test",))
     test_only = build_tables(params)

@@ -13,14 +13,17 @@ from lib.data.master import read_master
 from lib.data.mimic import LABELS
 from lib.demo.pretrain_corpus import PRETRAIN_SUBJECTS, build_corpus, check_disjoint
 from lib.errors import DataError
-from tests.conftest import TINY_BACKBONE
+from tests.conftest import TINY_BACKBONE, params_section, repo_params
 
 
 def tiny_params(**pretrain: object) -> Params:
-    return Params(
-        demo=DemoParams(image_size=64, workers=1),
-        data=DataParams(image_size=TINY_BACKBONE.image_size),
-        pretrain=PretrainParams(n_patients=40, **pretrain),
+    return repo_params(
+        demo=params_section(DemoParams, image_size=64, workers=1, min_positive_rate=0.0),
+        data=params_section(DataParams, image_size=TINY_BACKBONE.image_size),
+        backbone=TINY_BACKBONE,
+        pretrain=params_section(
+            PretrainParams, **{"n_patients": 40, "caption_fraction": 0.0, **pretrain}
+        ),
     )
 
 

@@ -548,7 +548,7 @@ def test_compare_stage_reports_a_variant_added_as_one_entry(tmp_path, monkeypatc
     (tmp_path / "root").mkdir()
     Image.new("L", (40, 40), 128).save(tmp_path / "root" / "x.jpg")
     argv = ["compare", "--evals", "evals", "--eval-metrics", "m", "--efficiency", "eff",
-            "--embeddings", "emb", "--root", "root", "--demo-root", "root", "--grounding", "g",
+            "--embeddings", "emb", "--root", "root", "--grounding", "g",
             "--summary", "s.json", "--report", "r.md", "--plots", "p"]  # fmt: skip
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", argv)

@@ -291,7 +291,11 @@ def test_the_stage_writes_test_and_val_figures_per_model(small_master, tiny_back
 
     master, root = small_master
     write_grounding(
-        build_tables(DemoParams(n_patients=120, seed=11, image_size=64))["grounding"],
+        build_tables(
+            params_section(
+                DemoParams, n_patients=120, seed=11, image_size=64, min_positive_rate=0.0
+            )
+        )["grounding"],
         tmp_path / "ms.csv",
         workers=1,
     )

@@ -176,7 +176,6 @@ def test_sentence_sampling_in_pretraining_draws_from_the_training_texts_only(tmp
 # the dataclass defaults: the demo backbone's pretraining must stay bit-identical.
 PRETRAIN_VARIANT_ON_MAIN = {
     "backbone_digest": None,
-    "description": "",
     "model": {
         "architecture": "patch_ib",
         "backbone": "local-dir:data/backbone/demo",
