@@ -45,7 +45,7 @@ def main() -> None:
             f"demo backbone's, but model.backbone = {params.model.backbone!r} is not the demo's "
             "(stage demo_backbone was skipped). On real data point it at ResNet-50 + "
             "ClinicalBERT: models.ConVIRT.backbone: "
-            "local-dir:configs/backbones/convirt-resnet50-bioclinicalbert (README)"
+            "local-dir:configs/backbones/convirt-resnet50-bioclinicalbert (docs/models.md)"
         )
     p = params.convirt_backbone
     write_convirt_backbone(args.out, args.text_from, p)

@@ -130,7 +130,7 @@ class DemoParams(Section):
     # Fraction of studies left out of the CheXpert file (as in the real data).
     missing_label_fraction: Annotated[float, Fraction]
     # Floor on each finding's positive rate over all studies; 0 keeps MIMIC-CXR's rates
-    # (Pleural Other 0.5 %, Fracture 1.5 %, Lung Lesion 2.3 %). See params.yaml.
+    # (Pleural Other 0.5 %, Fracture 1.5 %, Lung Lesion 2.3 %). See docs/params.md.
     min_positive_rate: Annotated[
         float,
         Between(
@@ -231,7 +231,7 @@ class BackboneParams(Section):
     embed_dim: Annotated[int, Positive]
     # Pooling of each tower (BiomedCLIP: the ViT's CLS token, BERT's [CLS]). Pooling the
     # tokens learns far faster from scratch: CLS-pooled towers pretrained on the demo's budget
-    # end with near rank-1 embeddings (README, "The demo backbone"). The ViT's options are
+    # end with near rank-1 embeddings (docs/models.md, "The demo backbone"). The ViT's options are
     # timm's: "avg" (mean of the patch tokens), "max" (per-feature maximum), "avgmax" (their
     # mean).
     vision_pool: Literal["token", "avg", "avgmax", "max"]
