@@ -231,7 +231,7 @@ class BackboneParams(Section):
     embed_dim: Annotated[int, Positive]
     # Pooling of each tower (BiomedCLIP: the ViT's CLS token, BERT's [CLS]). Pooling the
     # tokens learns far faster from scratch: CLS-pooled towers pretrained on the demo's budget
-    # end with near rank-1 embeddings (docs/models.md, "The demo backbone"). The ViT's options are
+    # end with near rank-1 embeddings (docs/models.md). The ViT's options are
     # timm's: "avg" (mean of the patch tokens), "max" (per-feature maximum), "avgmax" (their
     # mean).
     vision_pool: Literal["token", "avg", "avgmax", "max"]
