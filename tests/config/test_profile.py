@@ -18,6 +18,7 @@ from lib.config.params import DemoParams
 from lib.config.profile import apply_profile, parse_sets
 from lib.config.variants import resolve_all
 from lib.errors import ParamsError
+from tests.conftest import params_section
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = REPO / "configs/mimic-cxr.yaml"
@@ -183,7 +184,7 @@ def test_the_profile_builds_the_master_file_of_a_mimic_copy_with_no_dvc_yaml_edi
     from lib.demo.corpus import write_corpus
 
     mimic = tmp_path / "MIMIC-CXR"
-    write_corpus(DemoParams(n_patients=40, seed=5, image_size=48), mimic)
+    write_corpus(params_section(DemoParams, n_patients=40, seed=5, image_size=48, workers=1), mimic)
     images = sorted(p.relative_to(mimic).as_posix() for p in mimic.rglob("*.jpg"))
     write(mimic / "IMAGE_FILENAMES", "\n".join(images) + "\n")
     subjects = sorted({path.split("/")[2].removeprefix("p") for path in images})  # files/pXX/p…
