@@ -238,16 +238,20 @@ def test_evaluation_writes_the_report_metrics_and_plots(repo):
 
 
 def test_fresh_repro_agrees_with_the_committed_metrics(repo):
-    """Issue 11's stability bound: every model's zero-shot and probe mean AUC from this
-    fresh `dvc repro` lie within 0.02 of the committed metrics. On the machine that made
-    them they are identical; CI runs this on its own machine, which makes it the
-    cross-machine check (measured seed sd of A: 0.002 zero-shot, 0.0004 probe)."""
+    """Every model's zero-shot and probe mean AUC from this fresh `dvc repro` lie within the
+    tolerance measured for them (benchmarks/chain_spread.json): 3 x sqrt(2) x the sd over
+    seeds of the whole chain, pretraining included, pooled over models. On the machine that
+    made the committed metrics they are identical; on another CPU type, float rounding sends
+    training down another trajectory, as another seed would, and CI runs this test on its
+    own machine, which makes it the cross-machine check."""
+    tolerance = json.loads((REPO / "benchmarks/chain_spread.json").read_text())["tolerance"]
     for name in (*MODELS, "pretrained", "pixels"):
         fresh = json.loads((repo / f"metrics/eval/{name}.json").read_text())
         committed = json.loads((REPO / f"metrics/eval/{name}.json").read_text())
         for key in ("zero_shot_mean_auc", "probe_100pct_mean_auc"):
             if key in committed:
-                assert abs(fresh[key] - committed[key]) <= 0.02, (name, key)
+                diff = abs(fresh[key] - committed[key])
+                assert diff <= tolerance[key], (name, key, fresh[key], committed[key])
 
 
 def test_finetune_switch_scores_the_fine_tuned_encoder(repo):
