@@ -12,17 +12,9 @@ from tqdm import tqdm
 
 from lib.cli import run
 from lib.config.loader import load_params
+from lib.data import pack as pk
 from lib.data.checksums import read_checksums
 from lib.data.master import read_master
-from lib.data.pack import (
-    check_failed,
-    decode_device,
-    default_workers,
-    pack_images,
-    pack_metrics,
-    pack_run_id,
-    publish,
-)
 from lib.data.splits import SPLITS
 from lib.headline import kept_dropped, write_headline
 from lib.io import write_json
@@ -50,24 +42,24 @@ def main() -> None:
     dicom = [d for s in SPLITS for d in splits[s].dicom]
     verify = params.data.verify_checksums
     checksums = read_checksums(args.checksums) if verify else None
-    run_id = pack_run_id(args.master, args.root, size, p.decoder, verify)
-    device = decode_device(p.decoder, args.params)
-    workers = default_workers(p.workers)
+    run_id = pk.pack_run_id(args.master, args.root, size, p.decoder, verify)
+    device = pk.decode_device(p.decoder, args.params)
+    workers = pk.default_workers(p.workers)
     start = time.perf_counter()
     with tqdm(
         total=len(images), unit="img", desc="pack_images", disable=not sys.stderr.isatty()
     ) as bar:
-        result = pack_images(
+        result = pk.pack_images(
             args.root, images, dicom, size, args.state_dir, run_id, workers, p.chunk_size,
             progress=bar.update, device=device, batch_size=p.gpu_batch_size, checksums=checksums,
         )  # fmt: skip
     seconds = time.perf_counter() - start
-    write_json(args.metrics, pack_metrics(result))
+    write_json(args.metrics, pk.pack_metrics(result))
     if args.headline is not None:
         write_headline(
             args.headline, kept_dropped(result.n_images - len(result.failed), len(result.failed))
         )
-    check_failed(result, p.max_failed_fraction, args.root, args.metrics)
+    pk.check_failed(result, p.max_failed_fraction, args.root, args.metrics)
     efficiency = {
         "images_per_second": round(result.n_images / max(seconds, 1e-9), 1),
         "seconds": round(seconds, 2),
@@ -76,7 +68,7 @@ def main() -> None:
         "images_resumed": result.images_resumed,
     }
     write_json(args.efficiency, efficiency)
-    publish(args.state_dir, args.out)
+    pk.publish(args.state_dir, args.out)
     n, failed = result.n_images, len(result.failed)
     checked = ", checksums verified" if verify else ""
     print(f"pack_images: {n} images at {size} px, {failed} unreadable{checked} -> {args.out}")
