@@ -70,7 +70,7 @@ def test_filter_views_writes_its_headline_beside_its_full_metrics(tmp_path):
         "--plots", str(tmp_path / "p"),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert json.loads((tmp_path / "h.json").read_text()) == {"kept": 2, "dropped": 1}
+    assert json.loads((tmp_path / "h.json").read_text()) == {"h": {"kept": 2, "dropped": 1}}
     assert "views" in json.loads((tmp_path / "m.json").read_text())
 
 
