@@ -13,7 +13,7 @@ from pathlib import Path
 from lib.cli import run
 from lib.config.loader import load_params
 from lib.config.params import CONVIRT_DEMO_BACKBONE, DEMO_BACKBONE
-from lib.config.variants import resolve_all
+from lib.config.variants import resolve_all, with_settings
 from lib.errors import ParamsError
 from lib.io import atomic_path, tree_digest, write_json
 from lib.model.convirt import write_convirt_backbone
@@ -27,9 +27,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--metrics", type=Path, required=True)
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ap.add_argument(
+        "--models", type=Path, help="the variants' settings (check_params); default: params"
+    )
     args = ap.parse_args()
 
     params = load_params(args.params)
+    if args.models is not None:  # descriptions left out: editing one reruns compare alone
+        params = with_settings(params, args.models)
     users = [n for n, v in resolve_all(params).items() if v.model.backbone == CONVIRT_DEMO_BACKBONE]
     if not users:
         reason = f"no variant's backbone is {CONVIRT_DEMO_BACKBONE!r}"

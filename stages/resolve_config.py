@@ -14,7 +14,13 @@ from pathlib import Path
 
 from lib.cli import run
 from lib.config.loader import load_params
-from lib.config.variants import PRETRAINED, pretrained_variant, resolve_all, with_backbone_digest
+from lib.config.variants import (
+    PRETRAINED,
+    pretrained_variant,
+    resolve_all,
+    with_backbone_digest,
+    with_settings,
+)
 from lib.io import atomic_path
 
 
@@ -22,9 +28,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out-dir", type=Path, required=True)
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ap.add_argument(
+        "--models", type=Path, help="the variants' settings (check_params); default: params"
+    )
     args = ap.parse_args()
 
     params = load_params(args.params)
+    if args.models is not None:  # descriptions left out: editing one reruns compare alone
+        params = with_settings(params, args.models)
     variants = resolve_all(params)
     variants[PRETRAINED] = pretrained_variant(params.model.backbone, params.train.use_amp)
     for name, variant in variants.items():

@@ -419,11 +419,12 @@ def test_a_variant_added_as_one_models_entry_is_trained_evaluated_and_compared(t
         assert f"/{name}/" not in listed and f"/{name}." not in listed, name
 
 
-def test_only_compare_and_the_cheap_config_stages_read_the_models_section():
+def test_only_compare_reads_the_models_section():
     """A description lives in models:, so editing it reruns the stages that read that
-    section whole: resolve_config and convirt_backbone, whose outputs do not change (configs
-    without descriptions: tests/config/test_variants.py; a seeded backbone), and compare,
-    which renders it. train@X, embed@X and eval@X read their config file, never models:."""
+    section whole: compare alone, which renders it. resolve_config and convirt_backbone read
+    the variants' settings less descriptions that check_params writes (data/params/models.json,
+    whose bytes a description edit leaves as they are); train@X, embed@X and eval@X read
+    their config file, never models:."""
     from dvc.dependency.param import ParamsDependency
     from dvc.repo import Repo
 
@@ -434,4 +435,10 @@ def test_only_compare_and_the_cheap_config_stages_read_the_models_section():
             for d in s.deps
             if isinstance(d, ParamsDependency) and "models" in (d.params or [])
         }
-    assert readers == {"resolve_config", "convirt_backbone", "compare"}
+        settings = {
+            s.name
+            for s in repo.index.stages
+            if "data/params/models.json" in {getattr(d, "def_path", "") for d in s.deps}
+        }
+    assert readers == {"compare"}
+    assert settings == {"resolve_config", "convirt_backbone"}

@@ -432,6 +432,21 @@ def test_changing_eval_params_retrains_and_reembeds_nothing(repo):
         sh(["git", "checkout", "params.yaml"], repo)
 
 
+def test_editing_a_description_reruns_compare_alone(repo):
+    """Issue 30: a description is the results table's text, nothing more. check_params
+    reruns on any edit of params.yaml and rewrites the same settings file, so only compare
+    follows (a real repro: --dry cannot know that check_params' output keeps its bytes)."""
+    text = (repo / "params.yaml").read_text()
+    first = next(iter(yaml.safe_load(text)["models"].values()))["description"]
+    (repo / "params.yaml").write_text(text.replace(first, "Renamed baseline", 1))
+    try:
+        assert ran_stages(sh(["dvc", "repro"], repo)) == {CHECK, "compare"}
+        assert "Renamed baseline" in (repo / "metrics/results.md").read_text()
+    finally:
+        sh(["git", "checkout", "params.yaml"], repo)
+        assert ran_stages(sh(["dvc", "repro"], repo)) == {CHECK, "compare"}
+
+
 def test_changing_a_prompt_reembeds_and_retrains_nothing(repo):
     """The prompts are embedded by embed@X (eval@X loads no model): a prompt change
     re-embeds every model, and trains none."""

@@ -256,6 +256,30 @@ def test_check_params_accepts_the_committed_file():
     assert "params.yaml is valid" in proc.stdout
 
 
+def test_check_params_settings_keep_their_bytes_when_a_description_changes(tmp_path):
+    """Issue 30: editing a description reruns compare alone. resolve_config and
+    convirt_backbone read check_params' settings file, not models:, and that file is
+    byte-identical after the edit (and changes when a setting does)."""
+    import json
+
+    def settings(old: str, new: str) -> bytes:
+        path = edited_params(tmp_path, old, new)
+        out = tmp_path / f"models-{len(new)}.json"
+        proc = run_stage("check_params", "--params", str(path), "--settings", str(out))
+        assert proc.returncode == 0, proc.stderr
+        return out.read_bytes()
+
+    same = settings("description: Global CLIP baseline", "description: Global CLIP")
+    edited = settings("description: Global CLIP baseline", "description: A, renamed in the table")
+    assert same == edited
+    assert list(json.loads(same)) == list(
+        yaml.safe_load((REPO / "params.yaml").read_text())["models"]
+    )
+    assert "description" not in same.decode()
+    changed = settings("train: {recall_weight: 0.6, patience: 10}", "train: {recall_weight: 0.5}")
+    assert changed != same
+
+
 @pytest.mark.parametrize(("old", "new", "needles"), BAD_PARAMS)
 def test_check_params_stops_on_a_bad_file_naming_the_key(tmp_path, old, new, needles):
     path = edited_params(tmp_path, old, new)
@@ -266,19 +290,20 @@ def test_check_params_stops_on_a_bad_file_naming_the_key(tmp_path, old, new, nee
 def test_check_params_fails_dvc_repro_when_every_stage_is_cached(tmp_path):
     """Issue 27: a NaN or a typo in params.yaml stopped no `dvc repro` whose stages were
     cached. dvc.yaml's own check_params stage, in a copy of the repository with just it and
-    code_manifest: cached after a first run, it reruns on the bad edit and fails the repro;
-    it writes nothing, so no other stage could rerun because of it."""
+    code_manifest: cached after a first run, it reruns on the bad edit and fails the repro.
+    Its one output, the variants' settings, keeps its bytes under an edit elsewhere."""
     import shutil
 
     dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))
     check = dvc_yaml["stages"]["check_params"]
-    assert "outs" not in check and "params.yaml" in check["deps"]
+    assert check["outs"] == ["${paths.settings}"] and "params.yaml" in check["deps"]
     stages = {name: dvc_yaml["stages"][name] for name in ("code_manifest", "check_params")}
     for part in ("lib", "stages"):
         shutil.copytree(REPO / part, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("params.yaml", ".dvcignore"):
         shutil.copy(REPO / name, tmp_path / name)
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}), encoding="utf-8")
+    top = {"vars": dvc_yaml["vars"], "stages": stages}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(top), encoding="utf-8")
 
     def sh(*cmd: str) -> subprocess.CompletedProcess:
         env = {**os.environ, "PYTHONPATH": str(tmp_path), "DVC_NO_ANALYTICS": "1"}

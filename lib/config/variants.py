@@ -153,6 +153,30 @@ def descriptions(params: Params, source: str = "params.yaml") -> dict[str, str]:
     return out
 
 
+def settings(params: Params) -> dict[str, Any]:
+    """``models:`` without the descriptions, in its order: what the stages that build
+    variants read (stage check_params writes it to data/params/models.json), so that editing
+    a description reruns stage compare alone."""
+    return {
+        name: {k: v for k, v in dict(raw or {}).items() if k != DESCRIPTION}
+        for name, raw in params.models.items()
+    }
+
+
+def with_settings(params: Params, path: Path) -> Params:
+    """``params`` with ``models`` read from ``path`` (stage check_params' data/params/models.json),
+    the variants' settings without their descriptions."""
+    if not path.is_file():
+        raise DataError(f"{path}: not found; run `dvc repro check_params`, which writes it")
+    models = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(models, dict) or not models:
+        raise DataError(
+            f"{path}: expected the variants of models: as a non-empty mapping, got "
+            f"{type(models).__name__}; rerun `dvc repro -f check_params`"
+        )
+    return dataclasses.replace(params, models=models)
+
+
 def pretrained_variant(backbone: str, use_amp: bool) -> Variant:
     """The "pretrained backbone, no fine-tuning" reference's config (stage pretrained):
     model A's architecture on ``backbone``; ``use_amp`` sets its inference precision on CUDA.
