@@ -1,0 +1,1 @@
+"""Visual question answering on MIMIC-Ext-CXR-QBA-format data (docs/vqa.md)."""
