@@ -461,7 +461,8 @@ def test_editing_a_description_reruns_compare_alone(repo):
         assert "Renamed baseline" in (repo / "metrics/results.md").read_text()
     finally:
         sh(["git", "checkout", "params.yaml"], repo)
-        assert ran_stages(sh(["dvc", "repro"], repo)) == {CHECK, "compare"}
+        # back: compare reruns; check_params may come from the run cache instead of running
+        assert "compare" in ran_stages(sh(["dvc", "repro"], repo)) <= {CHECK, "compare"}
 
 
 def test_changing_a_prompt_reembeds_and_retrains_nothing(repo):
