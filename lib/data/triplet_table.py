@@ -12,7 +12,6 @@ import pandas as pd
 
 from lib.data.mimic import LABELS
 from lib.data.triplet_scores import label_agreement, predicted_labels
-from lib.data.triplet_vocab import ENTITY_NAMES, POSITION_NAMES, UNSPECIFIED
 from lib.data.triplets import apply_label_policy, extract_many
 from lib.errors import DataError
 
@@ -74,7 +73,6 @@ def triplet_table(
     table = pd.DataFrame(rows, columns=list(COLUMNS)).astype(
         {"study_id": "int64", "existence": "int8"}
     )
-    present = table[table["existence"] == 1]
     counts = {
         "studies": len(studies),
         "triplets": len(table),
@@ -83,19 +81,15 @@ def triplet_table(
         "mentions_by_certainty": dict(sorted(by_certainty.items())),
         "uncertain_left_out_by_policy": left_out,
         "label_policy": policy,
-        "present_by_entity": {
-            e: int(n) for e, n in present["entity"].value_counts().items() if e in ENTITY_NAMES
-        },
-        "absent_by_entity": {
-            e: int(n) for e, n in table[table["existence"] == 0]["entity"].value_counts().items()
-        },
-        "by_position": {
-            p: int(n)
-            for p, n in table["position"].value_counts().items()
-            if p in POSITION_NAMES or p == UNSPECIFIED
-        },
+        "present_by_entity": _counts(table["entity"][table["existence"] == 1]),
+        "absent_by_entity": _counts(table["entity"][table["existence"] == 0]),
+        "by_position": _counts(table["position"]),
     }
     return table, counts
+
+
+def _counts(values: pd.Series) -> dict[str, int]:
+    return {str(k): int(n) for k, n in values.value_counts().items()}
 
 
 def agreement(table: pd.DataFrame, labels: dict[int, list[int]]) -> dict[str, object]:
