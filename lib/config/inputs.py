@@ -19,14 +19,22 @@ from lib.errors import DataError
 from lib.io import tree_digest
 
 LOCAL_DIR = "local-dir:"
-# Stage -> the params keys naming the files it reads ("backbones": every local-dir backbone
-# folder that params name, the demo's own left out). tests/test_dvc_deps.py holds dvc.yaml
-# to it.
+# Stage script (stages/<name>.py) -> the params keys naming the files it reads
+# ("backbones": every local-dir backbone folder that params name, the demo's own left out).
+# tests/test_dvc_deps.py holds dvc.yaml to it.
 OPTIONAL_INPUTS: dict[str, tuple[str, ...]] = {
     "qc": ("qc.image_listing", "data.holdout_patients_from"),
     "grounding": ("data.holdout_patients_from",),
     "resolve_config": ("backbones",),
+    # A MIMIC-Ext-CXR-QBA-format folder of one's own (the demo's is demo_qba's output).
+    "vqa_readiness": ("data.vqa",),
+    # BERTScore's text tower, a folder of one's own (the demo backbone's is a stage output).
+    "vqa": ("vqa.bertscore_model",),
 }
+# The demo's QBA-format folder (stage demo_qba), which vqa_readiness depends on directly.
+DEMO_QBA = "data/demo/mimic-ext-cxr-qba"
+# Folders that stages write, which the stages reading them depend on directly.
+_STAGE_OUTPUTS = (Path(DEMO_QBA), Path(DEMO_BACKBONE.removeprefix(LOCAL_DIR)))
 
 
 def named_paths(params: Params, stage: str) -> dict[str, str | None]:
@@ -38,6 +46,8 @@ def named_paths(params: Params, stage: str) -> dict[str, str | None]:
         else:
             section, name = key.split(".")
             out[key] = getattr(getattr(params, section), name)
+            if out[key] is not None and Path(out[key]) in _STAGE_OUTPUTS:
+                out[key] = None
     return out
 
 

@@ -190,6 +190,9 @@ class DataParams(Section):
     holdout_patients_from: str | None
     # Hash each packed image against data.root/SHA256SUMS.txt (mismatches fail, by reason).
     verify_checksums: bool
+    # MIMIC-Ext-CXR-QBA-format directory (qa/ or qa.zip, scene_data/, metadata/) of the VQA
+    # stages (docs/vqa.md); the demo's: data/demo/mimic-ext-cxr-qba. null = VQA skipped.
+    vqa: str | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -596,6 +599,95 @@ class EvalParams(Section):
             )
 
 
+Grade = Literal["D", "C", "B", "A", "A+", "A++"]
+
+
+@dataclasses.dataclass(frozen=True)
+class VqaDataParams(Section):
+    """How stage vqa_readiness reads a MIMIC-Ext-CXR-QBA-format directory (docs/vqa.md)."""
+
+    # Lowest quality grade kept (D < C < B < A < A+ < A++): A fine-tuning, B pre-training.
+    min_grade: Grade
+    # ViewPosition values of the image each study's questions are asked on (frontal).
+    views: Annotated[tuple[str, ...], Check(len, " is empty; e.g. [PA, AP]")]
+    # Questions kept per study (a seeded subset; 0 = all).
+    max_questions_per_study: Annotated[int, NonNegative]
+    seed: int
+    # Malformed questions (missing fields, empty answers, unknown image ids) allowed.
+    max_malformed_fraction: Annotated[float, Fraction]
+    # Fewer kept questions than this: not ready.
+    min_questions: Annotated[int, Positive]
+    # Question types (with or without prefix) each head answers; others are counted, left out.
+    binary_types: tuple[str, ...]
+    category_types: tuple[str, ...]
+    region_types: tuple[str, ...]
+    severity_types: tuple[str, ...]
+    # Bias warnings: minority polarity share of binary answers below this; a region's share
+    # of region answers below this; one question type's share above this.
+    min_polarity_fraction: Annotated[float, Fraction]
+    min_region_fraction: Annotated[float, Fraction]
+    max_type_fraction: Annotated[float, Fraction]
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoQbaParams(Section):
+    """The demo's QA in MIMIC-Ext-CXR-QBA's format (stage demo_qba)."""
+
+    seed: int
+    # Questions written per study (a subset keeps the demo small).
+    questions_per_study: Annotated[int, Positive]
+    # Shares of grades B, C and D (the rest are A).
+    fraction_b: Annotated[float, Fraction]
+    fraction_c: Annotated[float, Fraction]
+    fraction_d: Annotated[float, Fraction]
+
+    def validate(self) -> None:
+        if self.fraction_b + self.fraction_c + self.fraction_d > 1:
+            raise ParamsError(
+                "demo_qba.fraction_b + fraction_c + fraction_d must be <= 1; lower one of them"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class VQAParams(Section):
+    """Stages vqa@X, vqa_pretrained and the floors (lib/vqa/): the scene-graph VQA head on a
+    backbone's frozen (or fine-tuned) towers, trained on the train split's questions; the
+    epoch with the best validation accuracy is scored on test."""
+
+    seed: int  # head initialisation, question subsample, batch order, bootstrap
+    epochs: Annotated[int, Positive]
+    batch_size: Annotated[int, Positive]
+    lr: Annotated[float, Positive]
+    weight_decay: Annotated[float, NonNegative]
+    hidden: Annotated[int, Positive]  # SIM width (768 in the seed)
+    heads: Annotated[int, Positive]  # attention heads (12 in the seed)
+    layers: Annotated[int, Positive]  # SIM cross-modal layers (2 in the seed)
+    dropout: Annotated[float, Fraction]
+    aux_weight: Annotated[float, NonNegative]  # CheXpert auxiliary head's loss weight (0.3)
+    fine_tune: bool  # false = X's image tower frozen, its features computed once
+    # questions sampled per split (seeded; 0 = all): the demo's budget
+    max_train_questions: Annotated[int, NonNegative]
+    max_eval_questions: Annotated[int, NonNegative]
+    # scene nodes given to the model (lib/vqa/train.scene_nodes): "anatomy" = one node per
+    # region, its mean box over the train scene graphs, the same for every study (nothing of
+    # the study leaks into the input); "full" = the study's own observations (an oracle)
+    scene_nodes: Annotated[
+        str, Check(lambda v: v in ("anatomy", "full"), " must be 'anatomy' or 'full'")
+    ]
+    # BERTScore's text tower: a local Hugging Face BERT folder (model.safetensors), or an
+    # open_clip local-dir folder whose text tower is a BERT (the demo backbone's); null = no
+    # BERTScore. Never downloaded.
+    bertscore_model: str | None
+    # Test questions with reference boxes drawn with the model's attention (plots/vqa/X).
+    attention_examples: Annotated[int, NonNegative]
+
+    def validate(self) -> None:
+        if self.hidden % self.heads:
+            raise ParamsError(
+                f"vqa.hidden = {self.hidden} must be a multiple of vqa.heads = {self.heads}"
+            )
+
+
 @dataclasses.dataclass(frozen=True)
 class Params:
     demo: DemoParams
@@ -609,6 +701,9 @@ class Params:
     pack: PackParams
     eval: EvalParams
     replicates: ReplicateParams
+    vqa: VQAParams
+    vqa_data: VqaDataParams
+    demo_qba: DemoQbaParams
     # variant name -> raw overrides of model / train (validated by lib.config.variants)
     models: dict[str, Any]
 
@@ -625,6 +720,9 @@ _SECTION_TYPES: dict[str, type] = {
     "pack": PackParams,
     "eval": EvalParams,
     "replicates": ReplicateParams,
+    "vqa": VQAParams,
+    "vqa_data": VqaDataParams,
+    "demo_qba": DemoQbaParams,
 }
 
 
