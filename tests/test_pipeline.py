@@ -21,8 +21,9 @@ from lib.data.mimic import LABELS
 REPO = Path(__file__).resolve().parents[1]
 MODELS = tuple(yaml.safe_load((REPO / "params.yaml").read_text())["models"])  # baseline first
 ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": ""}
-# The README's `dvc exp show --drop`: the dependency columns (paths), not params or metrics.
-DEP_COLUMNS = r".*/|models$|params\.yaml$"
+# The README's `dvc exp show --drop`: the creation time and the dependency columns (paths),
+# not params or metrics (a variant's change shows 4 eval, 1 pointing and 1 VQA headline).
+DEP_COLUMNS = r"Created|.*/|models$|params\.yaml$"
 pytestmark = pytest.mark.slow
 
 
@@ -616,7 +617,7 @@ def test_use_masking_retrains_exactly_the_variants_it_changes(repo):
         assert f"metrics/headline/eval/{name}.json" not in changed, name
     assert len(sh(["dvc", "metrics", "diff"], repo).splitlines()) < 80
     # The design card's own view reads at a glance: the changed param and A's and B's headline
-    # changes in 200 columns (rich elides the columns that do not fit with "…"). DVC also
+    # changes (eval, pointing, VQA) in 200 columns (rich elides the columns that do not fit with "…"). DVC also
     # lists every changed dependency as a column of its hash (models/A, data/config/A.json,
     # params.yaml, ...): the README's --drop hides them.
     shown = subprocess.run(
