@@ -604,30 +604,33 @@ def test_changing_a_prompt_reembeds_and_retrains_nothing(repo):
 
 def test_use_masking_retrains_exactly_the_variants_it_changes(repo):
     out = sh(["dvc", "exp", "run", "-S", "model.use_masking=true"], repo)
-    ran = ran_stages(out)
-    assert {s for s in ran if s.startswith("train")} == {"train@A", "train@B"}
-    assert {s for s in ran if s.startswith("eval")} == {"eval@A", "eval@B"}
-    assert not ran & {"pretrained", "embed_pretrained", "pixel_probe"}  # no model param
-    assert "compare" in ran
-    diff = sh(["dvc", "metrics", "diff", "--json"], repo)
-    changed = {path for path in json.loads(diff)}  # the headline files only (issue 30.6)
-    for path in ("eval/A.json", "eval/B.json", "grounding.json"):
-        assert f"metrics/headline/{path}" in changed, path
-    for name in ("C", "ConVIRT"):
-        assert f"metrics/headline/eval/{name}.json" not in changed, name
-    assert len(sh(["dvc", "metrics", "diff"], repo).splitlines()) < 80
-    # The design card's own view reads at a glance: the changed param and A's and B's headline
-    # changes (eval, pointing, VQA) in 200 columns (rich elides the columns that do not fit with "…"). DVC also
-    # lists every changed dependency as a column of its hash (models/A, data/config/A.json,
-    # params.yaml, ...): the README's --drop hides them.
-    shown = subprocess.run(
-        ["dvc", "exp", "show", "--only-changed", "--no-pager", "--drop", DEP_COLUMNS],
-        cwd=repo, env={**ENV, "COLUMNS": "200"}, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    assert "…" not in shown and "model.use_masking" in shown, shown
-    assert all(f"{n}.{k}" in shown for n in "AB" for k in ("zero_shot", "probe", "R@10")), shown
-    sh(["dvc", "plots", "diff", "-o", str(repo.parent / "plots_diff")], repo)
-    restore(repo)
+    try:
+        ran = ran_stages(out)
+        assert {s for s in ran if s.startswith("train")} == {"train@A", "train@B"}
+        assert {s for s in ran if s.startswith("eval")} == {"eval@A", "eval@B"}
+        assert not ran & {"pretrained", "embed_pretrained", "pixel_probe"}  # no model param
+        assert "compare" in ran
+        diff = sh(["dvc", "metrics", "diff", "--json"], repo)
+        changed = {path for path in json.loads(diff)}  # the headline files only (issue 30.6)
+        for path in ("eval/A.json", "eval/B.json", "grounding.json"):
+            assert f"metrics/headline/{path}" in changed, path
+        for name in ("C", "ConVIRT"):
+            assert f"metrics/headline/eval/{name}.json" not in changed, name
+        assert len(sh(["dvc", "metrics", "diff"], repo).splitlines()) < 80
+        # The design card's own view reads at a glance: the changed param and A's and B's
+        # headline changes (eval, pointing, VQA) in 200 columns (rich elides the columns that
+        # do not fit with "…"). DVC also lists every changed dependency as a column of its
+        # hash (models/A, data/config/A.json, params.yaml, ...) and the creation time: the
+        # README's --drop hides them.
+        shown = subprocess.run(
+            ["dvc", "exp", "show", "--only-changed", "--no-pager", "--drop", DEP_COLUMNS],
+            cwd=repo, env={**ENV, "COLUMNS": "200"}, capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        assert "…" not in shown and "model.use_masking" in shown, shown
+        assert all(f"{n}.{k}" in shown for n in "AB" for k in ("zero_shot", "probe", "R@10")), shown
+        sh(["dvc", "plots", "diff", "-o", str(repo.parent / "plots_diff")], repo)
+    finally:
+        restore(repo)  # a failure above must not leave its experiment applied
 
 
 def test_a_convirt_param_retrains_convirt_alone(repo):
