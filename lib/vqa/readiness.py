@@ -154,9 +154,14 @@ def build(
         "severities": _vocab([q["severity"] for q in kept], S.SEVERITY_ORDER),
         "question_types": sorted({q["question_type"] for q in kept}),
     }
-    vocab["templates"] = templates(kept)
+    # A binary type's template is its "yes" answer's, its negative template its "no"
+    # answer's, whichever is the more frequent; other types: their most frequent answer's.
+    binary = {q["question_type"] for q in kept if q["head"] == "binary"}
+    vocab["templates"] = templates(kept) | {
+        t: v for t, v in templates(kept, positive=1).items() if t in binary
+    }
     vocab["negative_templates"] = {
-        t: v for t, v in templates(kept, positive=0).items() if t in vocab["templates"]
+        t: v for t, v in templates(kept, positive=0).items() if t in binary
     }
     index = {
         k: {v: i for i, v in enumerate(vocab[k])} for k in ("categories", "regions", "severities")

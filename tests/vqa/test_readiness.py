@@ -42,7 +42,11 @@ def test_a_well_formed_folder_is_ready(tmp_path):
     assert vocab["regions"] == sorted(r for _, r in FINDINGS)
     assert vocab["severities"] == ["mild"]
     assert vocab["templates"]["D03_where_is_finding"] == "The {finding} is in the {region}."
+    # yes and no are as frequent here: each keeps its own template
+    assert vocab["templates"]["D02_has_finding"] == "{answer}, there is {finding}."
     assert vocab["negative_templates"]["D02_has_finding"] == "{answer}, there is no {finding}."
+    assert vocab["templates"]["D01_is_abnormal"] == "{answer}, the chest X-ray is abnormal."
+    assert set(vocab["negative_templates"]) == {"D01_is_abnormal", "D02_has_finding"}
     assert report["scene_graphs"]["observations_per_graph"] == 1.0
     assert report["scene_graphs"]["box_coverage"] == 1.0
     assert report["split_check"]["mismatches"] == 0
